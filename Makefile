@@ -1,0 +1,51 @@
+# cnn-apps: the two commands a newcomer needs are `make demo` and `make test`.
+# Both create .venv and install what they need on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+CONFIG ?= pipelines/configs/shapes_classification.yaml
+PORT   ?= 5000
+PYTEST_ARGS ?=
+
+.PHONY: install dev demo test test-fast mlflow-ui bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Re-install when the package metadata changes (the stamp files are the record).
+$(VENV)/.installed: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+dev: $(VENV)/.installed-dev
+
+# prepare -> train -> evaluate -> export on the embedded shapes dataset.
+demo: install
+	$(BIN)/cnn-apps all --config $(CONFIG)
+	@echo
+	@echo "Runs are in ./mlruns (SQLite). See them with: make mlflow-ui   ->  http://127.0.0.1:$(PORT)"
+	@echo "The SavedModel for TF Serving is under ./exports/"
+
+# The whole suite, slow end-to-end checks included. pytest's exit code 5
+# ("no tests collected") is a failure: a run that tests nothing is not green.
+test: $(VENV)/.installed-dev
+	@$(BIN)/python -m pytest -ra $(PYTEST_ARGS) tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+test-fast: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS) tests
+
+mlflow-ui: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port $(PORT)
+
+bench: install
+	$(BIN)/python benchmarks/data_pipeline.py --config $(CONFIG)
+
+clean:
+	rm -rf data mlruns exports benchmarks/results .pytest_cache

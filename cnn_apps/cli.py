@@ -1,0 +1,137 @@
+"""The ``cnn-apps`` command.
+
+    cnn-apps prepare  --config C [--set k=v ...]
+    cnn-apps train    --config C [--set k=v ...] [--from-run PREPARE_RUN]
+    cnn-apps finetune [--config C] [--set k=v ...] --from-run TRAIN_RUN
+    cnn-apps evaluate [--config C] [--set k=v ...] --from-run TRAIN_RUN
+    cnn-apps export   [--config C] [--set k=v ...] --from-run TRAIN_RUN
+    cnn-apps all      --config C [--set k=v ...]     (prepare, train, evaluate, export)
+    cnn-apps models                                  (the registered backbones)
+
+Without ``--config``, a stage that reads another run starts from that run's
+config. Every command that makes an MLflow run prints ``run_id: <id>`` last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+
+STAGES = ("prepare", "train", "finetune", "evaluate", "export", "all")
+NEEDS_RUN = ("finetune", "evaluate", "export")
+
+
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cnn-apps", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    helps = {
+        "prepare": "build/scan a dataset and record it",
+        "train": "train a model (on a prepare run, or prepares first)",
+        "finetune": "continue training a trained model, possibly on new data",
+        "evaluate": "test metrics, confusion matrix and speed of a trained model",
+        "export": "SavedModel for TF Serving + MLflow registry",
+        "all": "prepare, train, evaluate and export in a row",
+    }
+    for stage in STAGES:
+        p = sub.add_parser(stage, help=helps[stage])
+        add_stage_arguments(p, stage)
+    sub.add_parser("models", help="list the registered backbones")
+    return parser
+
+
+def add_stage_arguments(p: argparse.ArgumentParser, stage: str) -> None:
+    p.add_argument("--config", help="experiment YAML (pipelines/configs/*.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. training.epochs=3 (repeatable)")
+    if stage in ("train", *NEEDS_RUN):
+        p.add_argument("--from-run", dest="from_run", required=stage in NEEDS_RUN, metavar="RUN_ID",
+                       help="the MLflow run whose output this stage consumes")
+
+
+def resolve_config(stage: str, config_path: str | None, overrides: list[str], from_run: str | None):
+    """The config file, or (for stages reading a run) the source run's config; then overrides."""
+    from cnn_apps import config as cfg
+
+    if config_path is None and from_run and stage in NEEDS_RUN:
+        from cnn_apps import tracking
+
+        tracking.setup(cfg.load_config(None, overrides))  # tracking URI may come from overrides
+        values = tracking.load_run_config(from_run)
+        return cfg.from_dict(cfg.apply_overrides(values, overrides))
+    return cfg.load_config(config_path, overrides)
+
+
+def split_overrides(values: list[str]) -> list[str]:
+    """``--set`` values; one value may hold several space-separated pairs (MLproject passes
+    them that way) and an empty value is none."""
+    out = []
+    for value in values:
+        out.extend(shlex.split(value))
+    return out
+
+
+def run_stage(stage: str, config_path: str | None, overrides: list[str], from_run: str | None = None):
+    from cnn_apps import stages
+
+    config_path = config_path or None  # "" (an MLproject default) means none
+    from_run = from_run or None
+    overrides = split_overrides(overrides)
+    if stage in NEEDS_RUN and from_run is None:
+        from cnn_apps.errors import ConfigError
+
+        raise ConfigError(f"{stage} needs --from-run RUN_ID (a train or finetune run)")
+    config = resolve_config(stage, config_path, overrides, from_run)
+    if stage == "prepare":
+        return stages.prepare(config)
+    if stage == "train":
+        return stages.train(config, from_run=from_run)
+    if stage == "all":
+        return stages.run_all(config)
+    return getattr(stages, stage)(config, from_run=from_run)
+
+
+def list_models() -> None:
+    from cnn_apps import registry
+
+    print(f"{'backbone':<16} {'params (64px, 10 classes)':>26}")
+    for name in registry.names("backbone"):
+        from cnn_apps.classification import ImageClassifier
+
+        model = ImageClassifier(10, (64, 64, 3), backbone=name)
+        print(f"{name:<16} {model.count_params():>26,}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_tensorflow()
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("tensorflow", "h5py", "matplotlib", "alembic", "mlflow.store.db.utils"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("absl").setLevel(logging.ERROR)  # TFDS: "Using custom data configuration"
+    from cnn_apps.errors import CnnAppsError
+
+    try:
+        if args.command == "models":
+            list_models()
+            return 0
+        result = run_stage(args.command, args.config, args.overrides, getattr(args, "from_run", None))
+    except CnnAppsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for key, value in result.outputs.items():
+        print(f"{key}: {value}")
+    print(f"run_id: {result.run_id}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

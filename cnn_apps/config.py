@@ -1,0 +1,297 @@
+"""Typed configuration: dataclasses with defaults, loaded from YAML, overridden by
+``--set section.key=value``.
+
+Every section is a dataclass; loading walks the YAML mapping against the
+dataclass fields, so an unknown or misspelt key, a value of the wrong type or a
+value outside a field's ``choices`` raises :class:`~cnn_apps.errors.ConfigError`
+naming the key and listing the valid ones (after TF Model Garden's
+``hyperparams``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import yaml
+
+from cnn_apps.errors import ConfigError
+
+TASKS = ("classification", "detection", "segmentation")
+
+
+def _choice(default, choices, help_text=""):
+    return field(default=default, metadata={"choices": tuple(choices), "help": help_text})
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how a split is made."""
+
+    # shapes: the embedded synthetic dataset; folder: class sub-folders;
+    # fashion_mnist: idx files (Debian dataset-fashion-mnist) or TFDS; tfds: any catalog name.
+    source: str = _choice("shapes", ("shapes", "folder", "fashion_mnist", "tfds"))
+    path: Optional[str] = None  # folder root, or the idx directory for fashion_mnist
+    tfds_name: Optional[str] = None  # for source=tfds, e.g. "cifar10"
+    data_dir: str = "./data"  # where prepared datasets live
+    image_size: int = 64  # model input side (and the generated side for shapes)
+    channels: Optional[int] = None  # None keeps the source's own (3 for shapes, 1 for fashion_mnist)
+    train_size: int = 4000  # shapes only: examples per split
+    val_size: int = 500
+    test_size: int = 500
+    max_objects: int = 4  # shapes detection / segmentation: objects per image (1..max)
+    val_fraction: float = 0.1  # folder / fashion_mnist / tfds: held out of train for validation
+    test_fraction: float = 0.1  # folder without a test/ sub-folder
+    max_train_examples: Optional[int] = None  # use a stratified subset of train
+    seed: int = 0
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation; boxes and masks move with their images."""
+
+    flip: bool = True  # random horizontal flip
+    translate: float = 0.1  # random translation, as a fraction of the side (pad-and-crop)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet_mini"  # a name from `cnn-apps models`
+    width: float = 1.0  # filter multiplier: grow it against high bias
+    dropout: float = 0.2  # before the classifier's dense layer
+    backbone_args: dict = field(default_factory=dict)  # extra keyword arguments of the backbone
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = 12
+    batch_size: int = 64
+    optimizer: str = _choice("adam", ("adam", "adamw", "sgd"))
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0  # decoupled (adamw) or L2-style for sgd; see issue on regularization
+    momentum: float = 0.9  # sgd only
+    lr_schedule: str = _choice("cosine", ("cosine", "constant", "plateau"))
+    warmup_epochs: int = 0
+    early_stopping_patience: int = 4  # epochs without val_loss improvement; 0 disables
+    cache: bool = True  # cache decoded images in memory when they fit
+    seed: int = 0
+
+
+@dataclass
+class FinetuneConfig:
+    epochs: int = 5
+    learning_rate: float = 1e-4
+    freeze_backbone: bool = False  # True: only the new head trains (feature extraction)
+
+
+@dataclass
+class EvaluateConfig:
+    batch_size: int = 64
+    speed_batches: int = 10  # batches timed for test_images_per_s (after one warm-up batch)
+
+
+@dataclass
+class ExportConfig:
+    dir: str = "exports"  # exports/<name>/<version>/ (TF Serving layout)
+    name: Optional[str] = None  # defaults to the top-level `name`
+    register: bool = True  # register in the MLflow model registry with alias `latest`
+    tolerance: float = 1e-4  # max |SavedModel - Keras| allowed by the self-check
+
+
+@dataclass
+class TrackingConfig:
+    uri: Optional[str] = None  # MLFLOW_TRACKING_URI wins; default sqlite:///./mlruns/mlflow.db
+    experiment: Optional[str] = None  # defaults to the task name
+
+
+@dataclass
+class Config:
+    """A whole experiment: one YAML file in ``pipelines/configs/``."""
+
+    name: str = "shapes-classifier"
+    task: str = _choice("classification", TASKS)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    # ------------------------------------------------------------------ views
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def flat(self) -> dict:
+        """``{"training.epochs": 12, ...}``: the shape MLflow params take."""
+        return flatten(self.to_dict())
+
+    def data_fingerprint(self) -> str:
+        """A short hash of everything that changes the prepared data (not its location)."""
+        relevant = {k: v for k, v in dataclasses.asdict(self.data).items() if k != "data_dir"}
+        relevant["task"] = self.task
+        if relevant["source"] == "folder" and relevant["path"]:
+            relevant["path"] = os.path.abspath(relevant["path"])
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+# ---------------------------------------------------------------------- loading
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; allow int -> float only."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is dict or origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    elif tp is list or origin is list:
+        if isinstance(value, (list, tuple)):
+            (item_tp,) = typing.get_args(tp) or (Any,)
+            return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    else:  # pragma: no cover - a field type this loader does not know
+        raise ConfigError(f"{where}: unsupported field type {tp!r}")
+    raise ConfigError(
+        f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}"
+    )
+
+
+def _build(cls, values: Any, where: str):
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping of keys, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            raise ConfigError(_unknown_key_message(path, key, list(fields)))
+        value = _coerce(value, hints[key], path)
+        choices = fields[key].metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(repr, choices))}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _unknown_key_message(path: str, key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(str(key), valid, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return f"unknown config key '{path}'.{hint} Valid keys here: {', '.join(valid)}"
+
+
+def from_dict(values: dict | None) -> Config:
+    return _build(Config, values or {}, "")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"training.epochs=3"`` -> (["training", "epochs"], 3); values are YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+    return key.split("."), value
+
+
+def apply_overrides(values: dict, overrides: list[str] | None) -> dict:
+    """Apply ``--set`` overrides to a raw mapping (validated afterwards by :func:`from_dict`)."""
+    values = json.loads(json.dumps(values or {}))  # deep copy of plain data
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        node, cls, where = values, Config, ""
+        for i, key in enumerate(keys):
+            fields = {f.name: f for f in dataclasses.fields(cls)} if cls else {}
+            path = f"{where}.{key}" if where else key
+            if cls is not None and key not in fields:
+                raise ConfigError(_unknown_key_message(path, key, list(fields)))
+            last = i == len(keys) - 1
+            if last:
+                node[key] = value
+            else:
+                tp = typing.get_type_hints(cls)[key] if cls else dict
+                cls = tp if dataclasses.is_dataclass(tp) else None
+                if node.get(key) is None:
+                    node[key] = {}
+                node = node[key]
+            where = path
+    return values
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML experiment file (or the defaults when ``path`` is None) and apply overrides."""
+    values: dict = {}
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                values = yaml.safe_load(fh) or {}
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    try:
+        return from_dict(apply_overrides(values, overrides))
+    except ConfigError as exc:
+        where = f" (in {path})" if path else ""
+        raise ConfigError(f"{exc}{where}") from None

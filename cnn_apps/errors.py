@@ -1,0 +1,25 @@
+"""Exceptions raised by cnn-apps.
+
+Each message names the culprit (the key, file, record or run) and, where there is
+one, the fix. The CLI prints them without a traceback.
+"""
+
+
+class CnnAppsError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ConfigError(CnnAppsError):
+    """A configuration file, key or value is wrong."""
+
+
+class DataError(CnnAppsError):
+    """A data source, file or record cannot be used."""
+
+
+class ModelError(CnnAppsError):
+    """A model cannot be built, loaded, exported or verified."""
+
+
+class TrackingError(CnnAppsError):
+    """An MLflow run, artifact or model that a stage needs is missing or wrong."""

@@ -1,0 +1,94 @@
+"""Figures logged to MLflow: learning curves, confusion matrix, sample grids.
+
+Each function returns a matplotlib Figure (Agg backend, no display needed).
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def learning_curves(history: dict, title: str = "learning curves"):
+    """Loss and accuracy per epoch, train vs validation (keys as in ``History.history``)."""
+    pairs = [("loss", "val_loss", "loss"), ("accuracy", "val_accuracy", "accuracy")]
+    pairs = [p for p in pairs if p[0] in history]
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 3.6), squeeze=False)
+    for ax, (train_key, val_key, label) in zip(axes[0], pairs):
+        epochs = np.arange(1, len(history[train_key]) + 1)
+        ax.plot(epochs, history[train_key], "o-", label="train")
+        if val_key in history:
+            ax.plot(epochs, history[val_key], "s-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(matrix: np.ndarray, class_names, title: str = "confusion matrix (test)"):
+    """Counts with row-normalised colour; rows are true classes, columns predictions."""
+    matrix = np.asarray(matrix)
+    k = len(class_names)
+    norm = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    side = max(4.0, 0.6 * k + 2)
+    fig, ax = plt.subplots(figsize=(side, side))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(k), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, int(matrix[i, j]), ha="center", va="center",
+                    color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def image_grid(images, titles=None, cols: int = 8, title: str = "", boxes=None):
+    """A grid of uint8 images (N, H, W, C) with optional titles and xyxy pixel boxes."""
+    images = np.asarray(images)
+    n = len(images)
+    cols = max(1, min(cols, n))
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
+    for i, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if i >= n:
+            continue
+        img = images[i]
+        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)
+        if titles is not None:
+            ax.set_title(str(titles[i]), fontsize=7)
+        if boxes is not None:
+            for x1, y1, x2, y2 in np.asarray(boxes[i]).reshape(-1, 4):
+                if x2 > x1 and y2 > y1:
+                    ax.add_patch(plt.Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1,
+                                               fill=False, color="yellow", lw=1))
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def class_balance(class_counts: dict, title: str = "examples per class"):
+    """Bars per class, one group per split: ``{split: {class: count}}``."""
+    splits = list(class_counts)
+    names = list(next(iter(class_counts.values()))) if class_counts else []
+    fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(names) * max(1, len(splits)) / 2 + 3), 3.6))
+    width = 0.8 / max(1, len(splits))
+    for i, split in enumerate(splits):
+        ax.bar(np.arange(len(names)) + i * width, [class_counts[split].get(n, 0) for n in names],
+               width, label=split)
+    ax.set_xticks(np.arange(len(names)) + width * (len(splits) - 1) / 2, names, rotation=30, ha="right")
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig

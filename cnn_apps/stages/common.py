@@ -1,0 +1,65 @@
+"""What the stages share: results, data loading for a run, logging helpers."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from dataclasses import dataclass, field
+
+from cnn_apps.config import Config
+from cnn_apps.data.spec import DatasetSpec
+from cnn_apps.errors import ConfigError
+
+log = logging.getLogger("cnn_apps")
+
+
+@dataclass
+class StageResult:
+    """What a stage returns: its MLflow run id and the values worth printing."""
+
+    run_id: str
+    stage: str
+    outputs: dict = field(default_factory=dict)
+
+
+def dataset_label(spec: DatasetSpec) -> str:
+    return spec.name or spec.source
+
+
+def check_task(config: Config, supported=("classification",)) -> None:
+    if config.task not in supported:
+        raise ConfigError(f"task '{config.task}' is not supported by this stage yet "
+                          f"(supported: {', '.join(supported)})")
+
+
+def split_dataset(spec: DatasetSpec, config: Config, split: str, *, training: bool,
+                  batch_size: int | None = None):
+    """A batched tf.data pipeline for one split of a prepared dataset."""
+    from cnn_apps.data.pipeline import make_pipeline
+    from cnn_apps.data.sources import get_source
+
+    # The spec, not the config, says which source holds the data.
+    source_config = Config(task=spec.task, data=dataclasses.replace(config.data, source=spec.source))
+    source = get_source(source_config)
+    ds = source.load(spec, split)
+    return make_pipeline(
+        ds, task=spec.task, image_size=config.data.image_size,
+        batch_size=batch_size or config.training.batch_size, training=training,
+        augment=config.augment, seed=config.training.seed, num_examples=spec.counts.get(split),
+        channels=spec.channels, cache=config.training.cache)
+
+
+def input_shape(spec: DatasetSpec, config: Config) -> tuple:
+    return (config.data.image_size, config.data.image_size, spec.channels)
+
+
+def metric_key(text: str) -> str:
+    """A class name made safe for an MLflow metric name (``T-shirt/top`` -> ``T-shirt_top``)."""
+    return re.sub(r"[^0-9A-Za-z_\-.]+", "_", text).strip("_")
+
+
+def at_model_size(config: Config, model) -> Config:
+    """A copy of ``config`` whose ``data.image_size`` is the trained model's input side."""
+    return dataclasses.replace(config, data=dataclasses.replace(config.data,
+                                                                 image_size=int(model.input_shape[1])))

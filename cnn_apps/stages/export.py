@@ -1,0 +1,95 @@
+"""export: SavedModel for TF Serving, verified, and registered in MLflow.
+
+Input: ``--from-run`` of a train or finetune run. Writes
+``<export.dir>/<name>/<version>/`` (next integer version), reloads it and checks
+every signature against the Keras model on test images (``export_max_abs_diff``),
+then registers the run's MLflow model as a new version of the registered model
+``<name>``. MLflow reserves the alias name ``latest`` and already resolves
+``models:/<name>/latest`` to the newest version, so no alias is needed for it;
+the version is tagged with its export path, version and the source run's metrics.
+"""
+
+from __future__ import annotations
+
+import os
+
+from cnn_apps import tracking
+from cnn_apps.config import Config
+from cnn_apps.serving import SIGNATURES, export_classifier, next_version, verify_classifier_export
+from cnn_apps.stages.common import StageResult, at_model_size, check_task, dataset_label, log, split_dataset
+
+SOURCE_STAGES = ("train", "finetune")
+
+
+def export(config: Config, from_run: str) -> StageResult:
+    import mlflow
+
+    check_task(config)
+    tracking.setup(config)
+    source = tracking.get_run(from_run, expect_stage=SOURCE_STAGES)
+    spec = tracking.load_dataset_spec(from_run)
+    model = tracking.load_keras_model(from_run)
+    config = at_model_size(config, model)
+    name = config.export.name or config.name
+    base = os.path.join(config.export.dir, name)
+    version = next_version(base)
+    path = os.path.abspath(os.path.join(base, str(version)))
+
+    batch = next(iter(split_dataset(spec, config, "test", training=False, batch_size=8)))[0].numpy()
+    export_classifier(model, path, spec.class_names)
+    diffs = verify_classifier_export(path, model, batch, tolerance=config.export.tolerance)
+    log.info("exported %s (signatures %s), max |SavedModel - Keras| = %.2e",
+             path, ", ".join(SIGNATURES), max(diffs.values()))
+
+    model_name = source.data.params.get("model.backbone", "model")
+    with tracking.stage_run(config, "export", model=model_name, dataset=dataset_label(spec),
+                            source_run=from_run, fingerprint=spec.fingerprint) as run:
+        mlflow.log_metrics({"export_max_abs_diff": max(diffs.values()),
+                            **{f"export_diff_{k}": v for k, v in diffs.items()},
+                            "export_version": version,
+                            "export_size_bytes": _folder_size(path)})
+        mlflow.set_tags({"export_path": path, "export_version": str(version)})
+        mlflow.log_text(_describe(path), "saved_model_signatures.txt")
+        outputs = {"export_path": path, "version": version}
+        if config.export.register:
+            mv = _register(name, from_run, source, path, version)
+            mlflow.set_tag("registered_model", f"models:/{name}/{mv.version}")
+            outputs["registered"] = f"models:/{name}/{mv.version}"
+        return StageResult(run.info.run_id, "export", outputs)
+
+
+def _register(name: str, from_run: str, source, path: str, version: int):
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    tags = {"export_path": path, "export_version": str(version), "source_run": from_run,
+            **{f"metric.{k}": f"{v:.6g}" for k, v in source.data.metrics.items()}}
+    mv = mlflow.register_model(tracking.model_uri(from_run), name, tags=tags)
+    client.update_model_version(name, mv.version,
+                                description=f"Exported to {path} (TF Serving version {version}) "
+                                            f"from run {from_run}.")
+    return mv
+
+
+def _folder_size(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def _describe(path: str) -> str:
+    """Signatures with input/output names, dtypes and shapes (what saved_model_cli shows)."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(path)
+    lines = []
+    for key in sorted(loaded.signatures):
+        fn = loaded.signatures[key]
+        lines.append(f"signature {key}:")
+        for arg, spec in sorted(fn.structured_input_signature[1].items()):
+            lines.append(f"  input  {arg}: {spec.dtype.name} {_shape(spec.shape)}")
+        for out, spec in sorted(fn.structured_outputs.items()):
+            lines.append(f"  output {out}: {spec.dtype.name} {_shape(spec.shape)}")
+    return "\n".join(lines) + "\n"
+
+
+def _shape(shape) -> str:
+    return str(tuple(-1 if d is None else d for d in shape.as_list()))

@@ -1,0 +1,60 @@
+"""train: fit a classifier on a prepared dataset and log it as the run's MLflow model.
+
+Input: ``--from-run`` of a prepare run; without one, a prepare run is made first
+from the same config. Logs per-epoch ``train_loss``, ``val_loss``,
+``train_accuracy``, ``val_accuracy`` and ``learning_rate``, the learning curves,
+``dataset.json`` (handed on to evaluate/export) and the model.
+"""
+
+from __future__ import annotations
+
+from cnn_apps import tracking
+from cnn_apps.config import Config
+from cnn_apps.stages.common import StageResult, check_task, dataset_label, input_shape, log, split_dataset
+
+
+def train(config: Config, from_run: str | None = None) -> StageResult:
+    import keras
+    import mlflow
+
+    from cnn_apps.classification import ImageClassifier
+    from cnn_apps.training.fit import fit_and_log
+
+    check_task(config)
+    if from_run is None:
+        from cnn_apps.stages.prepare import prepare
+
+        from_run = prepare(config).run_id
+        log.info("prepared the data in run %s", from_run)
+    tracking.setup(config)
+    tracking.get_run(from_run, expect_stage=("prepare",))
+    spec = tracking.load_dataset_spec(from_run)
+    if spec.task != config.task:
+        from cnn_apps.errors import ConfigError
+
+        raise ConfigError(f"prepare run {from_run} holds {spec.task} data, the config says task '{config.task}'")
+    if spec.fingerprint != config.data_fingerprint():
+        log.warning("training on the data of prepare run %s (fingerprint %s); the config's data "
+                    "section differs (fingerprint %s) and only its image_size is used",
+                    from_run, spec.fingerprint, config.data_fingerprint())
+
+    keras.utils.set_random_seed(config.training.seed)
+    train_ds = split_dataset(spec, config, "train", training=True)
+    val_ds = split_dataset(spec, config, "validation", training=False)
+    m = config.model
+    model = ImageClassifier(spec.num_classes, input_shape(spec, config), backbone=m.backbone,
+                            width=m.width, dropout=m.dropout, backbone_args=m.backbone_args,
+                            class_names=spec.class_names)
+
+    with tracking.stage_run(config, "train", model=m.backbone, dataset=dataset_label(spec),
+                            source_run=from_run, fingerprint=spec.fingerprint) as run:
+        mlflow.log_text(spec.to_json(), tracking.DATASET_ARTIFACT)
+        mlflow.log_metrics({"params_total": model.count_params(),
+                            "params_trainable": sum(int(w.numpy().size) for w in model.trainable_weights)})
+        summary = fit_and_log(model, train_ds, val_ds, config.training, num_train=spec.counts["train"],
+                              title=f"train: {m.backbone} on {dataset_label(spec)}")
+        sample = next(iter(val_ds))[0][:2].numpy()
+        tracking.log_keras_model(model, sample)
+        return StageResult(run.info.run_id, "train", {
+            "val_accuracy": round(summary["best_val_accuracy"], 4),
+            "epochs": summary["epochs_trained"], "seconds": round(summary["train_seconds"], 1)})

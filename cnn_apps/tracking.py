@@ -1,0 +1,210 @@
+"""MLflow: where runs go, how a stage run is opened, and how a stage finds its input.
+
+* Tracking URI: ``MLFLOW_TRACKING_URI``, else ``tracking.uri`` from the config,
+  else a local SQLite store ``./mlruns/mlflow.db`` with artifacts in
+  ``./mlruns/artifacts/<experiment>/`` (``make mlflow-ui`` serves it).
+* One experiment per task (``classification``, ``detection``, ``segmentation``).
+* A stage run is named ``stage:model:dataset`` and tagged ``stage``,
+  ``source_run`` (the run whose output it consumed), ``dataset_fingerprint`` and
+  ``git_commit``; its params are the flattened config and its resolved config is
+  logged as ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+from cnn_apps.config import Config
+from cnn_apps.errors import TrackingError
+
+DEFAULT_STORE_DIR = "mlruns"
+MODEL_ARTIFACT = "model"  # MLflow model (Keras flavour) logged by train / finetune
+DATASET_ARTIFACT = "dataset.json"
+
+
+def _mlflow():
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
+
+    return mlflow
+
+
+def default_tracking_uri() -> str:
+    store = Path(DEFAULT_STORE_DIR).resolve()
+    return f"sqlite:///{store / 'mlflow.db'}"
+
+
+def tracking_uri(config: Config | None = None) -> str:
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    if config is not None and config.tracking.uri:
+        return config.tracking.uri
+    return default_tracking_uri()
+
+
+def setup(config: Config) -> str:
+    """Point MLflow at the store and make sure the task's experiment exists; returns its id."""
+    mlflow = _mlflow()
+    uri = tracking_uri(config)
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    name = config.tracking.experiment or config.task
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    artifact_location = None
+    if _is_local_sqlite(uri):  # keep artifacts beside the database, not in the cwd
+        db_dir = Path(uri[len("sqlite:///"):]).parent
+        artifact_location = (db_dir / "artifacts" / name).resolve().as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # another process created it first
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _is_local_sqlite(uri: str) -> bool:
+    return uri.startswith("sqlite:///")
+
+
+def git_commit() -> str:
+    """The commit of the code that ran (``-dirty`` when the tree has changes), or ``unknown``."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@contextlib.contextmanager
+def stage_run(config: Config, stage: str, *, model: str, dataset: str,
+              source_run: str | None = None, fingerprint: str | None = None):
+    """Open the MLflow run of one stage, with the conventions above; yields the active run."""
+    mlflow = _mlflow()
+    experiment_id = setup(config)
+    tags = {"stage": stage, "git_commit": git_commit(), "task": config.task,
+            "source_run": source_run or ""}
+    if fingerprint:
+        tags["dataset_fingerprint"] = fingerprint
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{stage}:{model}:{dataset}",
+                          tags=tags) as run:
+        mlflow.log_params({k: _param(v) for k, v in config.flat().items()})
+        mlflow.log_text(config.to_yaml(), "config.yaml")
+        yield run
+
+
+def _param(value) -> str:
+    return json.dumps(value) if isinstance(value, (list, dict, tuple)) else str(value)
+
+
+# ---------------------------------------------------------------------- reading other runs
+def get_run(run_id: str, expect_stage: tuple[str, ...] | None = None):
+    """The MLflow run ``run_id``; checks its ``stage`` tag when ``expect_stage`` is given."""
+    mlflow = _mlflow()
+    try:
+        run = mlflow.MlflowClient().get_run(run_id)
+    except Exception as exc:
+        raise TrackingError(
+            f"run {run_id} not found in {mlflow.get_tracking_uri()}: {str(exc).splitlines()[0]}"
+        ) from exc
+    stage = run.data.tags.get("stage")
+    if expect_stage and stage not in expect_stage:
+        raise TrackingError(f"run {run_id} is a '{stage}' run; this stage needs a run of stage "
+                            f"{' or '.join(expect_stage)}")
+    return run
+
+
+def load_text_artifact(run_id: str, path: str) -> str:
+    mlflow = _mlflow()
+    try:
+        return mlflow.artifacts.load_text(f"runs:/{run_id}/{path}")
+    except Exception as exc:
+        raise TrackingError(f"run {run_id} has no artifact '{path}': {str(exc).splitlines()[0]}") from exc
+
+
+def load_dataset_spec(run_id: str):
+    from cnn_apps.data.spec import DatasetSpec
+
+    return DatasetSpec.from_json(load_text_artifact(run_id, DATASET_ARTIFACT),
+                                 where=f"runs:/{run_id}/{DATASET_ARTIFACT}")
+
+
+def load_run_config(run_id: str) -> dict:
+    import yaml
+
+    return yaml.safe_load(load_text_artifact(run_id, "config.yaml")) or {}
+
+
+def log_keras_model(model, sample_input) -> str:
+    """Log ``model`` as the run's MLflow model (Keras flavour, ``.keras`` inside); returns its URI."""
+    mlflow = _mlflow()
+    import mlflow.tensorflow
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(sample_input, model.predict(sample_input, verbose=0))
+    info = mlflow.tensorflow.log_model(model, name=MODEL_ARTIFACT, signature=signature,
+                                       pip_requirements=_requirements())
+    mlflow.set_tag("model_uri", info.model_uri)  # MLflow 3 keeps logged models outside the run
+    return info.model_uri
+
+
+def _requirements() -> list[str]:
+    from importlib import metadata
+
+    reqs = []
+    for name in ("tensorflow", "keras", "cnn-apps"):
+        try:
+            reqs.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            reqs.append(name)
+    return reqs
+
+
+def model_uri(run_id: str) -> str:
+    """The URI of the model a train/finetune run logged."""
+    run = get_run(run_id)
+    return run.data.tags.get("model_uri") or f"runs:/{run_id}/{MODEL_ARTIFACT}"
+
+
+def load_keras_model(uri_or_run: str):
+    """Load a Keras model from a train/finetune run id, a ``runs:/`` or a ``models:/`` URI."""
+    mlflow = _mlflow()
+    import mlflow.tensorflow
+
+    import cnn_apps.classification  # noqa: F401  (registers the custom classes)
+
+    uri = uri_or_run if ":/" in uri_or_run else model_uri(uri_or_run)
+    try:
+        return mlflow.tensorflow.load_model(uri)
+    except Exception as exc:
+        raise TrackingError(f"cannot load a Keras model from {uri}: {str(exc).splitlines()[0]}") from exc
+
+
+def log_json(data, path: str) -> None:
+    _mlflow().log_text(json.dumps(data, indent=2, sort_keys=True), path)
+
+
+def log_figure(fig, path: str) -> None:
+    """Log a matplotlib figure as a PNG artifact and close it."""
+    import matplotlib.pyplot as plt
+
+    _mlflow().log_figure(fig, path)
+    plt.close(fig)
+
+
+def temp_dir():
+    return tempfile.TemporaryDirectory(prefix="cnn-apps-")

@@ -1,0 +1,1 @@
+"""Fit-loop glue: optimizer and schedule from the config, callbacks, MLflow logging."""

@@ -1,0 +1,44 @@
+"""Keras callbacks that write to MLflow."""
+
+from __future__ import annotations
+
+import keras
+
+# Keras' history names -> the names this package logs.
+_RENAME = {"loss": "train_loss", "accuracy": "train_accuracy", "learning_rate": "learning_rate"}
+
+
+def metric_name(key: str) -> str:
+    """``loss`` -> ``train_loss``, ``val_accuracy`` stays, ``foo`` -> ``train_foo``."""
+    if key in _RENAME:
+        return _RENAME[key]
+    if key.startswith("val_") or key.startswith("train_"):
+        return key
+    return f"train_{key}"
+
+
+class MlflowEpochLogger(keras.callbacks.Callback):
+    """Log every epoch's metrics (renamed by :func:`metric_name`) and the learning rate,
+    with ``step`` = epoch index (0-based), so the MLflow UI draws them as curves."""
+
+    def __init__(self, prefix: str = ""):
+        super().__init__()
+        self.prefix = prefix
+
+    def on_epoch_end(self, epoch, logs=None):
+        import mlflow
+
+        metrics = {f"{self.prefix}{metric_name(k)}": float(v) for k, v in (logs or {}).items()}
+        lr = self._learning_rate()
+        if lr is not None:
+            metrics[f"{self.prefix}learning_rate"] = lr
+        mlflow.log_metrics(metrics, step=epoch)
+
+    def _learning_rate(self):
+        opt = getattr(self.model, "optimizer", None)
+        if opt is None:
+            return None
+        try:
+            return float(keras.ops.convert_to_numpy(opt.learning_rate))
+        except Exception:  # a schedule object on an optimizer that was never stepped
+            return None

@@ -1,0 +1,14 @@
+"""The export stage as a script: `python pipelines/export.py --config ... [--set k=v] [--from-run RUN_ID]`.
+
+Same arguments and behaviour as `cnn-apps export`; see `cnn_apps/stages/export.py`.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from cnn_apps.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["export", *sys.argv[1:]]))

@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny configs, a temporary MLflow store, no network."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ["CNN_APPS_OFFLINE"] = "1"  # tests never reach for the internet
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+import pytest  # noqa: E402
+
+from cnn_apps.config import load_config  # noqa: E402
+
+
+def tiny_overrides(tmp_path, **extra) -> list[str]:
+    values = {
+        "name": "tiny",
+        "data.image_size": 32,
+        "data.train_size": 48,
+        "data.val_size": 16,
+        "data.test_size": 16,
+        "data.data_dir": str(tmp_path / "data"),
+        "training.epochs": 2,
+        "training.batch_size": 16,
+        "evaluate.batch_size": 16,
+        "evaluate.speed_batches": 1,
+        "export.dir": str(tmp_path / "exports"),
+        "tracking.uri": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+@pytest.fixture
+def tiny_config(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return load_config(None, tiny_overrides(tmp_path))
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    monkeypatch.setenv("CNN_APPS_OFFLINE", "1")

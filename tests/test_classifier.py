@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+
+import keras
+
+from cnn_apps import registry
+from cnn_apps.classification import ImageClassifier
+from cnn_apps.errors import ConfigError
+
+
+def test_keras_save_and_load_give_the_same_outputs(tmp_path):
+    model = ImageClassifier(5, (32, 32, 3), class_names=list("abcde"), dropout=0.3,
+                            backbone_args={"stage_filters": (8, 16), "blocks_per_stage": (1, 2)})
+    x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    assert loaded.get_config() == model.get_config()
+    assert loaded.class_names == list("abcde")
+    assert loaded.backbone.pyramid_outputs == {"C1": "stage1_block1_out", "C2": "stage2_block2_out"}
+
+
+def test_outputs_are_probabilities_on_raw_pixels():
+    model = ImageClassifier(3, (32, 32, 1))
+    out = model.predict(np.full((2, 32, 32, 1), 255.0, "float32"), verbose=0)
+    assert out.shape == (2, 3)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_width_grows_the_model():
+    small = ImageClassifier(4, (32, 32, 3), width=1.0).count_params()
+    big = ImageClassifier(4, (32, 32, 3), width=2.0).count_params()
+    assert big > 3 * small
+
+
+def test_registry_names_and_errors():
+    assert "resnet_mini" in registry.names("backbone")
+    with pytest.raises(ConfigError, match="unknown backbone 'resnet9000'.*resnet_mini"):
+        ImageClassifier(4, (32, 32, 3), backbone="resnet9000")
+    with pytest.raises(ValueError, match="class names"):
+        ImageClassifier(3, (32, 32, 3), class_names=["a"])
