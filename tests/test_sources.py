@@ -92,7 +92,7 @@ def test_fashion_mnist_from_idx_files(tmp_path):
     cfg = load_config(None, ["data.source=fashion_mnist", f"data.path={tmp_path / 'fm'}", "data.val_fraction=0.2"])
     source = FashionMnistSource(cfg)
     spec = source.prepare()
-    assert spec.counts == {"train": 48, "validation": 12, "test": 20}
+    assert spec.counts == {"train": 50, "validation": 10, "test": 20}  # 1 of 6 per class
     assert spec.image_shape == [28, 28, 1] and spec.num_classes == 10
     ex = next(iter(source.load(spec, "validation")))
     assert ex["image"].shape == (28, 28, 1)

@@ -8,6 +8,8 @@ model ``classifier.backbone`` (transfer learning freezes or swaps it).
 
 from __future__ import annotations
 
+import json
+
 import keras
 from keras import layers
 
@@ -34,7 +36,8 @@ class ImageClassifier(keras.Model):
                  width: float = 1.0, dropout: float = 0.2, backbone_args: dict | None = None,
                  class_names=None, **kwargs):
         # === Layers ===
-        backbone_args = dict(backbone_args or {})
+        # JSON-shaped (tuples -> lists) so get_config is the same before and after saving
+        backbone_args = json.loads(json.dumps(dict(backbone_args or {})))
         build = registry.get("backbone", backbone)
         self.backbone = build(input_shape=tuple(image_shape), width=width, **backbone_args)
         scaling = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="pixel_scaling")
