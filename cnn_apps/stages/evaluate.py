@@ -20,6 +20,7 @@ from cnn_apps.config import Config
 from cnn_apps.stages.common import StageResult, at_model_size, check_task, dataset_label, metric_key, split_dataset
 
 SOURCE_STAGES = ("train", "finetune")
+MAX_ERROR_IMAGES = 32
 
 
 def evaluate(config: Config, from_run: str) -> StageResult:
@@ -36,14 +37,16 @@ def evaluate(config: Config, from_run: str) -> StageResult:
     config = at_model_size(config, model)  # evaluate at the size it was trained at
     test_ds = split_dataset(spec, config, "test", training=False, batch_size=config.evaluate.batch_size)
 
-    probs, labels, images = [], [], []
+    probs, labels, wrong_images = [], [], []  # keep only a few misclassified images in memory
     for x, y in test_ds:
-        probs.append(model.predict_on_batch(x))
-        labels.append(y.numpy())
-        images.append(x.numpy().astype(np.uint8))
+        p_batch = np.asarray(model.predict_on_batch(x))
+        y = y.numpy()
+        probs.append(p_batch)
+        labels.append(y)
+        if sum(len(w) for w in wrong_images) < MAX_ERROR_IMAGES:
+            wrong_images.append(x.numpy()[p_batch.argmax(axis=1) != y].astype(np.uint8))
     probs = np.concatenate(probs)
     labels = np.concatenate(labels)
-    images = np.concatenate(images)
     pred = probs.argmax(axis=1)
     k = spec.num_classes
     eps = 1e-7
@@ -73,10 +76,11 @@ def evaluate(config: Config, from_run: str) -> StageResult:
         mlflow.log_text(buf.getvalue(), "per_class.csv")
         tracking.log_json({"class_names": spec.class_names, "matrix": cm.tolist()}, "confusion_matrix.json")
         tracking.log_figure(plots.confusion_matrix(cm, spec.class_names), "confusion_matrix.png")
-        wrong = np.flatnonzero(pred != labels)[:32]
+        wrong = np.flatnonzero(pred != labels)[:MAX_ERROR_IMAGES]
         if len(wrong):
             titles = [f"{spec.class_names[labels[i]]}->{spec.class_names[pred[i]]}" for i in wrong]
-            tracking.log_figure(plots.image_grid(images[wrong], titles, title="test errors (true->predicted)"),
+            images = np.concatenate(wrong_images)[:len(wrong)]
+            tracking.log_figure(plots.image_grid(images, titles, title="test errors (true->predicted)"),
                                 "test_errors.png")
         return StageResult(run.info.run_id, "evaluate",
                            {"test_accuracy": round(accuracy, 4), "test_loss": round(test_loss, 4),
