@@ -40,3 +40,12 @@ def test_registry_names_and_errors():
         ImageClassifier(4, (32, 32, 3), backbone="resnet9000")
     with pytest.raises(ValueError, match="class names"):
         ImageClassifier(3, (32, 32, 3), class_names=["a"])
+
+
+def test_a_frozen_backbone_stays_frozen_after_reload(tmp_path):
+    model = ImageClassifier(3, (32, 32, 3))
+    model.backbone.trainable = False
+    model.save(tmp_path / "frozen.keras")
+    loaded = keras.saving.load_model(tmp_path / "frozen.keras")
+    assert loaded.backbone.trainable is False
+    assert len(loaded.trainable_weights) == 2  # the dense head's kernel and bias

@@ -28,18 +28,20 @@ class ImageClassifier(keras.Model):
         dropout: rate before the dense layer (0 disables).
         backbone_args: extra keyword arguments for the backbone.
         class_names: K names, stored with the model (exports return them).
+        backbone_trainable: False freezes the backbone (feature extraction).
 
     Input (B, H, W, C) float pixels 0..255; output ``probabilities`` (B, K).
     """
 
     def __init__(self, num_classes: int, image_shape=(64, 64, 3), backbone: str = "resnet_mini",
                  width: float = 1.0, dropout: float = 0.2, backbone_args: dict | None = None,
-                 class_names=None, **kwargs):
+                 class_names=None, backbone_trainable: bool = True, **kwargs):
         # === Layers ===
         # JSON-shaped (tuples -> lists) so get_config is the same before and after saving
         backbone_args = json.loads(json.dumps(dict(backbone_args or {})))
         build = registry.get("backbone", backbone)
         self.backbone = build(input_shape=tuple(image_shape), width=width, **backbone_args)
+        self.backbone.trainable = backbone_trainable
         scaling = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="pixel_scaling")
         pool = layers.GlobalAveragePooling2D(name="avg_pool")
         head_dropout = layers.Dropout(dropout, name="head_dropout") if dropout > 0 else None
@@ -77,4 +79,5 @@ class ImageClassifier(keras.Model):
             "dropout": self.dropout,
             "backbone_args": self.backbone_args,
             "class_names": self.class_names,
+            "backbone_trainable": self.backbone.trainable,  # a frozen backbone stays frozen on reload
         }
