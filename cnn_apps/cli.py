@@ -6,7 +6,8 @@
     cnn-apps evaluate [--config C] [--set k=v ...] --from-run TRAIN_RUN
     cnn-apps export   [--config C] [--set k=v ...] --from-run TRAIN_RUN
     cnn-apps all      --config C [--set k=v ...]     (prepare, train, evaluate, export)
-    cnn-apps models                                  (the registered backbones)
+    cnn-apps study    {regularization,learning-curve,depth} --config C [--from-run PREPARE_RUN]
+    cnn-apps models                                  (the backbone zoo: parameters, FLOPs)
 
 Without ``--config``, a stage that reads another run starts from that run's
 config. Every command that makes an MLflow run prints ``run_id: <id>`` last.
@@ -17,10 +18,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shlex
 import sys
 
 STAGES = ("prepare", "train", "finetune", "evaluate", "export", "all")
+STUDY_KINDS = ("regularization", "learning-curve", "depth")
 NEEDS_RUN = ("finetune", "evaluate", "export")
 
 
@@ -44,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     for stage in STAGES:
         p = sub.add_parser(stage, help=helps[stage])
         add_stage_arguments(p, stage)
-    sub.add_parser("models", help="list the registered backbones")
+    p = sub.add_parser("study", help="nested runs comparing settings: " + ", ".join(STUDY_KINDS))
+    p.add_argument("kind", choices=STUDY_KINDS)
+    add_stage_arguments(p, "study")
+    sub.add_parser("models", help="list the registered backbones with parameters and FLOPs")
     return parser
 
 
@@ -52,7 +58,7 @@ def add_stage_arguments(p: argparse.ArgumentParser, stage: str) -> None:
     p.add_argument("--config", help="experiment YAML (pipelines/configs/*.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. training.epochs=3 (repeatable)")
-    if stage in ("train", *NEEDS_RUN):
+    if stage in ("train", "study", *NEEDS_RUN):
         p.add_argument("--from-run", dest="from_run", required=stage in NEEDS_RUN, metavar="RUN_ID",
                        help="the MLflow run whose output this stage consumes")
 
@@ -75,11 +81,17 @@ def split_overrides(values: list[str]) -> list[str]:
     them that way) and an empty value is none."""
     out = []
     for value in values:
-        out.extend(shlex.split(value))
+        parts = shlex.split(value)
+        # "a=1 b=2" is two pairs; "study.settings=[none, l2]" is one value with spaces
+        if len(parts) > 1 and all(re.match(r"^[A-Za-z_][\w.]*=", p) for p in parts):
+            out.extend(parts)
+        elif value.strip():
+            out.append(value)
     return out
 
 
-def run_stage(stage: str, config_path: str | None, overrides: list[str], from_run: str | None = None):
+def run_stage(stage: str, config_path: str | None, overrides: list[str], from_run: str | None = None,
+              kind: str | None = None):
     from cnn_apps import stages
 
     config_path = config_path or None  # "" (an MLproject default) means none
@@ -96,6 +108,10 @@ def run_stage(stage: str, config_path: str | None, overrides: list[str], from_ru
         return stages.train(config, from_run=from_run)
     if stage == "all":
         return stages.run_all(config)
+    if stage == "study":
+        from cnn_apps.stages.study import study
+
+        return study(kind, config, from_run=from_run)
     return getattr(stages, stage)(config, from_run=from_run)
 
 
@@ -123,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "models":
             list_models()
             return 0
-        result = run_stage(args.command, args.config, args.overrides, getattr(args, "from_run", None))
+        result = run_stage(args.command, args.config, args.overrides, getattr(args, "from_run", None),
+                           getattr(args, "kind", None))
     except CnnAppsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -65,8 +65,39 @@ class AugmentConfig:
 class ModelConfig:
     backbone: str = "resnet_mini"  # a name from `cnn-apps models`
     width: float = 1.0  # filter multiplier: grow it against high bias
-    dropout: float = 0.2  # before the classifier's dense layer
+    head_units: list[int] = field(default_factory=list)  # hidden dense layers of the head
     backbone_args: dict = field(default_factory=dict)  # extra keyword arguments of the backbone
+
+
+@dataclass
+class RegularizationConfig:
+    """The tools against overfitting, for any backbone and head."""
+
+    l1: float = 0.0  # lambda of the L1 penalty on every conv/dense kernel
+    l2: float = 0.0  # lambda of the L2 penalty (the lecture's lambda/2m * ||W||^2, folded in)
+    dropout: float = 0.2  # rate; 0 disables
+    dropout_placement: str = _choice("dense", ("dense", "conv", "both"))  # head, after conv blocks, both
+    batch_norm: Optional[bool] = None  # None: the backbone's own default (ResNets on, VGG/AlexNet off)
+
+
+@dataclass
+class DiagnosisConfig:
+    """Bias/variance verdict after each train/finetune run (errors are fractions)."""
+
+    human_error: Optional[float] = None  # human-level or Bayes error; gives avoidable bias
+    bias_threshold: float = 0.05  # (avoidable) bias above this: high bias
+    variance_threshold: float = 0.05  # validation minus training error above this: high variance
+    train_eval_examples: int = 2000  # training examples re-scored in inference mode each epoch
+
+
+@dataclass
+class StudyConfig:
+    """`cnn-apps study ...`: what the children vary (all share data and seed)."""
+
+    settings: list[str] = field(default_factory=lambda: [
+        "none", "l1", "l2", "dropout", "batch_norm", "batch_norm+dropout", "all"])
+    train_sizes: list[int] = field(default_factory=lambda: [250, 500, 1000, 2000])
+    depth_models: list[str] = field(default_factory=lambda: ["plain18", "resnet18"])
 
 
 @dataclass
@@ -120,6 +151,9 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
+    diagnosis: DiagnosisConfig = field(default_factory=DiagnosisConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
@@ -191,6 +225,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # PyYAML (YAML 1.1) reads 1e-5 as a string: accept it
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif tp is str:
         if isinstance(value, str):
             return value

@@ -92,3 +92,54 @@ def class_balance(class_counts: dict, title: str = "examples per class"):
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def error_curves(series: dict, title: str = "error per epoch"):
+    """Training error (inference mode) and validation error per epoch: the gap is the variance."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for key, style, label in (("train_error", "o-", "training error (inference mode)"),
+                              ("val_error", "s-", "validation error")):
+        values = series.get(key) or []
+        if values:
+            ax.plot(np.arange(1, len(values) + 1), values, style, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("error")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def grouped_bars(labels, groups: dict, title: str = "", ylabel: str = "error"):
+    """Bars per label, one colour per group: ``groups = {"train error": [...], ...}``."""
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.9 * len(labels) + 2), 3.8))
+    width = 0.8 / max(1, len(groups))
+    x = np.arange(len(labels))
+    for i, (name, values) in enumerate(groups.items()):
+        bars = ax.bar(x + i * width, values, width, label=name)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    ax.set_xticks(x + width * (len(groups) - 1) / 2, labels, rotation=20, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def curves(xs, series: dict, title: str = "", xlabel: str = "", ylabel: str = "error", logx: bool = False):
+    """Lines sharing one x axis: ``series = {"train error": [...], ...}``."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name, values in series.items():
+        ax.plot(xs[:len(values)], values, "o-", label=name)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig

@@ -92,16 +92,19 @@ def git_commit() -> str:
 
 @contextlib.contextmanager
 def stage_run(config: Config, stage: str, *, model: str, dataset: str,
-              source_run: str | None = None, fingerprint: str | None = None):
-    """Open the MLflow run of one stage, with the conventions above; yields the active run."""
+              source_run: str | None = None, fingerprint: str | None = None,
+              nested: bool = False, tags: dict | None = None, run_name: str | None = None):
+    """Open the MLflow run of one stage, with the conventions above; yields the active run.
+
+    ``nested`` makes it a child of the active run (a study's setting)."""
     mlflow = _mlflow()
     experiment_id = setup(config)
-    tags = {"stage": stage, "git_commit": git_commit(), "task": config.task,
-            "source_run": source_run or ""}
+    all_tags = {"stage": stage, "git_commit": git_commit(), "task": config.task,
+                "source_run": source_run or "", **(tags or {})}
     if fingerprint:
-        tags["dataset_fingerprint"] = fingerprint
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{stage}:{model}:{dataset}",
-                          tags=tags) as run:
+        all_tags["dataset_fingerprint"] = fingerprint
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or f"{stage}:{model}:{dataset}",
+                          tags=all_tags, nested=nested) as run:
         mlflow.log_params({k: _param(v) for k, v in config.flat().items()})
         mlflow.log_text(config.to_yaml(), "config.yaml")
         yield run

@@ -30,6 +30,7 @@ def test_yaml_and_overrides(tmp_path):
     assert cfg.training.learning_rate == 1.0 and isinstance(cfg.training.learning_rate, float)
     assert cfg.data.image_size == 48
     assert cfg.model.backbone_args == {"stem_filters": 8}
+    assert load_config(None, ["regularization.l2=1e-4"]).regularization.l2 == 1e-4  # YAML 1.1 says str
 
 
 def test_unknown_key_names_it_and_lists_the_valid_ones(tmp_path):

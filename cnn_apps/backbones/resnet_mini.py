@@ -1,10 +1,10 @@
-"""A compact ResNet for small images (32-128 px): the foundation's default backbone.
+"""A compact ResNet for small images (28-128 px): the foundation's default backbone.
 
 Stem: 3x3 conv (stride 2) + BN + ReLU; then stages of basic residual blocks (two
 3x3 convs, identity shortcut, or a 1x1 projection when the shape changes), each
-stage after the first halving the resolution. With the defaults it has 0.7 M
-parameters and costs about 22 M multiply-adds per 64 px image, so it trains on a
-2-core CPU in minutes. The zoo's paper-sized ResNets (issue 3) share the block
+stage after the first halving the resolution. With the defaults (16-128 filters)
+it has 0.3 M parameters and costs about 20 M multiply-adds per 64 px image, so it
+trains on a 2-core CPU in minutes. The zoo's paper-sized ResNets share the block
 idea at full scale.
 """
 
@@ -18,20 +18,29 @@ from keras import layers
 from cnn_apps.registry import register
 
 
-def _conv_bn(x, filters, kernel, strides, name, activation=True):
-    x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
-                      kernel_initializer="he_normal", name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
-    return layers.ReLU(name=f"{name}_relu")(x) if activation else x
+class _Conv:
+    """Conv (+ BN) (+ ReLU) with the regularization switches of one backbone."""
+
+    def __init__(self, batch_norm: bool, regularizer):
+        self.batch_norm = batch_norm
+        self.regularizer = regularizer
+
+    def __call__(self, x, filters, kernel, strides, name, activation=True):
+        x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=not self.batch_norm,
+                          kernel_initializer="he_normal", kernel_regularizer=self.regularizer,
+                          name=f"{name}_conv")(x)
+        if self.batch_norm:
+            x = layers.BatchNormalization(name=f"{name}_bn")(x)
+        return layers.ReLU(name=f"{name}_relu")(x) if activation else x
 
 
-def basic_block(x, filters: int, strides: int, name: str):
-    """Two 3x3 conv-BN layers plus a shortcut (projected when shape changes)."""
+def basic_block(x, filters: int, strides: int, name: str, conv: _Conv):
+    """Two 3x3 conv layers plus a shortcut (projected when the shape changes)."""
     shortcut = x
     if strides != 1 or x.shape[-1] != filters:
-        shortcut = _conv_bn(x, filters, 1, strides, f"{name}_proj", activation=False)
-    y = _conv_bn(x, filters, 3, strides, f"{name}_1")
-    y = _conv_bn(y, filters, 3, 1, f"{name}_2", activation=False)
+        shortcut = conv(x, filters, 1, strides, f"{name}_proj", activation=False)
+    y = conv(x, filters, 3, strides, f"{name}_1")
+    y = conv(y, filters, 3, 1, f"{name}_2", activation=False)
     y = layers.Add(name=f"{name}_add")([shortcut, y])
     return layers.ReLU(name=f"{name}_out")(y)
 
@@ -48,6 +57,9 @@ class ResNetMini(keras.Model):
         stem_filters: filters of the stem conv.
         stem_strides: stride of the stem conv (2 halves the input at once; 1 keeps detail).
         width: multiplier applied to every filter count (grow it against high bias).
+        batch_norm: BN after every conv (None = True, this backbone's default).
+        block_dropout: dropout rate after every stage (0 disables).
+        l1, l2: kernel penalties on every conv (0 disables).
 
     Output: the last stage's feature map (B, H/16, W/16, F). ``pyramid_outputs``
     maps ``"C<level>"`` (stride 2**level) to each stage's output layer name.
@@ -55,26 +67,30 @@ class ResNetMini(keras.Model):
 
     def __init__(self, input_shape=(None, None, 3), stage_filters=(16, 32, 64, 128),
                  blocks_per_stage=(1, 1, 1, 1), stem_filters=16, stem_strides=2, width=1.0,
-                 **kwargs):
+                 batch_norm=None, block_dropout=0.0, l1=0.0, l2=0.0, **kwargs):
         if len(stage_filters) != len(blocks_per_stage):
             raise ValueError("stage_filters and blocks_per_stage must have the same length")
         scale = lambda f: max(8, int(math.ceil(f * width / 8) * 8))  # noqa: E731 - multiple of 8
+        regularizer = keras.regularizers.L1L2(l1=l1, l2=l2) if (l1 or l2) else None
+        conv = _Conv(True if batch_norm is None else bool(batch_norm), regularizer)
         inputs = keras.Input(shape=tuple(input_shape), name="pixels")
-        x = _conv_bn(inputs, scale(stem_filters), 3, stem_strides, "stem")
+        x = conv(inputs, scale(stem_filters), 3, stem_strides, "stem")
         stride, pyramid = stem_strides, {}
         for s, (filters, blocks) in enumerate(zip(stage_filters, blocks_per_stage)):
             for b in range(blocks):
                 strides = 2 if (b == 0 and s > 0) else 1
                 stride *= strides
-                x = basic_block(x, scale(filters), strides, name=f"stage{s + 1}_block{b + 1}")
+                x = basic_block(x, scale(filters), strides, f"stage{s + 1}_block{b + 1}", conv)
             pyramid[f"C{int(math.log2(stride))}"] = f"stage{s + 1}_block{blocks}_out"
+            if block_dropout > 0:
+                x = layers.Dropout(block_dropout, name=f"stage{s + 1}_dropout")(x)
         kwargs.setdefault("name", "resnet_mini")
         super().__init__(inputs=inputs, outputs=x, **kwargs)
         self.pyramid_outputs = pyramid
         self._config = {"input_shape": tuple(input_shape), "stage_filters": tuple(stage_filters),
                         "blocks_per_stage": tuple(blocks_per_stage), "stem_filters": stem_filters,
-                        "stem_strides": stem_strides,
-                        "width": width}
+                        "stem_strides": stem_strides, "width": width, "batch_norm": batch_norm,
+                        "block_dropout": block_dropout, "l1": l1, "l2": l2}
 
     def get_config(self):
         return {"name": self.name, "trainable": self.trainable, **self._config}

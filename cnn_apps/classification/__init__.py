@@ -1,3 +1,3 @@
 """Image classification: a registered backbone plus a pooling/dropout/dense head."""
 
-from cnn_apps.classification.classifier import ImageClassifier  # noqa: F401
+from cnn_apps.classification.classifier import ImageClassifier, classifier_from_config  # noqa: F401

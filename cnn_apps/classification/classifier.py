@@ -1,7 +1,7 @@
 """ImageClassifier: raw pixels in, class probabilities out.
 
 The graph is ``pixels (0..255) -> scaling to [-1, 1] -> backbone -> global average
-pool -> dropout -> dense softmax``, so an exported model needs no client-side
+pool -> [dropout -> dense ReLU] * len(head_units) -> dropout -> dense softmax``, so an exported model needs no client-side
 preprocessing. The backbone is picked by registry name and kept as the nested
 model ``classifier.backbone`` (transfer learning freezes or swaps it).
 """
@@ -15,6 +15,8 @@ from keras import layers
 
 from cnn_apps import registry
 
+DROPOUT_PLACEMENTS = ("dense", "conv", "both")
+
 
 @keras.saving.register_keras_serializable(package="cnn_apps")
 class ImageClassifier(keras.Model):
@@ -25,7 +27,12 @@ class ImageClassifier(keras.Model):
         image_shape: (H, W, C) of the input pixels.
         backbone: a registered backbone name (``cnn-apps models`` lists them).
         width: the backbone's filter multiplier.
-        dropout: rate before the dense layer (0 disables).
+        dropout: dropout rate (0 disables), placed by ``dropout_placement``: ``dense``
+            (before each dense layer of the head), ``conv`` (after each conv block of
+            the backbone) or ``both``.
+        head_units: widths of hidden dense layers between pooling and the output.
+        l1, l2: penalties on every conv and dense kernel (0 disables).
+        batch_norm: None keeps the backbone's default; True/False forces BN on/off.
         backbone_args: extra keyword arguments for the backbone.
         class_names: K names, stored with the model (exports return them).
         backbone_trainable: False freezes the backbone (feature extraction).
@@ -35,24 +42,38 @@ class ImageClassifier(keras.Model):
 
     def __init__(self, num_classes: int, image_shape=(64, 64, 3), backbone: str = "resnet_mini",
                  width: float = 1.0, dropout: float = 0.2, backbone_args: dict | None = None,
-                 class_names=None, backbone_trainable: bool = True, **kwargs):
+                 class_names=None, backbone_trainable: bool = True, head_units=(),
+                 dropout_placement: str = "dense", l1: float = 0.0, l2: float = 0.0,
+                 batch_norm: bool | None = None, **kwargs):
+        if dropout_placement not in DROPOUT_PLACEMENTS:
+            raise ValueError(f"dropout_placement must be one of {DROPOUT_PLACEMENTS}, got {dropout_placement!r}")
         # === Layers ===
         # JSON-shaped (tuples -> lists) so get_config is the same before and after saving
         backbone_args = json.loads(json.dumps(dict(backbone_args or {})))
+        head_units = [int(u) for u in head_units]
+        conv_dropout = dropout if dropout_placement in ("conv", "both") else 0.0
+        dense_dropout = dropout if dropout_placement in ("dense", "both") else 0.0
+        regularizer = keras.regularizers.L1L2(l1=l1, l2=l2) if (l1 or l2) else None
         build = registry.get("backbone", backbone)
-        self.backbone = build(input_shape=tuple(image_shape), width=width, **backbone_args)
+        self.backbone = build(input_shape=tuple(image_shape), width=width, batch_norm=batch_norm,
+                              block_dropout=conv_dropout, l1=l1, l2=l2, **backbone_args)
         self.backbone.trainable = backbone_trainable
         scaling = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="pixel_scaling")
         pool = layers.GlobalAveragePooling2D(name="avg_pool")
-        head_dropout = layers.Dropout(dropout, name="head_dropout") if dropout > 0 else None
-        head = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")
+        hidden = [layers.Dense(u, activation="relu", kernel_regularizer=regularizer, name=f"head_fc{i + 1}")
+                  for i, u in enumerate(head_units)]
+        head = layers.Dense(num_classes, activation="softmax", dtype="float32",
+                            kernel_regularizer=regularizer, name="probabilities")
 
         # === Functional model ===
         inputs = keras.Input(shape=tuple(image_shape), name="images")
-        x = self.backbone(scaling(inputs))
-        x = pool(x)
-        if head_dropout is not None:
-            x = head_dropout(x)
+        x = pool(self.backbone(scaling(inputs)))
+        for i, dense in enumerate(hidden):
+            if dense_dropout > 0:
+                x = layers.Dropout(dense_dropout, name=f"head_dropout{i + 1}")(x)
+            x = dense(x)
+        if dense_dropout > 0:
+            x = layers.Dropout(dense_dropout, name="head_dropout")(x)
         outputs = head(x)
         kwargs.setdefault("name", f"{backbone}_classifier")
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
@@ -63,6 +84,10 @@ class ImageClassifier(keras.Model):
         self.backbone_name = backbone
         self.width = width
         self.dropout = dropout
+        self.dropout_placement = dropout_placement
+        self.head_units = head_units
+        self.l1, self.l2 = l1, l2
+        self.batch_norm = batch_norm
         self.backbone_args = backbone_args
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         if len(self.class_names) != num_classes:
@@ -80,4 +105,25 @@ class ImageClassifier(keras.Model):
             "backbone_args": self.backbone_args,
             "class_names": self.class_names,
             "backbone_trainable": self.backbone.trainable,  # a frozen backbone stays frozen on reload
+            "head_units": self.head_units,
+            "dropout_placement": self.dropout_placement,
+            "l1": self.l1,
+            "l2": self.l2,
+            "batch_norm": self.batch_norm,
         }
+
+    def same_architecture(self, num_classes: int, class_names=None) -> "ImageClassifier":
+        """A new classifier like this one (backbone, head, regularization) for other classes."""
+        config = {k: v for k, v in self.get_config().items() if k not in ("name", "trainable")}
+        config.update(num_classes=num_classes, class_names=class_names, backbone_trainable=True)
+        return ImageClassifier(**config)
+
+
+def classifier_from_config(config, num_classes: int, image_shape, class_names=None,
+                           backbone: str | None = None) -> ImageClassifier:
+    """Build the classifier a :class:`~cnn_apps.config.Config` describes (model + regularization)."""
+    m, r = config.model, config.regularization
+    return ImageClassifier(num_classes, tuple(image_shape), backbone=backbone or m.backbone, width=m.width,
+                           dropout=r.dropout, dropout_placement=r.dropout_placement, l1=r.l1, l2=r.l2,
+                           batch_norm=r.batch_norm, head_units=m.head_units,
+                           backbone_args=m.backbone_args, class_names=class_names)

@@ -20,7 +20,8 @@ class StageResult:
 
     run_id: str
     stage: str
-    outputs: dict = field(default_factory=dict)
+    outputs: dict = field(default_factory=dict)  # printed by the CLI
+    extra: dict = field(default_factory=dict)  # for callers (studies), not printed
 
 
 def dataset_label(spec: DatasetSpec) -> str:
@@ -34,8 +35,9 @@ def check_task(config: Config, supported=("classification",)) -> None:
 
 
 def split_dataset(spec: DatasetSpec, config: Config, split: str, *, training: bool,
-                  batch_size: int | None = None):
-    """A batched tf.data pipeline for one split of a prepared dataset."""
+                  batch_size: int | None = None, limit: int | None = None):
+    """A batched tf.data pipeline for one split of a prepared dataset (the first ``limit``
+    examples only, when given)."""
     from cnn_apps.data.pipeline import make_pipeline
     from cnn_apps.data.sources import get_source
 
@@ -43,10 +45,13 @@ def split_dataset(spec: DatasetSpec, config: Config, split: str, *, training: bo
     source_config = Config(task=spec.task, data=dataclasses.replace(config.data, source=spec.source))
     source = get_source(source_config)
     ds = source.load(spec, split)
+    count = spec.counts.get(split)
+    if limit is not None and count is not None and limit < count:
+        ds, count = ds.take(limit), limit
     return make_pipeline(
         ds, task=spec.task, image_size=config.data.image_size,
         batch_size=batch_size or config.training.batch_size, training=training,
-        augment=config.augment, seed=config.training.seed, num_examples=spec.counts.get(split),
+        augment=config.augment, seed=config.training.seed, num_examples=count,
         channels=spec.channels, cache=config.training.cache)
 
 

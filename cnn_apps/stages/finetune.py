@@ -21,7 +21,6 @@ def finetune(config: Config, from_run: str) -> StageResult:
     import keras
     import mlflow
 
-    from cnn_apps.classification import ImageClassifier
     from cnn_apps.training.fit import fit_and_log
 
     check_task(config)
@@ -48,13 +47,12 @@ def finetune(config: Config, from_run: str) -> StageResult:
     if list(spec.class_names) == list(base.class_names):
         model = base
     else:  # new classes: same backbone and weights, a new head
-        model = ImageClassifier(spec.num_classes, base.image_shape, backbone=base.backbone_name,
-                                width=base.width, dropout=base.dropout, backbone_args=base.backbone_args,
-                                class_names=spec.class_names)
+        model = base.same_architecture(spec.num_classes, spec.class_names)
         model.backbone.set_weights(base.backbone.get_weights())
     model.backbone.trainable = not config.finetune.freeze_backbone
 
     train_ds = split_dataset(spec, config, "train", training=True)
+    train_eval_ds = split_dataset(spec, config, "train", training=False)
     val_ds = split_dataset(spec, config, "validation", training=False)
     backbone = source.data.params.get("model.backbone", base.backbone_name)
     with tracking.stage_run(config, "finetune", model=backbone, dataset=dataset_label(spec),
@@ -66,8 +64,10 @@ def finetune(config: Config, from_run: str) -> StageResult:
         mlflow.log_metrics({"params_total": model.count_params(), "params_trainable": trainable,
                             "params_frozen": model.count_params() - trainable})
         summary = fit_and_log(model, train_ds, val_ds, config.training, num_train=spec.counts["train"],
+                              train_eval_ds=train_eval_ds, diagnosis=config.diagnosis,
                               epochs=config.finetune.epochs, learning_rate=config.finetune.learning_rate,
                               title=f"finetune: {backbone} on {dataset_label(spec)}")
         tracking.log_keras_model(model, next(iter(val_ds))[0][:2].numpy())
         return StageResult(run.info.run_id, "finetune", {
-            "val_accuracy": round(summary["best_val_accuracy"], 4), "epochs": summary["epochs_trained"]})
+            "val_accuracy": round(summary["best_val_accuracy"], 4), "epochs": summary["epochs_trained"],
+            "diagnosis": summary["diagnosis"].verdict})

@@ -13,11 +13,16 @@ from cnn_apps.config import Config
 from cnn_apps.stages.common import StageResult, check_task, dataset_label, input_shape, log, split_dataset
 
 
-def train(config: Config, from_run: str | None = None) -> StageResult:
+def train(config: Config, from_run: str | None = None, *, nested: bool = False, tags: dict | None = None,
+          run_name: str | None = None, train_limit: int | None = None) -> StageResult:
+    """Train on the data of prepare run ``from_run`` (prepared first when None).
+
+    ``nested``/``tags``/``run_name`` serve the studies (a child run per setting);
+    ``train_limit`` trains on the first N training examples only (learning curves)."""
     import keras
     import mlflow
 
-    from cnn_apps.classification import ImageClassifier
+    from cnn_apps.classification import classifier_from_config
     from cnn_apps.training.fit import fit_and_log
 
     check_task(config)
@@ -39,22 +44,29 @@ def train(config: Config, from_run: str | None = None) -> StageResult:
                     from_run, spec.fingerprint, config.data_fingerprint())
 
     keras.utils.set_random_seed(config.training.seed)
-    train_ds = split_dataset(spec, config, "train", training=True)
+    num_train = min(spec.counts["train"], train_limit or spec.counts["train"])
+    train_ds = split_dataset(spec, config, "train", training=True, limit=train_limit)
+    train_eval_ds = split_dataset(spec, config, "train", training=False, limit=train_limit)
     val_ds = split_dataset(spec, config, "validation", training=False)
-    m = config.model
-    model = ImageClassifier(spec.num_classes, input_shape(spec, config), backbone=m.backbone,
-                            width=m.width, dropout=m.dropout, backbone_args=m.backbone_args,
-                            class_names=spec.class_names)
+    model = classifier_from_config(config, spec.num_classes, input_shape(spec, config), spec.class_names)
+    backbone = config.model.backbone
 
-    with tracking.stage_run(config, "train", model=m.backbone, dataset=dataset_label(spec),
-                            source_run=from_run, fingerprint=spec.fingerprint) as run:
+    with tracking.stage_run(config, "train", model=backbone, dataset=dataset_label(spec),
+                            source_run=from_run, fingerprint=spec.fingerprint, nested=nested,
+                            tags=tags, run_name=run_name) as run:
         mlflow.log_text(spec.to_json(), tracking.DATASET_ARTIFACT)
-        mlflow.log_metrics({"params_total": model.count_params(),
-                            "params_trainable": sum(int(w.numpy().size) for w in model.trainable_weights)})
-        summary = fit_and_log(model, train_ds, val_ds, config.training, num_train=spec.counts["train"],
-                              title=f"train: {m.backbone} on {dataset_label(spec)}")
+        mlflow.log_metrics({"params_total": model.count_params(), "params_trainable": _trainable(model),
+                            "train_examples": num_train})
+        summary = fit_and_log(model, train_ds, val_ds, config.training, num_train=num_train,
+                              train_eval_ds=train_eval_ds, diagnosis=config.diagnosis,
+                              title=f"train: {backbone} on {dataset_label(spec)}")
         sample = next(iter(val_ds))[0][:2].numpy()
         tracking.log_keras_model(model, sample)
         return StageResult(run.info.run_id, "train", {
             "val_accuracy": round(summary["best_val_accuracy"], 4),
-            "epochs": summary["epochs_trained"], "seconds": round(summary["train_seconds"], 1)})
+            "epochs": summary["epochs_trained"], "seconds": round(summary["train_seconds"], 1),
+            "diagnosis": summary["diagnosis"].verdict}, extra={"summary": summary})
+
+
+def _trainable(model) -> int:
+    return sum(int(w.numpy().size) for w in model.trainable_weights)

@@ -42,3 +42,31 @@ class MlflowEpochLogger(keras.callbacks.Callback):
             return float(keras.ops.convert_to_numpy(opt.learning_rate))
         except Exception:  # a schedule object on an optimizer that was never stepped
             return None
+
+
+class InferenceErrorLogger(keras.callbacks.Callback):
+    """Per epoch, the training error in inference mode on a fixed slice of the training
+    split (``train_error``), the validation error (``val_error`` = 1 - val_accuracy) and
+    the regularization loss (``regularization_loss`` = sum of the kernel penalties).
+    Keeps the series in ``self.series`` for the error-curve plot."""
+
+    def __init__(self, train_eval_ds=None):
+        super().__init__()
+        self.train_eval_ds = train_eval_ds
+        self.series = {"train_error": [], "val_error": [], "regularization_loss": []}
+
+    def on_epoch_end(self, epoch, logs=None):
+        import mlflow
+
+        from cnn_apps.training.diagnosis import classification_error
+
+        logs = logs or {}
+        metrics = {"regularization_loss": float(sum(float(keras.ops.convert_to_numpy(v))
+                                                    for v in self.model.losses))}
+        if self.train_eval_ds is not None:
+            metrics["train_error"] = classification_error(self.model, self.train_eval_ds)
+        if "val_accuracy" in logs:
+            metrics["val_error"] = 1.0 - float(logs["val_accuracy"])
+        for k, v in metrics.items():
+            self.series[k].append(v)
+        mlflow.log_metrics(metrics, step=epoch)

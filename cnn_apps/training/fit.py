@@ -1,6 +1,7 @@
-"""One fit: compile, callbacks (early stopping, checkpoint, schedule, MLflow), curves.
+"""One fit: compile, callbacks (early stopping, checkpoint, schedule, MLflow), curves,
+and the bias/variance diagnosis of the weights kept.
 
-Used by ``train`` and ``finetune``; the MLflow run must be active.
+Used by ``train``, ``finetune`` and the studies; the MLflow run must be active.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import time
 import keras
 
 from cnn_apps import tracking
-from cnn_apps.config import TrainingConfig
-from cnn_apps.training.callbacks import MlflowEpochLogger
+from cnn_apps.config import DiagnosisConfig, TrainingConfig
+from cnn_apps.training.callbacks import InferenceErrorLogger, MlflowEpochLogger
 from cnn_apps.training.optim import build_optimizer, schedule_callbacks
 
 
@@ -26,31 +27,46 @@ def compile_classifier(model, cfg: TrainingConfig, steps_per_epoch: int,
 
 
 def fit_and_log(model, train_ds, val_ds, cfg: TrainingConfig, *, num_train: int,
+                train_eval_ds=None, diagnosis: DiagnosisConfig | None = None,
                 epochs: int | None = None, learning_rate: float | None = None,
-                curves_name: str = "learning_curves.png", title: str = "") -> dict:
-    """Fit ``model`` with the stage conventions and log per-epoch metrics and the curves.
+                prefix: str = "", title: str = "") -> dict:
+    """Fit ``model`` with the stage conventions; log per-epoch metrics, curves and diagnosis.
 
-    Returns a summary: epochs run, best epoch, seconds, images/s and the
-    validation loss/accuracy of the weights kept (the best epoch's, restored).
+    ``train_eval_ds``: the training split without shuffling or augmentation, for the
+    inference-mode training error (a slice of it every epoch, all of it at the end).
+    Returns a summary: epochs run, best epoch, early-stopping epoch, seconds, images/s,
+    the validation loss/accuracy of the weights kept (the best epoch's, restored) and,
+    with ``train_eval_ds``, the :class:`~cnn_apps.training.diagnosis.Diagnosis`.
     """
     import mlflow
 
     from cnn_apps import plots
+    from cnn_apps.training.diagnosis import classification_error, diagnose
 
+    diagnosis = diagnosis or DiagnosisConfig()
     epochs = cfg.epochs if epochs is None else epochs
     steps = max(1, math.ceil(num_train / cfg.batch_size))
     compile_classifier(model, cfg, steps, learning_rate, epochs)
+    per_epoch_eval = None
+    if train_eval_ds is not None:
+        per_epoch_eval = train_eval_ds.take(max(1, math.ceil(diagnosis.train_eval_examples / cfg.batch_size)))
+    errors = InferenceErrorLogger(per_epoch_eval)
+    stopper = None
     with tempfile.TemporaryDirectory(prefix="cnn-apps-ckpt-") as tmp:
         ckpt = os.path.join(tmp, "best.weights.h5")
         callbacks = [
             keras.callbacks.ModelCheckpoint(ckpt, monitor="val_loss", save_best_only=True,
                                             save_weights_only=True),
             MlflowEpochLogger(),
+            errors,
             *schedule_callbacks(cfg),
         ]
         if cfg.early_stopping_patience > 0:
-            callbacks.append(keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=cfg.early_stopping_patience, restore_best_weights=True))
+            # "until validation loss starts to increase": stop after `patience` epochs without
+            # improvement and keep the best weights.
+            stopper = keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=cfg.early_stopping_patience, restore_best_weights=True)
+            callbacks.append(stopper)
         start = time.perf_counter()
         history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
                             shuffle=False, verbose=2)  # the pipeline shuffles
@@ -66,11 +82,27 @@ def fit_and_log(model, train_ds, val_ds, cfg: TrainingConfig, *, num_train: int,
     summary = {
         "epochs_trained": len(hist["loss"]),
         "best_epoch": best_epoch,
+        "early_stopping_epoch": int(stopper.stopped_epoch) if stopper and stopper.stopped_epoch else -1,
         "train_seconds": seconds,
         "train_images_per_s": num_train * len(hist["loss"]) / seconds,
         "best_val_loss": float(val_loss),
         "best_val_accuracy": float(val_accuracy),
     }
-    mlflow.log_metrics(summary)
-    tracking.log_figure(plots.learning_curves(hist, title or "learning curves"), curves_name)
+    mlflow.log_metrics({f"{prefix}{k}": v for k, v in summary.items()})
+    tracking.log_figure(plots.learning_curves(hist, title or "learning curves"), f"{prefix}learning_curves.png")
+    if errors.series["train_error"]:
+        tracking.log_figure(plots.error_curves(errors.series, title=title or "error per epoch"),
+                            f"{prefix}error_curves.png")
+    summary["series"] = errors.series
+    if train_eval_ds is not None:
+        result = diagnose(classification_error(model, train_eval_ds), 1.0 - float(val_accuracy),
+                          human_error=diagnosis.human_error, bias_threshold=diagnosis.bias_threshold,
+                          variance_threshold=diagnosis.variance_threshold)
+        mlflow.log_metrics({f"{prefix}{k}": v for k, v in result.metrics().items()
+                            if k not in ("train_error", "val_error")})
+        mlflow.log_metrics({f"{prefix}final_train_error": result.train_error,
+                            f"{prefix}final_val_error": result.val_error})
+        mlflow.set_tag(f"{prefix}diagnosis", result.verdict)
+        mlflow.log_text(result.markdown(), f"{prefix}diagnosis.md")
+        summary["diagnosis"] = result
     return summary

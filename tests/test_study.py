@@ -1,0 +1,41 @@
+"""A tiny study end to end: one parent run, nested children, comparison table and plot."""
+
+import pytest
+
+from cnn_apps.cli import main
+from conftest import tiny_overrides
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("kind, extra, children", [
+    ("regularization", ["regularization.l2=1e-3", "regularization.dropout=0.3", "study.settings=[none,l2,all]"],
+     ["none", "l2", "all"]),
+    ("learning-curve", ["study.train_sizes=[16,48]"], ["16", "48"]),
+])
+def test_study_makes_a_parent_with_one_child_per_setting(kind, extra, children, tmp_path, capsys, monkeypatch):
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    sets = tiny_overrides(tmp_path, **{"training.epochs": 1}) + extra
+    assert main(["study", kind, *[a for s in sets for a in ("--set", s)]]) == 0
+    parent_id = capsys.readouterr().out.strip().splitlines()[-1].split()[1]
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    parent = client.get_run(parent_id)
+    assert parent.data.tags["stage"] == "study" and parent.data.tags["study"] == kind
+    kids = client.search_runs([parent.info.experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    assert sorted(k.data.tags["setting"] for k in kids) == sorted(children)
+    for kid in kids:
+        assert kid.data.tags["stage"] == "train" and kid.data.tags["source_run"] == parent.data.tags["source_run"]
+        assert kid.data.tags["diagnosis"] in ("good_fit", "high_bias", "high_variance", "high_bias_and_variance")
+        assert {"bias", "variance", "final_train_error"} <= set(kid.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(parent_id)}
+    assert {"results.csv", "results.md", f"{kind}.png"} <= artifacts
+    table = mlflow.artifacts.load_text(f"runs:/{parent_id}/results.csv").splitlines()
+    assert table[0].startswith("setting,train_error,val_error") and len(table) == 1 + len(children)
+    if kind == "learning-curve":
+        sizes = {k.data.tags["setting"]: k.data.metrics["train_examples"] for k in kids}
+        assert sizes == {"16": 16, "48": 48}
