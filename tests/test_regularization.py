@@ -79,3 +79,5 @@ def test_study_settings_switch_tools_on_and_off():
         regularization_setting(cfg, "mixup")
     with pytest.raises(ConfigError, match="regularization.l1 must be > 0"):
         regularization_setting(load_config(), "l1")
+    partial = regularization_setting(load_config(None, ["regularization.l2=0.01"]), "all")
+    assert partial.regularization.l1 == 0 and partial.regularization.l2 == 0.01  # what is configured

@@ -2,7 +2,8 @@
 
 * ``regularization``: the settings of ``study.settings`` (none, l1, l2, dropout,
   batch_norm, batch_norm+dropout, all); "on" uses the strength given in the
-  config's ``regularization`` section, "off" is zero / no batch norm.
+  config's ``regularization`` section, "off" is zero / no batch norm; "all" is
+  every tool given a strength there, plus batch norm.
 * ``learning-curve``: training error and validation error against the number of
   training examples (``study.train_sizes``), the diagnostic for "would more data help?".
 * ``depth``: ``study.depth_models`` (plain18 vs resnet18) with per-epoch error
@@ -31,12 +32,15 @@ _COLUMNS = ("setting", "train_error", "val_error", "bias", "variance", "verdict"
 
 def regularization_setting(config: Config, setting: str) -> Config:
     """A copy of ``config`` with only the tools named by ``setting`` switched on."""
-    parts = {"all": {"l1", "l2", "dropout", "batch_norm"}, "none": set()}.get(setting, set(setting.split("+")))
+    r = config.regularization
+    if setting == "all":  # every tool the config gives a strength to, and batch norm
+        parts = {t for t in ("l1", "l2", "dropout") if getattr(r, t) > 0} | {"batch_norm"}
+    else:
+        parts = set() if setting == "none" else set(setting.split("+"))
     unknown = parts - {"l1", "l2", "dropout", "batch_norm"}
     if unknown or not setting:
         raise ConfigError(f"study.settings: unknown setting '{setting}'; use "
                           f"{', '.join(REGULARIZATION_SETTINGS)} or '+'-joined tools")
-    r = config.regularization
     for tool in ("l1", "l2", "dropout"):
         if tool in parts and getattr(r, tool) <= 0:
             raise ConfigError(f"regularization.{tool} must be > 0 for the study's '{setting}' setting")
