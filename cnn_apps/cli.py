@@ -116,14 +116,12 @@ def run_stage(stage: str, config_path: str | None, overrides: list[str], from_ru
 
 
 def list_models() -> None:
-    from cnn_apps import registry
+    """The backbone zoo at paper size with 1000 classes: parameters and multiply-adds."""
+    from cnn_apps.backbones.zoo import zoo_table
 
-    print(f"{'backbone':<16} {'params (64px, 10 classes)':>26}")
-    for name in registry.names("backbone"):
-        from cnn_apps.classification import ImageClassifier
-
-        model = ImageClassifier(10, (64, 64, 3), backbone=name)
-        print(f"{name:<16} {model.count_params():>26,}")
+    print(f"{'backbone':<12} {'input':>6} {'parameters':>14} {'GMACs':>8}")
+    for row in zoo_table():
+        print(f"{row['name']:<12} {row['input_size']:>6} {row['params']:>14,} {row['macs'] / 1e9:>8.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -154,7 +154,8 @@ def load_run_config(run_id: str) -> dict:
 
 def log_keras_model(model, sample_input) -> str:
     """Log ``model`` as the run's MLflow model (Keras flavour, ``.keras`` inside); returns its URI."""
-    mlflow = _mlflow()
+    _mlflow()
+    import mlflow
     import mlflow.tensorflow
     from mlflow.models import infer_signature
 
@@ -185,7 +186,7 @@ def model_uri(run_id: str) -> str:
 
 def load_keras_model(uri_or_run: str):
     """Load a Keras model from a train/finetune run id, a ``runs:/`` or a ``models:/`` URI."""
-    mlflow = _mlflow()
+    _mlflow()
     import mlflow.tensorflow
 
     import cnn_apps.classification  # noqa: F401  (registers the custom classes)
