@@ -6,7 +6,7 @@
     cnn-apps evaluate [--config C] [--set k=v ...] --from-run TRAIN_RUN
     cnn-apps export   [--config C] [--set k=v ...] --from-run TRAIN_RUN
     cnn-apps all      --config C [--set k=v ...]     (prepare, train, evaluate, export)
-    cnn-apps study    {regularization,learning-curve,depth} --config C [--from-run PREPARE_RUN]
+    cnn-apps study    {regularization,learning-curve,depth,transfer} --config C [--from-run PREPARE_RUN]
     cnn-apps models                                  (the backbone zoo: parameters, FLOPs)
 
 Without ``--config``, a stage that reads another run starts from that run's
@@ -23,7 +23,7 @@ import shlex
 import sys
 
 STAGES = ("prepare", "train", "finetune", "evaluate", "export", "all")
-STUDY_KINDS = ("regularization", "learning-curve", "depth")
+STUDY_KINDS = ("regularization", "learning-curve", "depth", "transfer")
 NEEDS_RUN = ("finetune", "evaluate", "export")
 
 
@@ -59,7 +59,7 @@ def add_stage_arguments(p: argparse.ArgumentParser, stage: str) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. training.epochs=3 (repeatable)")
     if stage in ("train", "study", *NEEDS_RUN):
-        p.add_argument("--from-run", dest="from_run", required=stage in NEEDS_RUN, metavar="RUN_ID",
+        p.add_argument("--from-run", dest="from_run", required=stage in ("evaluate", "export"), metavar="RUN_ID",
                        help="the MLflow run whose output this stage consumes")
 
 
@@ -97,7 +97,7 @@ def run_stage(stage: str, config_path: str | None, overrides: list[str], from_ru
     config_path = config_path or None  # "" (an MLproject default) means none
     from_run = from_run or None
     overrides = split_overrides(overrides)
-    if stage in NEEDS_RUN and from_run is None:
+    if stage in ("evaluate", "export") and from_run is None:
         from cnn_apps.errors import ConfigError
 
         raise ConfigError(f"{stage} needs --from-run RUN_ID (a train or finetune run)")

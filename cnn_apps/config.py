@@ -24,7 +24,8 @@ import yaml
 
 from cnn_apps.errors import ConfigError
 
-TASKS = ("classification", "detection", "segmentation")
+TASKS = ("classification", "detection", "segmentation", "pretext")
+FINETUNE_MODES = ("feature_extraction", "shallow", "fine_tune", "scratch")
 
 
 def _choice(default, choices, help_text=""):
@@ -37,7 +38,7 @@ class DataConfig:
 
     # shapes: the embedded synthetic dataset; folder: class sub-folders;
     # fashion_mnist: idx files (Debian dataset-fashion-mnist) or TFDS; tfds: any catalog name.
-    source: str = _choice("shapes", ("shapes", "folder", "fashion_mnist", "tfds"))
+    source: str = _choice("shapes", ("shapes", "folder", "fashion_mnist", "tfds", "digits", "opencv_digits"))
     path: Optional[str] = None  # folder root, or the idx directory for fashion_mnist
     tfds_name: Optional[str] = None  # for source=tfds, e.g. "cifar10"
     data_dir: str = "./data"  # where prepared datasets live
@@ -98,6 +99,12 @@ class StudyConfig:
         "none", "l1", "l2", "dropout", "batch_norm", "batch_norm+dropout", "all"])
     train_sizes: list[int] = field(default_factory=lambda: [250, 500, 1000, 2000])
     depth_models: list[str] = field(default_factory=lambda: ["plain18", "resnet18"])
+    # transfer: the modes compared, target examples per class, and the source to learn from
+    modes: list[str] = field(default_factory=lambda: list(FINETUNE_MODES))
+    examples_per_class: list[int] = field(default_factory=list)  # empty: the whole target train split
+    source_data: dict = field(default_factory=dict)  # data-section overrides for the source dataset
+    source_task: str = _choice("classification", ("classification", "pretext"))
+    source_epochs: int = 10
 
 
 @dataclass
@@ -117,9 +124,20 @@ class TrainingConfig:
 
 @dataclass
 class FinetuneConfig:
-    epochs: int = 5
-    learning_rate: float = 1e-4
-    freeze_backbone: bool = False  # True: only the new head trains (feature extraction)
+    """Transfer learning (``cnn-apps finetune``): where the knowledge comes from and how it is used."""
+
+    mode: str = _choice("fine_tune", FINETUNE_MODES)
+    # run: --from-run RUN_ID or from_uri; weights: a weights file; imagenet: keras.applications
+    source: str = _choice("run", ("run", "weights", "imagenet"))
+    from_uri: Optional[str] = None  # runs:/<id>/model or models:/<name>@<alias> (instead of --from-run)
+    weights: Optional[str] = None  # .weights.h5 of model.backbone, or a .keras classifier/backbone
+    epochs: int = 5  # the head's epochs (feature_extraction; phase 1 of fine_tune)
+    learning_rate: float = 1e-3
+    unfreeze_blocks: int = 2  # fine_tune phase 2: the backbone's top N blocks train (BN stays frozen)
+    fine_tune_epochs: int = 10
+    fine_tune_learning_rate: float = 1e-4
+    shallow_model: str = _choice("logistic", ("logistic", "linear_svm"))
+    shallow_c: float = 1.0  # inverse regularization strength of the shallow model
 
 
 @dataclass

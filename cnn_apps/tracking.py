@@ -55,7 +55,8 @@ def setup(config: Config) -> str:
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
-    name = config.tracking.experiment or config.task
+    # a pretext task is classification on made-up labels: same experiment
+    name = config.tracking.experiment or ("classification" if config.task == "pretext" else config.task)
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(name)
     if exp is not None:
@@ -103,6 +104,8 @@ def stage_run(config: Config, stage: str, *, model: str, dataset: str,
                 "source_run": source_run or "", **(tags or {})}
     if fingerprint:
         all_tags["dataset_fingerprint"] = fingerprint
+    # a stage started inside another stage's run (a study's child preparing its data) nests under it
+    nested = nested or mlflow.active_run() is not None
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or f"{stage}:{model}:{dataset}",
                           tags=all_tags, nested=nested) as run:
         mlflow.log_params({k: _param(v) for k, v in config.flat().items()})

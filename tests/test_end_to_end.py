@@ -93,8 +93,8 @@ def test_stages_link_up_in_mlflow_and_export_serves(cli, tmp_path):
     exp2 = cli("export", "--from-run", train)
     assert client.get_run(exp2).data.tags["export_path"].endswith(os.path.join("tiny", "2"))
 
-    # finetune with a frozen backbone: backbone weights unchanged by value, head changed
-    ft = cli("finetune", "--from-run", train, "--set", "finetune.freeze_backbone=true",
+    # finetune as feature extraction: backbone weights unchanged by value, head changed
+    ft = cli("finetune", "--from-run", train, "--set", "finetune.mode=feature_extraction",
              "--set", "finetune.epochs=1")
     tuned = tracking.load_keras_model(ft)
     for a, b in zip(model.backbone.get_weights(), tuned.backbone.get_weights()):
@@ -103,7 +103,7 @@ def test_stages_link_up_in_mlflow_and_export_serves(cli, tmp_path):
     assert not np.allclose(head(model), head(tuned))
     ft_run = client.get_run(ft)
     assert ft_run.data.tags["source_run"] == train
-    assert ft_run.data.metrics["params_frozen"] > 0
+    assert ft_run.data.metrics["head_params_frozen"] > 0
 
 
 def test_train_without_a_prepare_run_prepares_first(cli):

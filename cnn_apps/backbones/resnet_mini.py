@@ -21,16 +21,17 @@ from cnn_apps.registry import register
 class _Conv:
     """Conv (+ BN) (+ ReLU) with the regularization switches of one backbone."""
 
-    def __init__(self, batch_norm: bool, regularizer):
+    def __init__(self, batch_norm: bool, regularizer, bn_momentum: float):
         self.batch_norm = batch_norm
         self.regularizer = regularizer
+        self.bn_momentum = bn_momentum
 
     def __call__(self, x, filters, kernel, strides, name, activation=True):
         x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=not self.batch_norm,
                           kernel_initializer="he_normal", kernel_regularizer=self.regularizer,
                           name=f"{name}_conv")(x)
         if self.batch_norm:
-            x = layers.BatchNormalization(name=f"{name}_bn")(x)
+            x = layers.BatchNormalization(momentum=self.bn_momentum, name=f"{name}_bn")(x)
         return layers.ReLU(name=f"{name}_relu")(x) if activation else x
 
 
@@ -60,6 +61,9 @@ class ResNetMini(keras.Model):
         batch_norm: BN after every conv (None = True, this backbone's default).
         block_dropout: dropout rate after every stage (0 disables).
         l1, l2: kernel penalties on every conv (0 disables).
+        bn_momentum: of the BN moving averages. 0.9, not Keras' 0.99: small datasets give
+            few steps per epoch, and with 0.99 the inference-mode statistics lag far behind
+            the weights for the first hundreds of steps (validation looks like chance).
 
     Output: the last stage's feature map (B, H/16, W/16, F). ``pyramid_outputs``
     maps ``"C<level>"`` (stride 2**level) to each stage's output layer name.
@@ -67,12 +71,12 @@ class ResNetMini(keras.Model):
 
     def __init__(self, input_shape=(None, None, 3), stage_filters=(16, 32, 64, 128),
                  blocks_per_stage=(1, 1, 1, 1), stem_filters=16, stem_strides=2, width=1.0,
-                 batch_norm=None, block_dropout=0.0, l1=0.0, l2=0.0, **kwargs):
+                 batch_norm=None, block_dropout=0.0, l1=0.0, l2=0.0, bn_momentum=0.9, **kwargs):
         if len(stage_filters) != len(blocks_per_stage):
             raise ValueError("stage_filters and blocks_per_stage must have the same length")
         scale = lambda f: max(8, int(math.ceil(f * width / 8) * 8))  # noqa: E731 - multiple of 8
         regularizer = keras.regularizers.L1L2(l1=l1, l2=l2) if (l1 or l2) else None
-        conv = _Conv(True if batch_norm is None else bool(batch_norm), regularizer)
+        conv = _Conv(True if batch_norm is None else bool(batch_norm), regularizer, bn_momentum)
         inputs = keras.Input(shape=tuple(input_shape), name="pixels")
         x = conv(inputs, scale(stem_filters), 3, stem_strides, "stem")
         stride, pyramid = stem_strides, {}
@@ -90,7 +94,7 @@ class ResNetMini(keras.Model):
         self._config = {"input_shape": tuple(input_shape), "stage_filters": tuple(stage_filters),
                         "blocks_per_stage": tuple(blocks_per_stage), "stem_filters": stem_filters,
                         "stem_strides": stem_strides, "width": width, "batch_norm": batch_norm,
-                        "block_dropout": block_dropout, "l1": l1, "l2": l2}
+                        "block_dropout": block_dropout, "l1": l1, "l2": l2, "bn_momentum": bn_momentum}
 
     def get_config(self):
         return {"name": self.name, "trainable": self.trainable, **self._config}

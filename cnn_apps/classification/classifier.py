@@ -19,6 +19,18 @@ DROPOUT_PLACEMENTS = ("dense", "conv", "both")
 
 
 @keras.saving.register_keras_serializable(package="cnn_apps")
+class CaffePreprocessing(layers.Layer):
+    """RGB pixels 0..255 -> BGR minus the ImageNet channel means (keras.applications' "caffe"
+    mode, what VGG16/19 and ResNet50 ImageNet weights expect). (B, H, W, 3) -> same."""
+
+    MEAN_BGR = (103.939, 116.779, 123.68)
+
+    def call(self, images):
+        bgr = keras.ops.flip(keras.ops.cast(images, self.compute_dtype), axis=-1)
+        return bgr - keras.ops.convert_to_tensor(self.MEAN_BGR, dtype=self.compute_dtype)
+
+
+@keras.saving.register_keras_serializable(package="cnn_apps")
 class ImageClassifier(keras.Model):
     """Backbone + head.
 
@@ -33,6 +45,8 @@ class ImageClassifier(keras.Model):
         head_units: widths of hidden dense layers between pooling and the output.
         l1, l2: penalties on every conv and dense kernel (0 disables).
         batch_norm: None keeps the backbone's default; True/False forces BN on/off.
+        preprocessing: ``unit`` scales pixels to [-1, 1]; ``caffe`` is keras.applications'
+            VGG/ResNet50 convention (RGB -> BGR, ImageNet mean subtracted), for ImageNet weights.
         backbone_args: extra keyword arguments for the backbone.
         class_names: K names, stored with the model (exports return them).
         backbone_trainable: False freezes the backbone (feature extraction).
@@ -44,7 +58,7 @@ class ImageClassifier(keras.Model):
                  width: float = 1.0, dropout: float = 0.2, backbone_args: dict | None = None,
                  class_names=None, backbone_trainable: bool = True, head_units=(),
                  dropout_placement: str = "dense", l1: float = 0.0, l2: float = 0.0,
-                 batch_norm: bool | None = None, **kwargs):
+                 batch_norm: bool | None = None, preprocessing: str = "unit", **kwargs):
         if dropout_placement not in DROPOUT_PLACEMENTS:
             raise ValueError(f"dropout_placement must be one of {DROPOUT_PLACEMENTS}, got {dropout_placement!r}")
         # === Layers ===
@@ -58,7 +72,12 @@ class ImageClassifier(keras.Model):
         self.backbone = build(input_shape=tuple(image_shape), width=width, batch_norm=batch_norm,
                               block_dropout=conv_dropout, l1=l1, l2=l2, **backbone_args)
         self.backbone.trainable = backbone_trainable
-        scaling = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="pixel_scaling")
+        if preprocessing == "unit":
+            scaling = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="pixel_scaling")
+        elif preprocessing == "caffe":
+            scaling = CaffePreprocessing(name="pixel_scaling")
+        else:
+            raise ValueError(f"preprocessing must be 'unit' or 'caffe', got {preprocessing!r}")
         pool = layers.GlobalAveragePooling2D(name="avg_pool")
         hidden = [layers.Dense(u, activation="relu", kernel_regularizer=regularizer, name=f"head_fc{i + 1}")
                   for i, u in enumerate(head_units)]
@@ -88,6 +107,7 @@ class ImageClassifier(keras.Model):
         self.head_units = head_units
         self.l1, self.l2 = l1, l2
         self.batch_norm = batch_norm
+        self.preprocessing = preprocessing
         self.backbone_args = backbone_args
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         if len(self.class_names) != num_classes:
@@ -110,6 +130,7 @@ class ImageClassifier(keras.Model):
             "l1": self.l1,
             "l2": self.l2,
             "batch_norm": self.batch_norm,
+            "preprocessing": self.preprocessing,
         }
 
     def same_architecture(self, num_classes: int, class_names=None) -> "ImageClassifier":
@@ -120,10 +141,12 @@ class ImageClassifier(keras.Model):
 
 
 def classifier_from_config(config, num_classes: int, image_shape, class_names=None,
-                           backbone: str | None = None) -> ImageClassifier:
-    """Build the classifier a :class:`~cnn_apps.config.Config` describes (model + regularization)."""
+                           **overrides) -> ImageClassifier:
+    """Build the classifier a :class:`~cnn_apps.config.Config` describes (model + regularization);
+    ``overrides`` replace constructor arguments (e.g. ``preprocessing="caffe"``)."""
     m, r = config.model, config.regularization
-    return ImageClassifier(num_classes, tuple(image_shape), backbone=backbone or m.backbone, width=m.width,
-                           dropout=r.dropout, dropout_placement=r.dropout_placement, l1=r.l1, l2=r.l2,
-                           batch_norm=r.batch_norm, head_units=m.head_units,
-                           backbone_args=m.backbone_args, class_names=class_names)
+    args = dict(backbone=m.backbone, width=m.width, dropout=r.dropout, dropout_placement=r.dropout_placement,
+                l1=r.l1, l2=r.l2, batch_norm=r.batch_norm, head_units=m.head_units,
+                backbone_args=m.backbone_args, class_names=class_names)
+    args.update(overrides)
+    return ImageClassifier(num_classes, tuple(image_shape), **args)

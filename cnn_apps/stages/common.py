@@ -28,7 +28,7 @@ def dataset_label(spec: DatasetSpec) -> str:
     return spec.name or spec.source
 
 
-def check_task(config: Config, supported=("classification",)) -> None:
+def check_task(config: Config, supported=("classification", "pretext")) -> None:
     if config.task not in supported:
         raise ConfigError(f"task '{config.task}' is not supported by this stage yet "
                           f"(supported: {', '.join(supported)})")
@@ -42,17 +42,42 @@ def split_dataset(spec: DatasetSpec, config: Config, split: str, *, training: bo
     from cnn_apps.data.sources import get_source
 
     # The spec, not the config, says which source holds the data.
-    source_config = Config(task=spec.task, data=dataclasses.replace(config.data, source=spec.source))
-    source = get_source(source_config)
+    source = get_source(Config(task=spec.task, data=dataclasses.replace(config.data, source=spec.source)))
     ds = source.load(spec, split)
     count = spec.counts.get(split)
     if limit is not None and count is not None and limit < count:
         ds, count = ds.take(limit), limit
+    task, augment = spec.task, config.augment
+    if config.task == "pretext":  # rotation labels instead of the source's: 4 examples per image
+        from cnn_apps.data.pipeline import resize_example
+        from cnn_apps.data.pretext import rotation_examples
+
+        size = config.data.image_size
+        ds = rotation_examples(ds.map(lambda ex: resize_example(ex, size)))
+        count = None if count is None else 4 * count
+        # a flipped rotation looks like another rotation: flipping would make labels ambiguous
+        task, augment = "classification", dataclasses.replace(augment, flip=False)
     return make_pipeline(
-        ds, task=spec.task, image_size=config.data.image_size,
+        ds, task=task, image_size=config.data.image_size,
         batch_size=batch_size or config.training.batch_size, training=training,
-        augment=config.augment, seed=config.training.seed, num_examples=count,
+        augment=augment, seed=config.training.seed, num_examples=count,
         channels=spec.channels, cache=config.training.cache)
+
+
+def source_config(config: Config) -> Config:
+    """The config a data source sees: a pretext task reads its images as classification data."""
+    if config.task == "pretext":
+        return dataclasses.replace(config, task="classification")
+    return config
+
+
+def training_classes(spec: DatasetSpec, config: Config) -> tuple[list, int]:
+    """(class names, training examples) of what the model learns: the spec's, or the pretext's."""
+    if config.task == "pretext":
+        from cnn_apps.data.pretext import ROTATION_CLASSES
+
+        return list(ROTATION_CLASSES), 4 * spec.counts["train"]
+    return list(spec.class_names), spec.counts["train"]
 
 
 def input_shape(spec: DatasetSpec, config: Config) -> tuple:

@@ -17,13 +17,14 @@ import numpy as np
 
 from cnn_apps import tracking
 from cnn_apps.config import Config
-from cnn_apps.stages.common import StageResult, at_model_size, check_task, dataset_label, metric_key, split_dataset
+from cnn_apps.stages.common import (StageResult, at_model_size, check_task, dataset_label, metric_key, split_dataset,
+                                    training_classes)
 
 SOURCE_STAGES = ("train", "finetune")
 MAX_ERROR_IMAGES = 32
 
 
-def evaluate(config: Config, from_run: str) -> StageResult:
+def evaluate(config: Config, from_run: str, *, nested: bool = False) -> StageResult:
     import mlflow
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
@@ -48,7 +49,8 @@ def evaluate(config: Config, from_run: str) -> StageResult:
     probs = np.concatenate(probs)
     labels = np.concatenate(labels)
     pred = probs.argmax(axis=1)
-    k = spec.num_classes
+    class_names, _ = training_classes(spec, config)
+    k = len(class_names)
     eps = 1e-7
     test_loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], eps, 1.0))))
     accuracy = float(np.mean(pred == labels))
@@ -58,27 +60,27 @@ def evaluate(config: Config, from_run: str) -> StageResult:
 
     model_name = source.data.params.get("model.backbone", "model")
     with tracking.stage_run(config, "evaluate", model=model_name, dataset=dataset_label(spec),
-                            source_run=from_run, fingerprint=spec.fingerprint) as run:
+                            source_run=from_run, fingerprint=spec.fingerprint, nested=nested) as run:
         metrics = {
             "test_loss": test_loss, "test_accuracy": accuracy,
             "test_macro_precision": float(p.mean()), "test_macro_recall": float(r.mean()),
             "test_macro_f1": float(f1.mean()), "test_images_per_s": speed,
             "test_examples": int(len(labels)),
         }
-        for i, name in enumerate(spec.class_names):
+        for i, name in enumerate(class_names):
             metrics[f"test_f1_{metric_key(name)}"] = float(f1[i])
         mlflow.log_metrics(metrics)
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(["class", "precision", "recall", "f1", "support"])
-        for i, name in enumerate(spec.class_names):
+        for i, name in enumerate(class_names):
             w.writerow([name, f"{p[i]:.4f}", f"{r[i]:.4f}", f"{f1[i]:.4f}", int(support[i])])
         mlflow.log_text(buf.getvalue(), "per_class.csv")
-        tracking.log_json({"class_names": spec.class_names, "matrix": cm.tolist()}, "confusion_matrix.json")
-        tracking.log_figure(plots.confusion_matrix(cm, spec.class_names), "confusion_matrix.png")
+        tracking.log_json({"class_names": class_names, "matrix": cm.tolist()}, "confusion_matrix.json")
+        tracking.log_figure(plots.confusion_matrix(cm, class_names), "confusion_matrix.png")
         wrong = np.flatnonzero(pred != labels)[:MAX_ERROR_IMAGES]
         if len(wrong):
-            titles = [f"{spec.class_names[labels[i]]}->{spec.class_names[pred[i]]}" for i in wrong]
+            titles = [f"{class_names[labels[i]]}->{class_names[pred[i]]}" for i in wrong]
             images = np.concatenate(wrong_images)[:len(wrong)]
             tracking.log_figure(plots.image_grid(images, titles, title="test errors (true->predicted)"),
                                 "test_errors.png")

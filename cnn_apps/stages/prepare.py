@@ -13,7 +13,7 @@ import io
 
 from cnn_apps import tracking
 from cnn_apps.config import Config
-from cnn_apps.stages.common import StageResult, dataset_label, log, metric_key
+from cnn_apps.stages.common import StageResult, dataset_label, log, metric_key, source_config
 
 
 def prepare(config: Config) -> StageResult:
@@ -22,7 +22,7 @@ def prepare(config: Config) -> StageResult:
     from cnn_apps import plots
     from cnn_apps.data.sources import get_source
 
-    source = get_source(config)
+    source = get_source(source_config(config))
     spec = source.prepare()
     for item in spec.skipped:
         log.warning("skipped %s: %s", item["file"], item["reason"])

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from cnn_apps import tracking
 from cnn_apps.config import Config
-from cnn_apps.stages.common import StageResult, check_task, dataset_label, input_shape, log, split_dataset
+from cnn_apps.stages.common import (StageResult, check_task, dataset_label, input_shape, log, source_config,
+                                    split_dataset, training_classes)
 
 
 def train(config: Config, from_run: str | None = None, *, nested: bool = False, tags: dict | None = None,
@@ -34,21 +35,23 @@ def train(config: Config, from_run: str | None = None, *, nested: bool = False, 
     tracking.setup(config)
     tracking.get_run(from_run, expect_stage=("prepare",))
     spec = tracking.load_dataset_spec(from_run)
-    if spec.task != config.task:
+    if spec.task != source_config(config).task:
         from cnn_apps.errors import ConfigError
 
         raise ConfigError(f"prepare run {from_run} holds {spec.task} data, the config says task '{config.task}'")
-    if spec.fingerprint != config.data_fingerprint():
+    if spec.fingerprint != source_config(config).data_fingerprint():
         log.warning("training on the data of prepare run %s (fingerprint %s); the config's data "
                     "section differs (fingerprint %s) and only its image_size is used",
                     from_run, spec.fingerprint, config.data_fingerprint())
 
     keras.utils.set_random_seed(config.training.seed)
-    num_train = min(spec.counts["train"], train_limit or spec.counts["train"])
+    class_names, num_train = training_classes(spec, config)
+    if train_limit:
+        num_train = min(num_train, train_limit * (4 if config.task == "pretext" else 1))
     train_ds = split_dataset(spec, config, "train", training=True, limit=train_limit)
     train_eval_ds = split_dataset(spec, config, "train", training=False, limit=train_limit)
     val_ds = split_dataset(spec, config, "validation", training=False)
-    model = classifier_from_config(config, spec.num_classes, input_shape(spec, config), spec.class_names)
+    model = classifier_from_config(config, len(class_names), input_shape(spec, config), class_names)
     backbone = config.model.backbone
 
     with tracking.stage_run(config, "train", model=backbone, dataset=dataset_label(spec),

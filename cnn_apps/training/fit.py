@@ -29,9 +29,10 @@ def compile_classifier(model, cfg: TrainingConfig, steps_per_epoch: int,
 def fit_and_log(model, train_ds, val_ds, cfg: TrainingConfig, *, num_train: int,
                 train_eval_ds=None, diagnosis: DiagnosisConfig | None = None,
                 epochs: int | None = None, learning_rate: float | None = None,
-                prefix: str = "", title: str = "") -> dict:
+                initial_epoch: int = 0, prefix: str = "", title: str = "") -> dict:
     """Fit ``model`` with the stage conventions; log per-epoch metrics, curves and diagnosis.
 
+    ``initial_epoch`` numbers the epochs of a later phase after the earlier ones.
     ``train_eval_ds``: the training split without shuffling or augmentation, for the
     inference-mode training error (a slice of it every epoch, all of it at the end).
     Returns a summary: epochs run, best epoch, early-stopping epoch, seconds, images/s,
@@ -68,8 +69,10 @@ def fit_and_log(model, train_ds, val_ds, cfg: TrainingConfig, *, num_train: int,
                 monitor="val_loss", patience=cfg.early_stopping_patience, restore_best_weights=True)
             callbacks.append(stopper)
         start = time.perf_counter()
-        history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
-                            shuffle=False, verbose=2)  # the pipeline shuffles
+        # initial_epoch: a second phase continues the first one's epoch numbers (one curve in MLflow)
+        history = model.fit(train_ds, validation_data=val_ds, epochs=initial_epoch + epochs,
+                            initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False,
+                            verbose=2)  # the pipeline shuffles
         seconds = time.perf_counter() - start
         # Early stopping restores the best weights only when it stops early;
         # the checkpoint makes "best epoch wins" hold either way.
@@ -77,7 +80,8 @@ def fit_and_log(model, train_ds, val_ds, cfg: TrainingConfig, *, num_train: int,
             model.load_weights(ckpt)
     hist = history.history
     val_losses = hist.get("val_loss", [])
-    best_epoch = int(min(range(len(val_losses)), key=val_losses.__getitem__)) if val_losses else len(hist["loss"]) - 1
+    best_epoch = initial_epoch + (int(min(range(len(val_losses)), key=val_losses.__getitem__))
+                                  if val_losses else len(hist["loss"]) - 1)
     val_loss, val_accuracy = model.evaluate(val_ds, verbose=0)
     summary = {
         "epochs_trained": len(hist["loss"]),
