@@ -39,3 +39,28 @@ def test_study_makes_a_parent_with_one_child_per_setting(kind, extra, children, 
     if kind == "learning-curve":
         sizes = {k.data.tags["setting"]: k.data.metrics["train_examples"] for k in kids}
         assert sizes == {"16": 16, "48": 48}
+
+
+def test_transfer_study_trains_a_source_then_one_child_per_mode(tmp_path, capsys, monkeypatch):
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    sets = tiny_overrides(tmp_path, **{
+        "data.source": "digits", "data.image_size": 16, "data.channels": 3, "training.epochs": 1,
+        "finetune.epochs": 1, "finetune.fine_tune_epochs": 1,
+        "study.modes": "[shallow,fine_tune]", "study.examples_per_class": "[3]",
+        "study.source_data": "{source: shapes, train_size: 32, val_size: 16, test_size: 16}",
+        "study.source_epochs": 1})
+    assert main(["study", "transfer", *[a for s in sets for a in ("--set", s)]]) == 0
+    parent_id = capsys.readouterr().out.strip().splitlines()[-1].split()[1]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    parent = client.get_run(parent_id)
+    source_run = parent.data.tags["source_model_run"]
+    kids = client.search_runs([parent.info.experiment_id], filter_string=f"tags.study_run = '{parent_id}'")
+    assert sorted(k.data.tags["setting"] for k in kids) == ["fine_tune@3", "shallow@3"]
+    for kid in kids:
+        assert kid.data.tags["source_run"] == source_run and kid.data.metrics["train_examples"] == 30
+    table = mlflow.artifacts.load_text(f"runs:/{parent_id}/results.csv").splitlines()
+    assert table[0].startswith("mode,examples_per_class,train_examples,test_accuracy") and len(table) == 3
+    assert "transfer.png" in {a.path for a in client.list_artifacts(parent_id)}

@@ -76,6 +76,7 @@ def finetune(config: Config, from_run: str | None = None, *, nested: bool = Fals
         if data_run:
             mlflow.set_tag("data_run", data_run)
         mlflow.log_text(spec.to_json(), tracking.DATASET_ARTIFACT)
+        mlflow.log_metric("train_examples", num_train)
         title = f"{ft.mode}: {backbone} on {dataset_label(spec)}"
         fit = dict(num_train=num_train, train_eval_ds=train_eval_ds, diagnosis=config.diagnosis)
 
