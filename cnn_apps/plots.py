@@ -96,20 +96,11 @@ def class_balance(class_counts: dict, title: str = "examples per class"):
 
 def error_curves(series: dict, title: str = "error per epoch"):
     """Training error (inference mode) and validation error per epoch: the gap is the variance."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for key, style, label in (("train_error", "o-", "training error (inference mode)"),
-                              ("val_error", "s-", "validation error")):
-        values = series.get(key) or []
-        if values:
-            ax.plot(np.arange(1, len(values) + 1), values, style, label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("error")
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    lines = {label: series.get(key) or [] for key, label in (("train_error", "training error (inference mode)"),
+                                                               ("val_error", "validation error"))}
+    longest = max((len(v) for v in lines.values()), default=0)
+    return curves(list(range(1, longest + 1)), {k: v for k, v in lines.items() if v}, title=title,
+                  xlabel="epoch")
 
 
 def grouped_bars(labels, groups: dict, title: str = "", ylabel: str = "error"):
