@@ -219,7 +219,7 @@ def transfer_study(config: Config) -> StageResult:
                 summary = result.extra["summary"]
                 d = summary["diagnosis"]
                 rows.append({"mode": mode, "examples_per_class": n if n is not None else "all",
-                             "train_examples": mlflow.get_run(result.run_id).data.metrics.get("train_examples", ""),
+                             "train_examples": int(mlflow.get_run(result.run_id).data.metrics["train_examples"]),
                              "test_accuracy": tested.outputs["test_accuracy"],
                              "val_accuracy": summary["best_val_accuracy"], "train_error": d.train_error,
                              "val_error": d.val_error, "verdict": d.verdict, "run_id": result.run_id})
