@@ -10,6 +10,7 @@ naming the key and listing the valid ones (after TF Model Garden's
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import hashlib
@@ -244,10 +245,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if isinstance(value, str):  # PyYAML (YAML 1.1) reads 1e-5 as a string: accept it
-            try:
+            with contextlib.suppress(ValueError):
                 return float(value)
-            except ValueError:
-                pass
     elif tp is str:
         if isinstance(value, str):
             return value

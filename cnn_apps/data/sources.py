@@ -15,6 +15,7 @@ digits) and ``opencv_digits`` (OpenCV's 20x20 ``digits.png``).
 
 from __future__ import annotations
 
+import abc
 import csv
 import gzip
 import os
@@ -113,7 +114,7 @@ def _class_counts(labels, class_names) -> dict:
     return {name: counts.get(i, 0) for i, name in enumerate(class_names)}
 
 
-class Source:
+class Source(abc.ABC):
     """Base class; subclasses set ``name`` and implement ``prepare`` and ``load``."""
 
     name = ""
@@ -127,11 +128,13 @@ class Source:
         self.config = config
         self.data = config.data
 
-    def prepare(self) -> DatasetSpec:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def prepare(self) -> DatasetSpec:
+        """Build or scan the data once; counts, classes and skipped records."""
 
-    def load(self, spec: DatasetSpec, split: str):  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def load(self, spec: DatasetSpec, split: str):
+        """One split as a tf.data.Dataset of element dicts (see the module docstring)."""
 
     def _spec(self, **kwargs) -> DatasetSpec:
         import dataclasses
@@ -538,12 +541,13 @@ class _InMemoryDigitsSource(Source):
     for ``data.seed``. The images are small (8x8, 20x20); the pipeline resizes them to
     ``data.image_size``, i.e. upsizes them."""
 
-    def _location(self) -> str:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _location(self) -> str:
+        """Where the digit set is read from (a file path)."""
 
-    def _decode(self, location: str):  # pragma: no cover - interface
+    @abc.abstractmethod
+    def _decode(self, location: str):
         """-> images (N, H, W) uint8, labels (N,) int64."""
-        raise NotImplementedError
 
     def _arrays(self, location: str):
         # mtime in the key: a file replaced at the same path is read again
