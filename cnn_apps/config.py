@@ -38,10 +38,14 @@ class DataConfig:
     """Where the images come from and how a split is made."""
 
     # shapes: the embedded synthetic dataset; folder: class sub-folders;
-    # fashion_mnist: idx files (Debian dataset-fashion-mnist) or TFDS; tfds: any catalog name.
-    source: str = _choice("shapes", ("shapes", "folder", "fashion_mnist", "tfds", "digits", "opencv_digits"))
-    path: Optional[str] = None  # folder root, or the idx directory for fashion_mnist
-    tfds_name: Optional[str] = None  # for source=tfds, e.g. "cifar10"
+    # fashion_mnist: idx files (Debian dataset-fashion-mnist) or TFDS; tfds: any catalog name;
+    # voc: a VOC-style folder (detection); coco: a COCO instances JSON (detection).
+    source: str = _choice("shapes", ("shapes", "folder", "fashion_mnist", "tfds", "digits", "opencv_digits",
+                                     "voc", "coco"))
+    path: Optional[str] = None  # folder root, the idx directory for fashion_mnist, VOC root, COCO JSON
+    image_dir: Optional[str] = None  # coco: folder the JSON's file_name paths are relative to (default: its folder)
+    keep_difficult: bool = False  # voc (and TFDS voc/*): keep objects marked difficult in the targets
+    tfds_name: Optional[str] = None  # for source=tfds, e.g. "cifar10", "voc/2007", "coco/2017"
     data_dir: str = "./data"  # where prepared datasets live
     image_size: int = 64  # model input side (and the generated side for shapes)
     channels: Optional[int] = None  # None keeps the source's own (3 for shapes, 1 for fashion_mnist)
@@ -49,8 +53,8 @@ class DataConfig:
     val_size: int = 500
     test_size: int = 500
     max_objects: int = 4  # shapes detection / segmentation: objects per image (1..max)
-    val_fraction: float = 0.1  # folder / fashion_mnist / tfds: held out of train for validation
-    test_fraction: float = 0.1  # folder without a test/ sub-folder
+    val_fraction: float = 0.1  # folder / fashion_mnist / tfds / voc / coco: held out of train for validation
+    test_fraction: float = 0.1  # folder without a test/ sub-folder, voc without test.txt, coco
     max_train_examples: Optional[int] = None  # use a stratified subset of train
     seed: int = 0
 
@@ -61,6 +65,25 @@ class AugmentConfig:
 
     flip: bool = True  # random horizontal flip
     translate: float = 0.1  # random translation, as a fraction of the side (pad-and-crop)
+    scale: list[float] = field(default_factory=lambda: [1.0, 1.0])  # zoom factor range, e.g. [0.8, 1.2]
+    crop: float = 0.0  # probability of a random crop (resized back to the input size)
+    crop_min_fraction: float = 0.6  # the crop window's side is at least this fraction of the image's
+
+    def __post_init__(self):
+        if self.translate < 0:
+            raise ConfigError(f"augment.translate: must be >= 0, got {self.translate}")
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
+            raise ConfigError(f"augment.scale: give [low, high] with 0 < low <= high (e.g. [0.8, 1.2]), "
+                              f"got {self.scale}")
+        if not 0.0 <= self.crop <= 1.0:
+            raise ConfigError(f"augment.crop: a probability in [0, 1], got {self.crop}")
+        if not 0.0 < self.crop_min_fraction <= 1.0:
+            raise ConfigError(f"augment.crop_min_fraction: must be in (0, 1], got {self.crop_min_fraction}")
+
+    @property
+    def active(self) -> bool:
+        """True when any augmentation is switched on."""
+        return bool(self.flip or self.translate > 0 or list(self.scale) != [1.0, 1.0] or self.crop > 0)
 
 
 @dataclass
@@ -69,6 +92,10 @@ class ModelConfig:
     width: float = 1.0  # filter multiplier: grow it against high bias
     head_units: list[int] = field(default_factory=list)  # hidden dense layers of the head
     backbone_args: dict = field(default_factory=dict)  # extra keyword arguments of the backbone
+    # detection / segmentation: the registered model built on the backbone (`cnn-apps models`),
+    # e.g. yolo_v1, ssd, ssd300_vgg16; None means the task's plain classifier.
+    architecture: Optional[str] = None
+    architecture_args: dict = field(default_factory=dict)  # keyword arguments of that model
 
 
 @dataclass
@@ -156,6 +183,17 @@ class ExportConfig:
 
 
 @dataclass
+class DetectionConfig:
+    """Post-processing of detectors (inside the model graph and the export)."""
+
+    score_threshold: float = 0.05  # detections below this score are dropped (VOC/COCO evaluation practice)
+    iou_threshold: float = 0.5  # per-class NMS overlap
+    max_detections: int = 100  # fixed, padded output size per image
+    pre_nms_top_k: int = 400  # candidates per class kept before NMS
+    nms: str = _choice("auto", ("auto", "tf", "portable"))  # auto: TF's op under TensorFlow, else keras.ops
+
+
+@dataclass
 class TrackingConfig:
     uri: Optional[str] = None  # MLFLOW_TRACKING_URI wins; default sqlite:///./mlruns/mlflow.db
     experiment: Optional[str] = None  # defaults to the task name
@@ -177,6 +215,7 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     # ------------------------------------------------------------------ views
@@ -194,8 +233,13 @@ class Config:
         """A short hash of everything that changes the prepared data (not its location)."""
         relevant = {k: v for k, v in dataclasses.asdict(self.data).items() if k != "data_dir"}
         relevant["task"] = self.task
-        if relevant["source"] == "folder" and relevant["path"]:
+        if relevant["source"] in ("folder", "voc", "coco") and relevant["path"]:
             relevant["path"] = os.path.abspath(relevant["path"])
+        if relevant.get("image_dir"):
+            relevant["image_dir"] = os.path.abspath(relevant["image_dir"])
+        for key, default in (("image_dir", None), ("keep_difficult", False)):
+            if relevant.get(key) == default:  # fields added later: defaults keep older fingerprints
+                relevant.pop(key, None)
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -134,3 +134,78 @@ def curves(xs, series: dict, title: str = "", xlabel: str = "", ylabel: str = "e
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def _all_point_ap(recall, precision) -> float:
+    """VOC all-point AP of a curve (the same rule as ``detection.evaluation.voc_ap``)."""
+    mrec = np.concatenate(([0.0], np.asarray(recall, float), [1.0]))
+    mpre = np.maximum.accumulate(np.concatenate(([0.0], np.asarray(precision, float), [0.0]))[::-1])[::-1]
+    i = np.flatnonzero(mrec[1:] != mrec[:-1])
+    return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
+
+
+def pr_curves(curves: dict, title: str = "precision-recall at IoU 0.5"):
+    """One precision-recall line per class, its AP (VOC all-point) in the legend:
+    ``curves = {class name: (recall (D,), precision (D,))}`` as ``DetectionMetrics.pr_curves``."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    for name, (recall, precision) in curves.items():
+        recall, precision = np.asarray(recall, float), np.asarray(precision, float)
+        label = f"{name} (AP {_all_point_ap(recall, precision):.3f})"
+        if len(recall):
+            ax.plot(np.concatenate(([0.0], recall)), np.concatenate(([precision[0]], precision)),
+                    drawstyle="steps-post", label=label)
+        else:  # no detections: recall stays 0
+            ax.plot([], [], label=label)
+    ax.set_xlim(0, 1.01)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize=8, loc="lower left")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def detection_grid(images, true, predicted, class_names, cols: int = 4, title: str = ""):
+    """Images (N, H, W, C) uint8 with ground truth boxes in green and predictions in red,
+    labelled "class score". ``true``: N dicts ``{"boxes": (n, 4) xyxy, "labels": (n,)}``;
+    ``predicted``: N dicts that also hold ``"scores"``. Rows with label < 0 are padding."""
+    images = np.asarray(images)
+    n = len(images)
+    cols = max(1, min(cols, n))
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)
+
+    def name(label):
+        label = int(label)
+        return class_names[label] if 0 <= label < len(class_names) else str(label)
+
+    for i, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if i >= n:
+            continue
+        img = images[i]
+        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)
+        # pixel i covers [i, i + 1) and imshow centres it on i: shift boxes by half a pixel
+        for box, label in zip(np.asarray(true[i]["boxes"]).reshape(-1, 4), np.asarray(true[i]["labels"]).ravel()):
+            if label < 0:
+                continue
+            x1, y1, x2, y2 = box
+            ax.add_patch(plt.Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, color="lime", lw=2.5))
+        pred = predicted[i]
+        for box, score, label in zip(np.asarray(pred["boxes"]).reshape(-1, 4), np.asarray(pred["scores"]).ravel(),
+                                     np.asarray(pred["labels"]).ravel()):
+            if label < 0:
+                continue
+            x1, y1, x2, y2 = box
+            ax.add_patch(plt.Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, color="red", lw=1.2))
+            inside = y1 < 0.08 * img.shape[0]  # no room above the box: write the label inside it
+            ax.text(x1 - 0.5, y1 - 0.5, f"{name(label)} {float(score):.2f}", color="white", fontsize=7,
+                    va="top" if inside else "bottom", ha="left", clip_on=True,
+                    bbox={"facecolor": "red", "alpha": 0.7, "pad": 1, "edgecolor": "none"})
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

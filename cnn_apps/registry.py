@@ -39,3 +39,4 @@ def get(kind: str, name: str) -> Callable:
 def _load_builtins() -> None:
     # Importing the packages runs their @register decorators.
     import cnn_apps.backbones  # noqa: F401
+    import cnn_apps.detection  # noqa: F401

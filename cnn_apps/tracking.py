@@ -193,6 +193,7 @@ def load_keras_model(uri_or_run: str):
     import mlflow.tensorflow
 
     import cnn_apps.classification  # noqa: F401  (registers the custom classes)
+    import cnn_apps.detection  # noqa: F401
 
     uri = uri_or_run if ":/" in uri_or_run else model_uri(uri_or_run)
     try:

@@ -39,6 +39,8 @@ class VGG(keras.Model):
         block_dropout: spatial dropout rate after each block's pool (0 = none).
         l1, l2: L1L2 kernel regularizer on every Conv2D and Dense when either is > 0.
         dropout: rate after fc1 and fc2 (the paper's 0.5); only used with the top.
+        ceil_pooling: pool with 'same' padding (Caffe's ceil mode), so an odd side rounds up
+            (SSD300: 75 -> 38 at pool3); False is the paper's floor.
 
     Input (B, H, W, C) scaled pixels (ImageClassifier feeds [-1, 1]; keras.applications
     weights expect ``vgg16.preprocess_input``'s caffe scaling). Output: the top's
@@ -48,7 +50,7 @@ class VGG(keras.Model):
 
     def __init__(self, input_shape=(None, None, 3), repeats=(2, 2, 3, 3, 3), width=1.0, include_top=False,
                  num_classes=1000, pooling=None, classifier_activation="softmax", batch_norm=None,
-                 block_dropout=0.0, l1=0.0, l2=0.0, dropout=0.5, **kwargs):
+                 block_dropout=0.0, l1=0.0, l2=0.0, dropout=0.5, ceil_pooling=False, **kwargs):
         # === Arguments (layers are made as the graph is traced) ===
         input_shape = check_input_shape(input_shape)
         check_pooling(pooling)
@@ -63,7 +65,8 @@ class VGG(keras.Model):
             for i in range(1, n + 1):
                 x = conv_unit(x, scale_filters(filters, width), 3, f"block{b}_conv{i}", batch_norm=bn,
                               l1=l1, l2=l2)
-            x = layers.MaxPooling2D(2, strides=2, padding=pool_padding(x, 2), name=f"block{b}_pool")(x)
+            x = layers.MaxPooling2D(2, strides=2, padding="same" if ceil_pooling else pool_padding(x, 2),
+                                    name=f"block{b}_pool")(x)
             pyramid[f"pool{b}"] = f"block{b}_pool"
             x = block_dropout_layer(x, block_dropout, f"block{b}_dropout")
         outputs = head(x, include_top=include_top, num_classes=num_classes, pooling=pooling,
@@ -77,7 +80,8 @@ class VGG(keras.Model):
         self._config = {"input_shape": input_shape, "repeats": tuple(repeats), "width": width,
                         "include_top": include_top, "num_classes": num_classes, "pooling": pooling,
                         "classifier_activation": classifier_activation, "batch_norm": batch_norm,
-                        "block_dropout": block_dropout, "l1": l1, "l2": l2, "dropout": dropout}
+                        "block_dropout": block_dropout, "l1": l1, "l2": l2, "dropout": dropout,
+                        "ceil_pooling": ceil_pooling}
 
     def get_config(self):
         return {"name": self.name, "trainable": self.trainable, **self._config}

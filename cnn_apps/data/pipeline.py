@@ -10,7 +10,9 @@ own scaling):
 * segmentation: ``(images, masks (B, S, S, 1) uint8)``.
 
 Masks are resized with nearest neighbour only; boxes are scaled, flipped, shifted,
-clipped and dropped together with their images, so targets stay aligned.
+cropped, clipped and dropped together with their images, so targets stay aligned
+(augmentations: flip, random crop, scale jitter, translation; see
+:class:`~cnn_apps.config.AugmentConfig`). Images without objects pass through all.
 Augmentation draws its randomness from ``tf.data.Dataset.random(seed)``, so a seed
 fixes every epoch's augmentations while each epoch still differs.
 """
@@ -59,6 +61,28 @@ def flip_example(ex: dict, seed) -> dict:
     return out
 
 
+def _place_boxes(out: dict, ex: dict, moved, w, h, min_visible: float) -> dict:
+    """Clip ``moved`` (N, 4) boxes to the (h, w) image; drop, with their labels, those
+    keeping less than ``min_visible`` of their (unclipped) area or left without width or height."""
+    wf, hf = tf.cast(w, tf.float32), tf.cast(h, tf.float32)
+    clipped = tf.stack([tf.clip_by_value(moved[:, 0], 0.0, wf), tf.clip_by_value(moved[:, 1], 0.0, hf),
+                        tf.clip_by_value(moved[:, 2], 0.0, wf), tf.clip_by_value(moved[:, 3], 0.0, hf)], 1)
+    area = (moved[:, 2] - moved[:, 0]) * (moved[:, 3] - moved[:, 1])
+    cw, ch = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
+    keep = (cw > 0) & (ch > 0) & (cw * ch >= min_visible * area)
+    out["boxes"] = tf.boolean_mask(clipped, keep)
+    out["labels"] = tf.boolean_mask(ex["labels"], keep)
+    return out
+
+
+def _resize(x, size, nearest: bool):
+    """Resize an (H, W, C) image (bilinear, rounded back to its dtype) or mask (nearest)."""
+    if nearest:
+        return tf.image.resize(x, size, method="nearest")
+    resized = tf.image.resize(x, size, method="bilinear", antialias=True)
+    return tf.saturate_cast(tf.round(resized), x.dtype)
+
+
 def translate_example(ex: dict, max_fraction: float, seed, min_visible: float = 0.5) -> dict:
     """Shift by up to ``max_fraction`` of the side (zero padding, then a crop).
 
@@ -81,25 +105,100 @@ def translate_example(ex: dict, max_fraction: float, seed, min_visible: float = 
     if "mask" in ex:
         out["mask"] = tf.ensure_shape(shift(ex["mask"]), ex["mask"].shape)
     if "boxes" in ex:
-        b = ex["boxes"]
         dx = tf.cast(pad_x - ox, tf.float32)
         dy = tf.cast(pad_y - oy, tf.float32)
-        moved = b + tf.stack([dx, dy, dx, dy])
-        wf, hf = tf.cast(w, tf.float32), tf.cast(h, tf.float32)
-        clipped = tf.stack([tf.clip_by_value(moved[:, 0], 0.0, wf), tf.clip_by_value(moved[:, 1], 0.0, hf),
-                            tf.clip_by_value(moved[:, 2], 0.0, wf), tf.clip_by_value(moved[:, 3], 0.0, hf)], 1)
-        area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-        cw, ch = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
-        keep = (cw > 0) & (ch > 0) & (cw * ch >= min_visible * area)
-        out["boxes"] = tf.boolean_mask(clipped, keep)
-        out["labels"] = tf.boolean_mask(ex["labels"], keep)
+        out = _place_boxes(out, ex, ex["boxes"] + tf.stack([dx, dy, dx, dy]), w, h, min_visible)
     return out
 
 
+def scale_example(ex: dict, scale_range, seed, min_visible: float = 0.5) -> dict:
+    """Zoom by a factor drawn from ``scale_range`` ``(low, high)``, keeping the (H, W) size.
+
+    The image is resized by the factor (mask: nearest neighbour), then a zoomed-in
+    image (factor > 1) is cropped and a zoomed-out one (factor < 1) zero-padded back
+    to (H, W), at a random offset. Boxes are scaled and shifted the same way, clipped,
+    and dropped with their labels when less than ``min_visible`` of them stays in view.
+    """
+    image = ex["image"]
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    lo, hi = float(scale_range[0]), float(scale_range[1])
+    factor = tf.random.stateless_uniform((), seed=seed, minval=lo, maxval=hi) if hi > lo else tf.constant(lo)
+    nh = tf.maximum(tf.cast(tf.round(tf.cast(h, tf.float32) * factor), tf.int32), 1)
+    nw = tf.maximum(tf.cast(tf.round(tf.cast(w, tf.float32) * factor), tf.int32), 1)
+
+    def offset(room, s):  # where the resized image's top-left lands: [min(0, room), max(0, room)]
+        u = tf.random.stateless_uniform((), seed=s)
+        return tf.minimum(room, 0) + tf.cast(tf.floor(u * tf.cast(tf.abs(room) + 1, tf.float32)), tf.int32)
+
+    ty, tx = offset(h - nh, seed + 1), offset(w - nw, seed + 2)
+
+    def place(x, nearest):
+        resized = _resize(x, tf.stack([nh, nw]), nearest)
+        padded = tf.pad(resized, [[tf.maximum(ty, 0), tf.maximum(h - nh - ty, 0)],
+                                  [tf.maximum(tx, 0), tf.maximum(w - nw - tx, 0)], [0, 0]])
+        y0, x0 = tf.maximum(-ty, 0), tf.maximum(-tx, 0)
+        return padded[y0:y0 + h, x0:x0 + w]
+
+    out = dict(ex)
+    out["image"] = tf.ensure_shape(place(image, False), image.shape)
+    if "mask" in ex:
+        out["mask"] = tf.ensure_shape(place(ex["mask"], True), ex["mask"].shape)
+    if "boxes" in ex:
+        sx = tf.cast(nw, tf.float32) / tf.cast(w, tf.float32)
+        sy = tf.cast(nh, tf.float32) / tf.cast(h, tf.float32)
+        dx, dy = tf.cast(tx, tf.float32), tf.cast(ty, tf.float32)
+        moved = ex["boxes"] * tf.stack([sx, sy, sx, sy]) + tf.stack([dx, dy, dx, dy])
+        out = _place_boxes(out, ex, moved, w, h, min_visible)
+    return out
+
+
+def crop_example(ex: dict, probability: float, min_fraction: float, seed, min_visible: float = 0.5) -> dict:
+    """With ``probability``, crop a random window whose side is a fraction in
+    ``[min_fraction, 1]`` of the image's (the same for height and width, so the aspect
+    ratio stays) and resize it back to (H, W) (mask: nearest neighbour).
+
+    Boxes are shifted into the window, scaled, clipped, and dropped with their labels
+    when less than ``min_visible`` of their area stays inside it.
+    """
+    image = ex["image"]
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    do = tf.random.stateless_uniform((), seed=seed) < probability
+    frac = tf.random.stateless_uniform((), seed=seed + 1, minval=min_fraction, maxval=1.0)
+    ch = tf.clip_by_value(tf.cast(tf.round(tf.cast(h, tf.float32) * frac), tf.int32), 1, h)
+    cw = tf.clip_by_value(tf.cast(tf.round(tf.cast(w, tf.float32) * frac), tf.int32), 1, w)
+    y0 = tf.random.stateless_uniform((), seed=seed + 2, minval=0, maxval=h - ch + 1, dtype=tf.int32)
+    x0 = tf.random.stateless_uniform((), seed=seed + 3, minval=0, maxval=w - cw + 1, dtype=tf.int32)
+
+    def crop(x, nearest):
+        return _resize(x[y0:y0 + ch, x0:x0 + cw], tf.stack([h, w]), nearest)
+
+    def cropped():
+        out = dict(ex)
+        out["image"] = tf.ensure_shape(crop(image, False), image.shape)
+        if "mask" in ex:
+            out["mask"] = tf.ensure_shape(crop(ex["mask"], True), ex["mask"].shape)
+        if "boxes" in ex:
+            sx = tf.cast(w, tf.float32) / tf.cast(cw, tf.float32)
+            sy = tf.cast(h, tf.float32) / tf.cast(ch, tf.float32)
+            dx, dy = tf.cast(x0, tf.float32), tf.cast(y0, tf.float32)
+            moved = (ex["boxes"] - tf.stack([dx, dy, dx, dy])) * tf.stack([sx, sy, sx, sy])
+            out = _place_boxes(out, ex, moved, w, h, min_visible)
+        return out
+
+    return tf.cond(do, cropped, lambda: dict(ex))
+
+
 def augment_example(ex: dict, cfg: AugmentConfig, seed) -> dict:
-    """All training augmentations for one example; ``seed`` is a (2,) int64 tensor."""
+    """All training augmentations for one example; ``seed`` is a (2,) int64 tensor.
+
+    Order: flip, crop, scale, translate; each draws from its own offset of ``seed``.
+    """
     if cfg.flip:
         ex = flip_example(ex, seed)
+    if cfg.crop > 0:
+        ex = crop_example(ex, cfg.crop, cfg.crop_min_fraction, seed + 20)
+    if list(cfg.scale) != [1.0, 1.0]:
+        ex = scale_example(ex, cfg.scale, seed + 10)
     if cfg.translate > 0:
         ex = translate_example(ex, cfg.translate, seed + 2)
     return ex
@@ -138,7 +237,7 @@ def make_pipeline(ds: tf.data.Dataset, *, task: str, image_size: int, batch_size
         ds = ds.cache()
     if training:
         ds = ds.shuffle(min(num_examples or 10_000, 10_000), seed=seed, reshuffle_each_iteration=True)
-        if augment is not None and (augment.flip or augment.translate > 0):
+        if augment is not None and augment.active:
             seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
             ds = tf.data.Dataset.zip(ds, seeds).map(
                 lambda ex, s: augment_example(ex, augment, s), num_parallel_calls=AUTOTUNE)

@@ -9,8 +9,14 @@ bad records) and ``load(spec, split) -> tf.data.Dataset``. Elements are dicts:
 
 Sources: ``shapes`` (embedded, all tasks), ``folder`` (class sub-folders),
 ``fashion_mnist`` (idx files, else TFDS when online), ``tfds`` (any catalog
-name, when online or already in ``data_dir``), ``digits`` (scikit-learn's 8x8
-digits) and ``opencv_digits`` (OpenCV's 20x20 ``digits.png``).
+name, when online or already in ``data_dir``; ``voc/2007``, ``coco/2017`` for
+detection), ``digits`` (scikit-learn's 8x8 digits), ``opencv_digits`` (OpenCV's
+20x20 ``digits.png``), and for detection ``voc`` (a VOC-style folder of XML
+annotations) and ``coco`` (a COCO instances JSON).
+
+Box formats are converted once, here, at the edge: VOC XML is 1-based inclusive
+(:func:`voc_box_to_xyxy`), COCO JSON is ``xywh`` (:func:`coco_box_to_xyxy`), TFDS
+is normalized ``yxyx`` (:func:`tfds_boxes_to_xyxy`).
 """
 
 from __future__ import annotations
@@ -18,9 +24,14 @@ from __future__ import annotations
 import abc
 import csv
 import gzip
+import hashlib
+import json
+import math
 import os
+import re
 import socket
 import struct
+import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 
@@ -172,13 +183,16 @@ class ShapesSource(Source):
         built = prepare_builder(builder)
         counts = {s: int(builder.info.splits[s].num_examples) for s in SPLITS
                   if s in builder.info.splits}
+        self._empty = {}  # detection: split -> images without objects, filled by _count
         class_counts = {s: self._count(builder, s, CLASS_NAMES) for s in counts}
+        extra = {"tfds_config": builder.builder_config.name, "built_now": built}
+        if self.config.task == "detection":
+            extra["images_without_objects"] = dict(self._empty)
         s = self.data.image_size
         channels = self.data.channels or 3
         return self._spec(class_names=list(CLASS_NAMES), image_shape=[s, s, channels],
                           counts=counts, class_counts=class_counts,
-                          location=os.path.abspath(builder.data_dir),
-                          extra={"tfds_config": builder.builder_config.name, "built_now": built})
+                          location=os.path.abspath(builder.data_dir), extra=extra)
 
     def _count(self, builder, split, class_names) -> dict:
         tfds = _quiet_tfds()
@@ -190,9 +204,10 @@ class ShapesSource(Source):
         if task == "classification":
             labels = [int(x["label"]) for x in ds.as_numpy_iterator()]
             return _class_counts(labels, class_names)
-        if task == "detection":  # boxes per class
-            labels = [int(v) for x in ds.as_numpy_iterator() for v in x["labels"]]
-            return _class_counts(labels, class_names)
+        if task == "detection":  # boxes per class, and images with none
+            per_image = [x["labels"] for x in ds.as_numpy_iterator()]
+            self._empty[split] = sum(len(v) == 0 for v in per_image)
+            return _class_counts([int(v) for labels in per_image for v in labels], class_names)
         pixels = np.zeros(len(class_names) + 1, np.int64)  # segmentation: pixels per class
         for x in ds.as_numpy_iterator():
             pixels += np.bincount(x["mask"].ravel(), minlength=len(pixels))[:len(pixels)]
@@ -452,17 +467,46 @@ class FashionMnistSource(Source):
 
 
 # ---------------------------------------------------------------------- TFDS catalog
+def tfds_boxes_to_xyxy(bbox, height, width, one_based: bool = False):
+    """TFDS ``BBoxFeature`` boxes (N, 4), normalized ``ymin, xmin, ymax, xmax``, to
+    xyxy pixels (N, 4) float32 for an image of ``height`` x ``width``.
+
+    ``one_based``: the boxes were made from VOC XML as ``xmin / width`` (TFDS'
+    ``voc`` builder does so), so ``x1, y1`` are 1-based; subtracting 1 gives the
+    same boxes as :func:`voc_box_to_xyxy` on the XML. Works on numpy and tensors.
+    """
+    tf = _tf()
+    bbox = tf.reshape(tf.cast(bbox, tf.float32), (-1, 4))
+    h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    ymin, xmin, ymax, xmax = tf.unstack(bbox, num=4, axis=1)
+    shift = 1.0 if one_based else 0.0
+    return tf.stack([tf.maximum(xmin * w - shift, 0.0), tf.maximum(ymin * h - shift, 0.0), xmax * w, ymax * h], 1)
+
+
+# TFDS detection datasets whose test split carries no annotations (images only)
+_TFDS_UNLABELED_TEST = ("coco", "voc/2012")
+
+
 class TfdsSource(Source):
-    """Any TFDS catalog dataset with (image, label) supervised keys, e.g. ``cifar10``.
-    Downloads into ``data_dir`` when online; fails at once, with the fix, when offline."""
+    """Any TFDS catalog dataset with (image, label) supervised keys, e.g. ``cifar10``;
+    for detection, one with ``objects/bbox`` and ``objects/label`` (``voc/2007``,
+    ``coco/2017``). Downloads into ``data_dir`` when online; fails at once, with the
+    fix, when offline.
+
+    Detection: boxes become xyxy pixels in the map (:func:`tfds_boxes_to_xyxy`);
+    objects marked ``is_difficult`` (VOC; unless ``data.keep_difficult``) or
+    ``is_crowd`` (COCO) and boxes without area are left out of the targets, and
+    prepare counts them per split in ``extra`` (``left_out_boxes``)."""
 
     name = "tfds"
+    tasks = ("classification", "detection")
 
     def __init__(self, config: Config, tfds_name: str | None = None):
         super().__init__(config)
         self.tfds_name = tfds_name or config.data.tfds_name
         if not self.tfds_name:
-            raise ConfigError("data.tfds_name: name a TFDS catalog dataset, e.g. cifar10 (data.source=tfds)")
+            example = "voc/2007" if config.task == "detection" else "cifar10"
+            raise ConfigError(f"data.tfds_name: name a TFDS catalog dataset, e.g. {example} (data.source=tfds)")
 
     def _builder(self):
         tfds = _quiet_tfds()
@@ -473,6 +517,8 @@ class TfdsSource(Source):
 
     def _split_names(self, builder) -> dict:
         have = set(builder.info.splits.keys())
+        if self.config.task == "detection" and self.tfds_name.startswith(_TFDS_UNLABELED_TEST):
+            have.discard("test")  # no annotations there: carve test out of train instead
         val_pct = int(round(self.data.val_fraction * 100))
         test_pct = int(round(self.data.test_fraction * 100))
         out = {"train": "train"}
@@ -495,8 +541,26 @@ class TfdsSource(Source):
             raise DataError(f"TFDS '{self.tfds_name}' has no (image, label) supervised keys")
         return keys
 
-    def prepare(self) -> DatasetSpec:
-        builder = self._builder()
+    def _objects(self, builder):
+        """The detection features' ``objects`` dict; a DataError when there is none."""
+        features = builder.info.features
+        if "objects" not in features or not {"bbox", "label"} <= set(features["objects"].keys()):
+            raise DataError(f"TFDS '{self.tfds_name}' has no objects/bbox and objects/label features: "
+                            "it is not a detection dataset (try voc/2007 or coco/2017)")
+        return features["objects"]
+
+    def _keep(self, objects):
+        """Boolean (N,) of the objects that become targets (see the class docstring)."""
+        tf = _tf()
+        bbox = tf.reshape(tf.cast(objects["bbox"], tf.float32), (-1, 4))
+        keep = (bbox[:, 2] > bbox[:, 0]) & (bbox[:, 3] > bbox[:, 1])
+        if "is_difficult" in objects and not self.data.keep_difficult:
+            keep &= tf.logical_not(tf.cast(objects["is_difficult"], tf.bool))
+        if "is_crowd" in objects:
+            keep &= tf.logical_not(tf.cast(objects["is_crowd"], tf.bool))
+        return keep
+
+    def _ensure_prepared(self, builder):
         if not builder.is_prepared():
             if not is_online():
                 raise DataError(
@@ -505,6 +569,12 @@ class TfdsSource(Source):
                     "or use data.source=folder with local files."
                 )
             builder.download_and_prepare()
+
+    def prepare(self) -> DatasetSpec:
+        builder = self._builder()
+        self._ensure_prepared(builder)
+        if self.config.task == "detection":
+            return self._prepare_detection(builder)
         tfds = _quiet_tfds()
         image_key, label_key = self._keys(builder)
         names = list(builder.info.features[label_key].names)
@@ -521,11 +591,48 @@ class TfdsSource(Source):
                           class_counts=class_counts, location=os.path.abspath(self.data.data_dir),
                           extra={"tfds_name": self.tfds_name}, name=self.tfds_name)
 
+    def _prepare_detection(self, builder) -> DatasetSpec:
+        tfds = _quiet_tfds()
+        names = list(self._objects(builder)["label"].names)
+        counts, class_counts, empty, left_out = {}, {}, {}, {}
+        for split, expr in self._split_names(builder).items():
+            ds = builder.as_dataset(split=expr, decoders={"image": tfds.decode.SkipDecoding()})
+            ds = ds.map(lambda x: {"labels": x["objects"]["label"], "keep": self._keep(x["objects"])})
+            labels, n, dropped = [], 0, 0
+            for x in ds.as_numpy_iterator():
+                kept = x["labels"][x["keep"]]
+                labels.extend(int(v) for v in kept)
+                empty[split] = empty.get(split, 0) + int(len(kept) == 0)
+                dropped += int(len(x["keep"]) - len(kept))
+                n += 1
+            counts[split], left_out[split] = n, dropped
+            class_counts[split] = _class_counts(labels, names)
+        channels = self.data.channels or 3
+        return self._spec(class_names=names, image_shape=[None, None, channels], counts=counts,
+                          class_counts=class_counts, location=os.path.abspath(self.data.data_dir),
+                          extra={"tfds_name": self.tfds_name, "images_without_objects": empty,
+                                 "left_out_boxes": left_out},
+                          name=self.tfds_name.replace("/", "-"))
+
     def load(self, spec: DatasetSpec, split: str):
         builder = self._builder()
-        image_key, label_key = self._keys(builder)
+        tf = _tf()
         ds = builder.as_dataset(split=self._split_names(builder)[split], shuffle_files=False)
         channels = spec.channels
+        if spec.task == "detection":
+            self._objects(builder)
+            one_based = self.tfds_name.startswith("voc")
+
+            def convert(x):
+                image = x["image"]
+                keep = self._keep(x["objects"])
+                boxes = tfds_boxes_to_xyxy(x["objects"]["bbox"], tf.shape(image)[0], tf.shape(image)[1],
+                                           one_based=one_based)
+                return {"image": set_channels(image, channels), "boxes": tf.boolean_mask(boxes, keep),
+                        "labels": tf.boolean_mask(tf.cast(x["objects"]["label"], tf.int64), keep)}
+
+            return ds.map(convert)
+        image_key, label_key = self._keys(builder)
         return ds.map(lambda x: {"image": set_channels(x[image_key], channels),
                                  "label": _tf().cast(x[label_key], "int64")})
 
@@ -651,8 +758,413 @@ class OpenCvDigitsSource(_InMemoryDigitsSource):
         return np.ascontiguousarray(cells), labels
 
 
+# ---------------------------------------------------------------------- detection: VOC XML, COCO JSON
+VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+               "train", "tvmonitor")
+_VOC_SETS = {"train": "train", "val": "validation", "test": "test"}  # ImageSets/Main/<name>.txt -> split
+
+
+def voc_box_to_xyxy(xmin: float, ymin: float, xmax: float, ymax: float) -> list:
+    """VOC XML ``bndbox`` (1-based, inclusive: a box covering pixels 1..3 has
+    ``xmin=1, xmax=3``) to our xyxy pixels (0-based edges: ``x1 = xmin - 1``,
+    ``x2 = xmax``), so that ``x2 - x1`` is the width in pixels."""
+    return [float(xmin) - 1.0, float(ymin) - 1.0, float(xmax), float(ymax)]
+
+
+def coco_box_to_xyxy(x: float, y: float, w: float, h: float) -> list:
+    """COCO ``bbox`` ``[x, y, width, height]`` (0-based pixel edges) to xyxy pixels."""
+    return [float(x), float(y), float(x) + float(w), float(y) + float(h)]
+
+
+def _clip_box(box: list, width: int, height: int):
+    """``(box clipped to the image, None)``, or ``(None, reason)`` for a box without
+    area or lying wholly outside the ``width`` x ``height`` image."""
+    x1, y1, x2, y2 = box
+    if not all(math.isfinite(v) for v in box):
+        return None, "non-finite coordinate"
+    if x2 <= x1 or y2 <= y1:
+        return None, "empty box (x2 <= x1 or y2 <= y1)"
+    if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
+        return None, f"box outside the {width}x{height} image"
+    return [max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))], None
+
+
+def _image_size(path: Path):
+    """``((width, height), None)`` for an image file that decodes, else ``(None, reason)``."""
+    if not path.is_file():
+        return None, "image file not found"
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return None, f"not an image file (extension {path.suffix or 'none'}; use {', '.join(IMAGE_EXTENSIONS)})"
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            size = im.size
+            if im.format == "JPEG":  # decode at 1/8 scale: every byte is still read, 10x faster
+                im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+            im.load()
+    except Exception as exc:  # PIL raises many kinds for a broken file
+        return None, f"cannot be decoded: {exc}"
+    return (int(size[0]), int(size[1])), None
+
+
+def _random_split(records: list, fractions: dict, seed: int) -> dict:
+    """Seeded split of a list: ``{"test": 0.1, ...}`` -> ``{"test": [...], ..., "rest": [...]}``
+    (each part keeps the records' order; ``rest`` keeps at least one record)."""
+    order = np.random.default_rng(seed).permutation(len(records))
+    parts, start = {}, 0
+    for name, frac in fractions.items():
+        take = min(int(round(len(records) * frac)), max(len(records) - 1 - start, 0))
+        parts[name] = sorted(order[start:start + take])
+        start += take
+    parts["rest"] = sorted(order[start:])
+    return {k: [records[i] for i in v] for k, v in parts.items()}
+
+
+class _DetectionManifestSource(Source):
+    """Shared by ``voc`` and ``coco``: prepare scans the annotations once, converts
+    every box to xyxy pixels, and writes a manifest JSON (image paths, boxes, labels
+    per split) under ``data_dir``; load reads it back and decodes the images with
+    tf.data. Missing splits are made by a seeded split of train (``test_fraction``,
+    ``val_fraction``); ``max_train_examples`` keeps a seeded subset of train.
+
+    Records that cannot be used are named in ``spec.skipped`` (file and reason) and
+    counted: unreadable annotations, missing or undecodable images, and boxes without
+    area or wholly outside their image (the image stays, without that box). A box
+    partly outside its image is clipped to it. Images without objects are kept."""
+
+    tasks = ("detection",)
+
+    def _manifest_path(self, root: Path) -> Path:
+        # the fingerprint plus the absolute root: a relative data.path read from another
+        # working directory is another dataset
+        key = hashlib.sha256(f"{self.config.data_fingerprint()}:{root.resolve()}".encode()).hexdigest()[:12]
+        return Path(self.data.data_dir) / self.name / key / "manifest.json"
+
+    def _complete_splits(self, records: dict) -> dict:
+        fractions = {}
+        if "test" not in records:
+            fractions["test"] = self.data.test_fraction
+        if "validation" not in records:
+            fractions["validation"] = self.data.val_fraction
+        train = records["train"]
+        if fractions:
+            parts = _random_split(train, fractions, self.data.seed)
+            for name in fractions:
+                records[name] = parts[name]
+            train = parts["rest"]
+        if self.data.max_train_examples and self.data.max_train_examples < len(train):
+            keep = np.random.default_rng(self.data.seed).permutation(len(train))[:self.data.max_train_examples]
+            train = [train[i] for i in sorted(keep)]
+        records["train"] = train
+        return records
+
+    def _finish(self, root: Path, records: dict, class_names: list, skipped: list, extra: dict,
+                name: str, tally: dict | None = None) -> DatasetSpec:
+        """Write the manifest and make the spec from ``{split: [record]}``; a record is a dict
+        ``path, width, height, boxes (list of xyxy), labels`` (and what else the source keeps).
+        ``tally``: ``{extra key: record -> int}``, summed per split into ``extra``."""
+        if not records.get("train"):
+            raise DataError(f"{root}: no usable training images (see the {len(skipped)} skipped records)")
+        records = self._complete_splits(records)
+        manifest = self._manifest_path(root)
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        splits = {s: records[s] for s in SPLITS if records.get(s)}
+        manifest.write_text(json.dumps({"source": self.name, "root": str(root.resolve()),
+                                        "class_names": class_names, "splits": splits}), encoding="utf-8")
+        counts = {s: len(r) for s, r in splits.items()}
+        class_counts = {s: _class_counts([lab for rec in r for lab in rec["labels"]], class_names)
+                        for s, r in splits.items()}
+        tally = {"images_without_objects": lambda rec: int(not rec["labels"]), **(tally or {})}
+        extra = {**extra, **{key: {s: sum(count(rec) for rec in r) for s, r in splits.items()}
+                             for key, count in tally.items()}}
+        channels = self.data.channels or 3
+        return self._spec(class_names=list(class_names), image_shape=[None, None, channels], counts=counts,
+                          class_counts=class_counts, location=str(manifest.resolve()), skipped=skipped,
+                          extra=extra, name=name)
+
+    def load(self, spec: DatasetSpec, split: str):
+        tf = _tf()
+        try:
+            manifest = json.loads(Path(spec.location).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise DataError(f"manifest {spec.location} is gone: run `cnn-apps prepare` again") from exc
+        except ValueError as exc:
+            raise DataError(f"manifest {spec.location} is not valid JSON ({exc}): run `cnn-apps prepare` "
+                            "again") from exc
+        records = manifest["splits"].get(split, [])
+        lengths = [len(r["labels"]) for r in records]
+        boxes = np.asarray([b for r in records for b in r["boxes"]], np.float32).reshape(-1, 4)
+        labels = np.asarray([v for r in records for v in r["labels"]], np.int64)
+        channels = spec.channels
+        ds = tf.data.Dataset.from_tensor_slices({
+            "path": tf.constant([r["path"] for r in records], tf.string),  # typed even when empty
+            "boxes": tf.RaggedTensor.from_row_lengths(boxes, lengths),
+            "labels": tf.RaggedTensor.from_row_lengths(labels, lengths)})
+
+        def decode(x):
+            image = tf.io.decode_image(tf.io.read_file(x["path"]), channels=channels, expand_animations=False)
+            return {"image": image, "boxes": tf.reshape(x["boxes"], (-1, 4)), "labels": tf.reshape(x["labels"], (-1,))}
+
+        return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+class VocSource(_DetectionManifestSource):
+    """A Pascal VOC-style folder: ``root/Annotations/<id>.xml``, ``root/JPEGImages/``,
+    and optionally ``root/ImageSets/Main/{train,val,trainval,test}.txt``.
+
+    * Boxes: the XML's 1-based inclusive ``xmin..xmax`` become xyxy pixels with
+      ``x1 = xmin - 1, x2 = xmax`` (and so for y; :func:`voc_box_to_xyxy`).
+    * Classes: the sorted ``name`` values of the objects; the 20 VOC classes (in
+      their usual, alphabetical, order) when all names are VOC classes and the
+      folder is named like ``VOC2007`` or all 20 occur, so labels match real VOC.
+    * ``difficult`` objects are left out of the targets (VOC's evaluation ignores
+      them too) unless ``data.keep_difficult``; they are counted per split in
+      ``extra["difficult_boxes"]``, and the manifest keeps them per image as
+      ``difficult_boxes`` / ``difficult_labels`` for an evaluation that wants them.
+    * Splits: ``train.txt``, ``val.txt``, ``test.txt`` when present (``trainval.txt``
+      minus ``val.txt`` is train when ``train.txt`` is missing); else a seeded split.
+    """
+
+    name = "voc"
+
+    def _root(self) -> Path:
+        if not self.data.path:
+            raise ConfigError("data.path: set it to the VOC folder holding Annotations/ and JPEGImages/ "
+                              "(data.source=voc)")
+        root = Path(self.data.path).expanduser()
+        if not (root / "Annotations").is_dir():
+            raise DataError(f"data.path {root} has no Annotations/ folder: not a VOC-style folder "
+                            "(Annotations/*.xml, JPEGImages/*.jpg)")
+        return root
+
+    @staticmethod
+    def _read_set(path: Path) -> list:
+        ids = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                ids.append(line.split()[0])
+        return ids
+
+    def _split_ids(self, root: Path) -> dict:
+        main = root / "ImageSets" / "Main"
+        sets = {n: self._read_set(main / f"{n}.txt") for n in ("train", "val", "trainval", "test")
+                if (main / f"{n}.txt").is_file()}
+        if not sets:
+            return {"train": sorted(p.stem for p in (root / "Annotations").glob("*.xml"))}
+        ids = {_VOC_SETS[n]: v for n, v in sets.items() if n in _VOC_SETS}
+        if "train" not in ids and "trainval" in sets:
+            val = set(ids.get("validation", []))
+            ids["train"] = [i for i in sets["trainval"] if i not in val]
+        if "train" not in ids:
+            raise DataError(f"{main} has {', '.join(f'{n}.txt' for n in sets)} but no train.txt or trainval.txt")
+        return ids
+
+    def _image_path(self, root: Path, image_id: str, filename: str | None) -> Path:
+        folder = root / "JPEGImages"
+        if filename and (folder / filename).is_file():
+            return folder / filename
+        for ext in IMAGE_EXTENSIONS:
+            if (folder / f"{image_id}{ext}").is_file():
+                return folder / f"{image_id}{ext}"
+        return folder / (filename or f"{image_id}.jpg")  # missing: reported by the caller
+
+    @staticmethod
+    def parse_xml(path: Path) -> dict:
+        """One VOC annotation: ``filename``, ``width``, ``height`` (None when absent) and
+        ``objects`` [{``name``, ``difficult``, ``box`` (xyxy pixels) or ``error``}].
+        Raises DataError when the file is not VOC XML."""
+        try:
+            tree = ET.parse(path)
+        except (ET.ParseError, OSError) as exc:
+            raise DataError(f"not valid XML: {exc}") from exc
+        ann = tree.getroot()
+        if ann.tag != "annotation":
+            raise DataError(f"root element is <{ann.tag}>, not <annotation>")
+
+        def number(node, tag):
+            text = node.findtext(tag)
+            if text is None or not text.strip():
+                raise ValueError(f"no <{tag}>")
+            return float(text)
+
+        size = ann.find("size")
+        try:
+            width, height = (int(number(size, "width")), int(number(size, "height"))) if size is not None \
+                else (None, None)
+        except ValueError as exc:
+            raise DataError(f"bad <size>: {exc}") from exc
+        objects = []
+        for k, obj in enumerate(ann.findall("object")):
+            name = (obj.findtext("name") or "").strip()
+            item = {"name": name, "difficult": (obj.findtext("difficult") or "0").strip() == "1", "index": k}
+            box = obj.find("bndbox")
+            try:
+                if not name:
+                    raise ValueError("no <name>")
+                if box is None:
+                    raise ValueError("no <bndbox>")
+                raw = [number(box, t) for t in ("xmin", "ymin", "xmax", "ymax")]
+                item["raw"] = raw
+                item["box"] = voc_box_to_xyxy(*raw)
+            except ValueError as exc:
+                item["error"] = str(exc)
+            objects.append(item)
+        return {"filename": (ann.findtext("filename") or "").strip() or None,
+                "width": width or None, "height": height or None, "objects": objects}
+
+    def prepare(self) -> DatasetSpec:
+        root = self._root()
+        ids = self._split_ids(root)
+        skipped, parsed = [], {}
+        for split, split_ids in ids.items():
+            parsed[split] = []
+            for image_id in split_ids:
+                xml_path = root / "Annotations" / f"{image_id}.xml"
+                if not xml_path.is_file():
+                    skipped.append({"file": str(xml_path), "reason": "annotation file not found (listed in "
+                                    f"ImageSets/Main for {split})"})
+                    continue
+                try:
+                    ann = self.parse_xml(xml_path)
+                except DataError as exc:
+                    skipped.append({"file": str(xml_path), "reason": str(exc)})
+                    continue
+                image_path = self._image_path(root, image_id, ann["filename"])
+                size, reason = _image_size(image_path)
+                if reason:
+                    skipped.append({"file": str(image_path), "reason": f"{reason} (annotation {xml_path.name})"})
+                    continue
+                if ann["width"] and (ann["width"], ann["height"]) != size:
+                    skipped.append({"file": str(xml_path), "reason": f"<size> {ann['width']}x{ann['height']} "
+                                    f"differs from the image's {size[0]}x{size[1]} ({image_path.name})"})
+                    continue
+                parsed[split].append((xml_path, image_path, size, ann))
+        found = sorted({o["name"] for v in parsed.values() for *_, ann in v for o in ann["objects"]
+                        if "error" not in o})
+        class_names = found
+        if found and set(found) <= set(VOC_CLASSES) and \
+                (len(found) == len(VOC_CLASSES) or re.fullmatch(r"VOC\d{4}", root.name)):
+            class_names = list(VOC_CLASSES)
+        index = {c: i for i, c in enumerate(class_names)}
+        records = {}
+        for split, items in parsed.items():
+            records[split] = []
+            for xml_path, image_path, (w, h), ann in items:
+                rec = {"path": str(image_path.resolve()), "width": w, "height": h, "boxes": [], "labels": [],
+                       "difficult_boxes": [], "difficult_labels": []}
+                for o in ann["objects"]:
+                    where = f"object {o['index']} ({o['name'] or 'no name'})"
+                    if "error" in o:
+                        skipped.append({"file": str(xml_path), "reason": f"{where}: {o['error']}"})
+                        continue
+                    box, reason = _clip_box(o["box"], w, h)
+                    if reason:
+                        xmin, ymin, xmax, ymax = o["raw"]
+                        skipped.append({"file": str(xml_path), "reason": f"{where}: {reason} "
+                                        f"(xmin={xmin:g} ymin={ymin:g} xmax={xmax:g} ymax={ymax:g})"})
+                        continue
+                    if o["difficult"] and not self.data.keep_difficult:
+                        rec["difficult_boxes"].append(box)
+                        rec["difficult_labels"].append(index[o["name"]])
+                    else:
+                        rec["boxes"].append(box)
+                        rec["labels"].append(index[o["name"]])
+                records[split].append(rec)
+        if not class_names:
+            raise DataError(f"{root}: no objects with a name in any annotation (see the skipped records)")
+        return self._finish(root, records, class_names, skipped, {}, name=root.name or "voc",
+                            tally={"difficult_boxes": lambda rec: len(rec["difficult_labels"])})
+
+
+class CocoSource(_DetectionManifestSource):
+    """A COCO instances JSON (``data.path``) with images under ``data.image_dir``
+    (default: the JSON's folder), joined with each image's ``file_name``.
+
+    * Boxes: COCO ``[x, y, width, height]`` become xyxy pixels (:func:`coco_box_to_xyxy`).
+    * Labels: category ids, sorted, mapped to 0..K-1; class names are the
+      categories' names in that order (``extra["category_ids"]`` keeps the ids).
+    * ``iscrowd`` annotations are left out of the targets and counted per split in
+      ``extra["crowd_annotations"]``; images without annotations are kept (valid
+      empty samples).
+    * Splits: one JSON is split by seed into train / validation (``val_fraction``) /
+      test (``test_fraction``) images.
+    """
+
+    name = "coco"
+
+    def _json_path(self) -> Path:
+        if not self.data.path:
+            raise ConfigError("data.path: set it to a COCO instances JSON, e.g. "
+                              "annotations/instances_val2017.json (data.source=coco)")
+        path = Path(self.data.path).expanduser()
+        if not path.is_file():
+            raise DataError(f"data.path {path} is not a file: give the COCO annotation JSON")
+        return path
+
+    def prepare(self) -> DatasetSpec:
+        path = self._json_path()
+        try:
+            coco = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: not valid JSON ({exc})") from exc
+        missing = [k for k in ("images", "annotations", "categories") if not isinstance(coco.get(k), list)]
+        if missing:
+            raise DataError(f"{path}: not a COCO instances file (no {', '.join(missing)} list)")
+        image_dir = Path(self.data.image_dir).expanduser() if self.data.image_dir else path.parent
+        categories = sorted(coco["categories"], key=lambda c: c["id"])
+        if not categories:
+            raise DataError(f"{path}: the categories list is empty")
+        index = {c["id"]: i for i, c in enumerate(categories)}
+        class_names = [str(c["name"]) for c in categories]
+        skipped, images = [], {}
+        for im in coco["images"]:
+            file = image_dir / str(im.get("file_name", ""))
+            size, reason = _image_size(file)
+            if reason:
+                skipped.append({"file": str(file), "reason": f"{reason} (image id {im.get('id')})"})
+                continue
+            declared = (im.get("width"), im.get("height"))
+            if all(declared) and tuple(int(v) for v in declared) != size:
+                skipped.append({"file": str(file), "reason": f"{path.name} says {declared[0]}x{declared[1]}, "
+                                f"the image is {size[0]}x{size[1]} (image id {im['id']})"})
+                continue
+            images[im["id"]] = {"path": str(file.resolve()), "width": size[0], "height": size[1],
+                                "boxes": [], "labels": [], "crowd": 0}
+        known_images = {im.get("id") for im in coco["images"]}
+        for ann in coco["annotations"]:
+            where = f"annotation {ann.get('id')}"
+            rec = images.get(ann.get("image_id"))
+            if rec is None:
+                if ann.get("image_id") not in known_images:
+                    skipped.append({"file": str(path), "reason": f"{where}: image_id {ann.get('image_id')} "
+                                    "is not in images"})
+                continue  # its image was skipped already, and named
+            if ann.get("iscrowd"):
+                rec["crowd"] += 1
+                continue
+            if ann.get("category_id") not in index:
+                skipped.append({"file": str(path), "reason": f"{where}: category_id {ann.get('category_id')} "
+                                "is not in categories"})
+                continue
+            bbox = ann.get("bbox")
+            if not isinstance(bbox, list) or len(bbox) != 4:
+                skipped.append({"file": str(path), "reason": f"{where}: bbox {bbox!r} is not [x, y, w, h]"})
+                continue
+            box, reason = _clip_box(coco_box_to_xyxy(*bbox), rec["width"], rec["height"])
+            if reason:
+                skipped.append({"file": rec["path"], "reason": f"{where}: {reason} (bbox {bbox})"})
+                continue
+            rec["boxes"].append(box)
+            rec["labels"].append(index[ann["category_id"]])
+        records = {"train": list(images.values())}  # in the JSON's order
+        return self._finish(path, records, class_names, skipped, {"category_ids": [c["id"] for c in categories]},
+                            name=path.stem, tally={"crowd_annotations": lambda rec: rec["crowd"]})
+
+
 SOURCES = {s.name: s for s in (ShapesSource, FolderSource, FashionMnistSource, TfdsSource,
-                                 DigitsSource, OpenCvDigitsSource)}
+                                 DigitsSource, OpenCvDigitsSource, VocSource, CocoSource)}
 
 
 def get_source(config: Config) -> Source:

@@ -30,12 +30,16 @@ def evaluate(config: Config, from_run: str, *, nested: bool = False) -> StageRes
 
     from cnn_apps import plots
 
-    check_task(config)
+    check_task(config, ("classification", "pretext", "detection"))
     tracking.setup(config)
     source = tracking.get_run(from_run, expect_stage=SOURCE_STAGES)
     spec = tracking.load_dataset_spec(from_run)
     model = tracking.load_keras_model(from_run)
     config = at_model_size(config, model)  # evaluate at the size it was trained at
+    if spec.task == "detection":
+        from cnn_apps.stages.detection import evaluate_detector
+
+        return evaluate_detector(config, spec, from_run, source, model, nested=nested)
     test_ds = split_dataset(spec, config, "test", training=False, batch_size=config.evaluate.batch_size)
 
     probs, labels, wrong_images = [], [], []  # keep only a few misclassified images in memory

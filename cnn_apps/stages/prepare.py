@@ -4,6 +4,12 @@ Logs ``count_<split>`` and ``count_<split>_<class>`` metrics, ``skipped_records`
 (with ``skipped_records.csv`` naming each file and why), ``dataset.json`` (the
 :class:`~cnn_apps.data.spec.DatasetSpec` later stages read), a class-balance plot
 and a grid of training samples.
+
+Detection: ``count_<split>_<class>`` counts boxes, not images; ``boxes_<split>``
+totals them, ``images_without_objects_<split>`` counts images with no box, and the
+per-split tallies a source keeps of objects left out of the targets (``difficult_boxes``,
+``crowd_annotations``, ``left_out_boxes``) become ``<tally>_<split>``. The sample grid
+draws the boxes with their class names.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ def prepare(config: Config) -> StageResult:
         for split, per_class in spec.class_counts.items():
             for name, n in per_class.items():
                 metrics[f"count_{split}_{metric_key(name)}"] = n
+        if spec.task == "detection":
+            metrics.update(_detection_metrics(spec))
         metrics["skipped_records"] = len(spec.skipped)
         metrics["num_classes"] = spec.num_classes
         mlflow.log_metrics(metrics)
@@ -47,25 +55,56 @@ def prepare(config: Config) -> StageResult:
             mlflow.log_text(buf.getvalue(), "skipped_records.csv")
         tracking.log_figure(plots.class_balance(spec.class_counts, f"{dataset_label(spec)}: per class"),
                             "class_balance.png")
-        images, titles = _samples(source, spec, n=32)
-        tracking.log_figure(plots.image_grid(images, titles, title=f"{dataset_label(spec)}: train samples"),
-                            "samples.png")
+        images, titles, boxes, labels = _samples(source, spec, n=32)
+        grid = plots.image_grid(images, titles, title=f"{dataset_label(spec)}: train samples", boxes=boxes)
+        if boxes is not None:
+            _name_boxes(grid, boxes, labels, spec.class_names)
+        tracking.log_figure(grid, "samples.png")
         return StageResult(run.info.run_id, "prepare",
                            {"dataset": dataset_label(spec), "fingerprint": spec.fingerprint,
                             **{f"count_{s}": n for s, n in spec.counts.items()},
                             "skipped_records": len(spec.skipped)})
 
 
+# per-split tallies a detection source may keep in ``spec.extra`` (objects left out of the targets)
+_DETECTION_TALLIES = ("images_without_objects", "difficult_boxes", "crowd_annotations", "left_out_boxes")
+
+
+def _detection_metrics(spec) -> dict:
+    metrics = {f"boxes_{split}": sum(per_class.values()) for split, per_class in spec.class_counts.items()}
+    for tally in _DETECTION_TALLIES:
+        for split, n in (spec.extra.get(tally) or {}).items():
+            metrics[f"{tally}_{split}"] = n
+    return metrics
+
+
 def _samples(source, spec, n: int):
+    """(images, titles, boxes, labels) of the first ``n`` training examples at one size;
+    boxes and labels are None unless the task is detection."""
     from cnn_apps.data.pipeline import resize_example
 
-    images, titles = [], []
+    images, titles, boxes, labels = [], [], [], []
     size = spec.image_shape[0] or 96
     for ex in source.load(spec, "train").take(n):
         ex = resize_example(ex, size)
         images.append(ex["image"].numpy())
         if "label" in ex:
             titles.append(spec.class_names[int(ex["label"])])
+        elif "boxes" in ex:
+            boxes.append(ex["boxes"].numpy())
+            labels.append(ex["labels"].numpy())
+            titles.append(f"{len(labels[-1])} objects")
         else:
             titles.append("")
-    return images, titles
+    detection = spec.task == "detection"
+    return images, titles, (boxes if detection else None), (labels if detection else None)
+
+
+def _name_boxes(fig, boxes, labels, class_names) -> None:
+    """Write each box's class name at its top-left corner, on the grid's axes (row-major,
+    as :func:`cnn_apps.plots.image_grid` lays them out)."""
+    for ax, image_boxes, image_labels in zip(fig.axes, boxes, labels):
+        for (x1, y1, _, _), label in zip(image_boxes, image_labels):
+            name = class_names[int(label)] if 0 <= int(label) < len(class_names) else str(int(label))
+            ax.text(x1, y1, name, fontsize=5, color="black", va="bottom",
+                    bbox={"facecolor": "yellow", "alpha": 0.7, "pad": 0.5, "linewidth": 0})

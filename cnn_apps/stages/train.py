@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from cnn_apps import tracking
 from cnn_apps.config import Config
+from cnn_apps.errors import ConfigError
 from cnn_apps.stages.common import (StageResult, check_task, dataset_label, input_shape, log, source_config,
                                     split_dataset, training_classes)
 
@@ -26,7 +27,7 @@ def train(config: Config, from_run: str | None = None, *, nested: bool = False, 
     from cnn_apps.classification import classifier_from_config
     from cnn_apps.training.fit import fit_and_log
 
-    check_task(config)
+    check_task(config, ("classification", "pretext", "detection"))
     if from_run is None:
         from cnn_apps.stages.prepare import prepare
 
@@ -36,13 +37,18 @@ def train(config: Config, from_run: str | None = None, *, nested: bool = False, 
     tracking.get_run(from_run, expect_stage=("prepare",))
     spec = tracking.load_dataset_spec(from_run)
     if spec.task != source_config(config).task:
-        from cnn_apps.errors import ConfigError
-
         raise ConfigError(f"prepare run {from_run} holds {spec.task} data, the config says task '{config.task}'")
     if spec.fingerprint != source_config(config).data_fingerprint():
         log.warning("training on the data of prepare run %s (fingerprint %s); the config's data "
                     "section differs (fingerprint %s) and only its image_size is used",
                     from_run, spec.fingerprint, config.data_fingerprint())
+
+    if config.task == "detection":
+        from cnn_apps.stages.detection import train_detector
+
+        if train_limit:
+            raise ConfigError("train_limit is not supported for detection")
+        return train_detector(config, spec, from_run, nested=nested, tags=tags, run_name=run_name)
 
     keras.utils.set_random_seed(config.training.seed)
     class_names, num_train = training_classes(spec, config)

@@ -1,0 +1,120 @@
+"""The contract every single-shot detector follows (after torchvision and keras-cv).
+
+A :class:`Detector` is a Keras functional model from raw pixels (B, H, W, 3), 0..255, to
+its head's raw outputs. Training: ``fit(images, {"boxes": (B, N, 4), "labels": (B, N)})``
+with xyxy pixel boxes padded with -1; :meth:`compute_loss` turns the targets into the
+head's terms and logs every loss component (``box_loss``, ``classification_loss``, ...).
+Inference: :meth:`detect` (also ``predict``) decodes and runs per-class NMS in the graph
+and returns fixed-size padded detections ``boxes`` (B, K, 4) xyxy pixels, ``scores``
+(B, K), ``labels`` (B, K) int32 (-1 padding), ``num_detections`` (B,).
+"""
+
+from __future__ import annotations
+
+import json
+
+import keras
+from keras import layers, ops
+
+from cnn_apps import registry
+from cnn_apps.detection.nms import batched_nms
+
+POSTPROCESS_DEFAULTS = {"score_threshold": 0.05, "iou_threshold": 0.5, "max_detections": 100,
+                        "pre_nms_top_k": 400, "nms": "auto"}
+
+
+def preprocessing_layer(kind: str):
+    """``unit``: pixels to [-1, 1]; ``caffe``: keras.applications' VGG/ResNet50 convention."""
+    from cnn_apps.classification.classifier import CaffePreprocessing
+
+    if kind == "unit":
+        return layers.Rescaling(1.0 / 127.5, offset=-1.0, name="pixel_scaling")
+    if kind == "caffe":
+        return CaffePreprocessing(name="pixel_scaling")
+    raise ValueError(f"preprocessing must be 'unit' or 'caffe', got {kind!r}")
+
+
+def build_backbone(name: str, image_size: int, backbone_args: dict | None):
+    """The registered backbone at this input size (``backbone_args`` JSON-normalised)."""
+    args = json.loads(json.dumps(dict(backbone_args or {})))
+    return registry.get("backbone", name)(input_shape=(image_size, image_size, 3), **args), args
+
+
+def pyramid_features(backbone, levels):
+    """A model from the backbone's input to the named ``pyramid_outputs`` levels
+    (``C3``..``C5`` for ResNets, ``pool3``..``pool5`` for VGG) or layer names."""
+    names = []
+    for level in levels:
+        name = backbone.pyramid_outputs.get(level, level)
+        try:
+            backbone.get_layer(name)
+        except ValueError as exc:
+            raise ValueError(f"backbone '{backbone.name}' has no feature level or layer {level!r}; "
+                             f"levels: {', '.join(backbone.pyramid_outputs)}") from exc
+        names.append(name)
+    return keras.Model(backbone.inputs, [backbone.get_layer(n).output for n in names],
+                       name=f"{backbone.name}_features")
+
+
+class Detector(keras.Model):
+    """Base class: subclasses build the graph, then call ``super().__init__(inputs, outputs,
+    num_classes=..., postprocess=...)`` and implement ``detection_losses`` and ``decode``."""
+
+    loss_names: tuple = ()
+
+    def __init__(self, inputs, outputs, *, num_classes: int, image_size: int, class_names=None,
+                 postprocess: dict | None = None, **kwargs):
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        self.num_classes = int(num_classes)
+        self.image_size = int(image_size)
+        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for {num_classes} classes")
+        unknown = set(postprocess or {}) - set(POSTPROCESS_DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown postprocess keys {sorted(unknown)}; valid: {sorted(POSTPROCESS_DEFAULTS)}")
+        self.postprocess = {**POSTPROCESS_DEFAULTS, **(postprocess or {})}
+        self.loss_trackers = [keras.metrics.Mean(name=f"{n}_loss") for n in self.loss_names]
+
+    # ------------------------------------------------------------------ subclass API
+    def detection_losses(self, y, y_pred) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def decode(self, y_pred):  # pragma: no cover - abstract
+        """Head outputs -> (boxes (B, A, 4) xyxy pixels, scores (B, A, C) per class)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ training
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        parts = self.detection_losses(y, y_pred)
+        total = 0.0
+        for tracker, name in zip(self.loss_trackers, self.loss_names):
+            tracker.update_state(parts[name])
+            total = total + parts[name]
+        if self.losses:  # kernel regularizers
+            total = total + ops.sum(ops.stack([ops.cast(v, "float32") for v in self.losses]))
+        return total
+
+    @property
+    def metrics(self):
+        base = list(super().metrics)
+        known = {id(m) for m in base}
+        return base + [t for t in self.loss_trackers if id(t) not in known]
+
+    # ------------------------------------------------------------------ inference
+    def detect(self, images, **postprocess):
+        """Padded detections for raw-pixel images (B, H, W, 3) at the model's size;
+        ``postprocess`` overrides this call's thresholds."""
+        p = {**self.postprocess, **postprocess}
+        boxes, scores = self.decode(self(images, training=False))
+        return batched_nms(boxes, scores, max_detections=int(p["max_detections"]),
+                           iou_threshold=float(p["iou_threshold"]), score_threshold=float(p["score_threshold"]),
+                           pre_nms_top_k=int(p["pre_nms_top_k"]), implementation=p["nms"])
+
+    def predict_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self.detect(x)
+
+    def base_config(self) -> dict:
+        return {"name": self.name, "trainable": self.trainable, "num_classes": self.num_classes,
+                "image_size": self.image_size, "class_names": self.class_names, "postprocess": self.postprocess}
