@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("study", help="nested runs comparing settings: " + ", ".join(STUDY_KINDS))
     p.add_argument("kind", choices=STUDY_KINDS)
     add_stage_arguments(p, "study")
-    sub.add_parser("models", help="list the registered backbones with parameters and FLOPs")
+    sub.add_parser("models", help="list the registered backbones (parameters, FLOPs) and detectors")
     return parser
 
 
@@ -122,6 +122,11 @@ def list_models() -> None:
     print(f"{'backbone':<12} {'input':>6} {'parameters':>14} {'GMACs':>8}")
     for row in zoo_table():
         print(f"{row['name']:<12} {row['input_size']:>6} {row['params']:>14,} {row['macs'] / 1e9:>8.2f}")
+    from cnn_apps.detection.factory import detector_table
+
+    print(f"\n{'detector':<16} {'input':>6} {'parameters':>14}  backbone  (20 classes, model.architecture)")
+    for row in detector_table():
+        print(f"{row['name']:<16} {row['input_size']:>6} {row['params']:>14,}  {row['backbone']}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,20 @@ to the model's input size inside the graph):
 
 Outputs: ``probabilities`` float32 (B, K), ``class_id`` int64 (B,),
 ``class_name`` string (B,).
+
+Detector signatures (:func:`export_detector`; the same three names, 3 channels; each
+image is resized to the model's S x S inside the graph and its boxes are scaled back):
+
+* ``serving_default``: ``images`` float32 (B, H, W, 3), raw pixels 0..255;
+* ``serve_uint8``: ``images`` uint8 (B, H, W, 3);
+* ``serve_bytes``: ``images`` string (B,), encoded JPEG/PNG/BMP/GIF files; the images of
+  one request may have different sizes (each is decoded and resized on its own).
+
+Outputs (K = the model's ``max_detections``, 100 by default; sorted by score, padded
+after ``num_detections``): ``detection_boxes`` float32 (B, K, 4) xyxy in the pixels of
+each input image, ``detection_scores`` float32 (B, K), ``detection_classes`` int64 (B, K)
+(-1 padding), ``detection_class_names`` string (B, K) ("" padding), ``num_detections``
+int32 (B,).
 """
 
 from __future__ import annotations
@@ -123,4 +137,163 @@ def verify_classifier_export(path: str | os.PathLike, model, images: np.ndarray,
                              f"{diffs[name]:.2e} (> tolerance {tolerance:g})")
         if not np.array_equal(out["class_id"].numpy(), expected.argmax(axis=1)):
             raise ModelError(f"export {path}: signature {name} returns other class ids than the Keras model")
+    return diffs
+
+
+# ---------------------------------------------------------------------- detectors
+def _resize_to(images, height: int, width: int):
+    """Bilinear (antialiased) resize of (B, H, W, C) or (H, W, C) to (height, width);
+    images already at that size pass unchanged."""
+    import tensorflow as tf
+
+    shape = tf.shape(images)
+    return tf.cond((shape[-3] == height) & (shape[-2] == width), lambda: images,
+                   lambda: tf.image.resize(images, (height, width), method="bilinear", antialias=True))
+
+
+def export_detector(model, path: str | os.PathLike, class_names) -> Path:
+    """Write a :class:`~cnn_apps.detection.Detector` as a SavedModel with the detector
+    signatures of the module docstring; decoding and NMS run inside the graph
+    (``model.detect``)."""
+    import keras
+    import tensorflow as tf
+
+    height, width, channels = (int(d) for d in model.input_shape[1:4])
+    names = tf.constant([str(n) for n in class_names])
+    model_size = tf.constant([height, width], tf.float32)
+
+    def detect(images, sizes):
+        """images (B, S, S, C) float32 at the model's size; sizes (B, 2) int32 original (H, W)."""
+        images = tf.ensure_shape(images, (None, height, width, channels))
+        out = model.detect(images)
+        scale = tf.cast(sizes, tf.float32) / model_size  # (B, 2): sy, sx
+        factors = tf.stack([scale[:, 1], scale[:, 0], scale[:, 1], scale[:, 0]], axis=-1)
+        labels = tf.cast(out["labels"], tf.int64)
+        valid = labels >= 0
+        return {
+            "detection_boxes": tf.cast(out["boxes"], tf.float32) * factors[:, None, :],
+            "detection_scores": tf.cast(out["scores"], tf.float32),
+            "detection_classes": labels,
+            "detection_class_names": tf.where(valid, tf.gather(names, tf.maximum(labels, 0)), ""),
+            "num_detections": tf.cast(out["num_detections"], tf.int32),
+        }
+
+    def detect_pixels(images):
+        shape = tf.shape(images)
+        sizes = tf.tile(shape[None, 1:3], [shape[0], 1])
+        return detect(_resize_to(tf.cast(images, tf.float32), height, width), sizes)
+
+    def decode(data):
+        image = tf.io.decode_image(data, channels=channels, expand_animations=False)
+        size = tf.shape(image)[:2]
+        image = _resize_to(tf.cast(image, tf.float32), height, width)
+        return tf.ensure_shape(image, (height, width, channels)), size
+
+    def detect_bytes(images):
+        pixels, sizes = tf.map_fn(decode, images, fn_output_signature=(
+            tf.TensorSpec((height, width, channels), tf.float32), tf.TensorSpec((2,), tf.int32)))
+        return detect(pixels, sizes)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", detect_pixels,
+                         [tf.TensorSpec((None, None, None, channels), tf.float32, name="images")])
+    archive.add_endpoint("serve_uint8", detect_pixels,
+                         [tf.TensorSpec((None, None, None, channels), tf.uint8, name="images")])
+    archive.add_endpoint("serve_bytes", detect_bytes, [tf.TensorSpec((None,), tf.string, name="images")])
+    path = Path(path)
+    try:
+        archive.write_out(str(path), verbose=False)
+    except TypeError:  # older Keras without `verbose`
+        archive.write_out(str(path))
+    return path
+
+
+def _numpy_detections(out) -> dict:
+    """A detection dict (``model.detect``'s keys or the signatures') as NumPy arrays."""
+    keys = {"boxes": "detection_boxes", "scores": "detection_scores", "labels": "detection_classes",
+            "num_detections": "num_detections"}
+    return {k: np.asarray(out[k] if k in out else out[v]) for k, v in keys.items()}
+
+
+def _detection_diff(got: dict, want: dict, image: int, tolerance: float) -> tuple[float, str | None]:
+    """Max |box| / |score| difference between the valid rows of one image's detections
+    (boxes in the units given: fractions of the image side from the verifier), and what is wrong (None when they agree within ``tolerance``). Rows are compared in
+    order; when that fails (near-equal scores may swap), each row is matched to the
+    nearest row of the same class instead, leaving out rows tied with the last score of a
+    full output (which of them made the cut may differ)."""
+    n, m = int(got["num_detections"][image]), int(want["num_detections"][image])
+    if n != m:
+        return float("inf"), f"returns {n} detections for image {image} where the Keras model finds {m}"
+    if n == 0:
+        return 0.0, None
+    gb, gs, gl = got["boxes"][image, :n], got["scores"][image, :n], got["labels"][image, :n]
+    wb, ws, wl = want["boxes"][image, :n], want["scores"][image, :n], want["labels"][image, :n]
+    if np.array_equal(gl, wl):
+        diff = float(max(np.max(np.abs(gb - wb)), np.max(np.abs(gs - ws))))
+        if diff <= tolerance:
+            return diff, None
+    # (n, n) distance between rows, infinite across classes
+    dist = np.maximum(np.max(np.abs(gb[:, None] - wb[None]), axis=-1), np.abs(gs[:, None] - ws[None]))
+    dist = np.where(gl[:, None] == wl[None], dist, np.inf)
+    full = n == got["boxes"].shape[1]
+    cut = min(gs.min(), ws.min()) + tolerance if full else -np.inf
+    diff = float(max(np.max(np.where(gs > cut, dist.min(axis=1), 0.0)),
+                     np.max(np.where(ws > cut, dist.min(axis=0), 0.0))))
+    if diff > tolerance:
+        return diff, f"differs from the Keras model by {diff:.2e} on image {image} (> tolerance {tolerance:g})"
+    return diff, None
+
+
+def verify_detector_export(path: str | os.PathLike, model, images: np.ndarray, tolerance: float = 1e-4) -> dict:
+    """Reload a detector's SavedModel and compare every signature with ``model.detect``.
+
+    ``images``: (B, S, S, 3) uint8-valued pixels at the model's input size. Besides them,
+    the first image enlarged 2x (nearest neighbour) goes through every signature (in
+    ``serve_bytes`` in the same request as the others): its boxes must be the Keras
+    model's on the resized image, times 2. Compares ``num_detections`` and the valid
+    rows' boxes and scores; returns the max absolute difference per signature and raises
+    :class:`ModelError` naming the signature on a mismatch. Box coordinates are compared
+    as fractions of the image's width and height, so one ``tolerance`` fits boxes and
+    scores at any image size (float32 pixel coordinates of a 600 px image are only good
+    to about 1e-4 px).
+    """
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))
+    missing = [s for s in SIGNATURES if s not in loaded.signatures]
+    if missing:
+        raise ModelError(f"export {path} lacks signatures {missing}")
+    height, width = (int(d) for d in model.input_shape[1:3])
+    pixels = np.clip(np.round(np.asarray(images, np.float32)), 0, 255)
+    big = np.repeat(np.repeat(pixels[:1], 2, axis=1), 2, axis=2)
+    expected = _numpy_detections(model.detect(pixels))
+    resized = tf.image.resize(big, (height, width), method="bilinear", antialias=True)
+    expected_big = _numpy_detections(model.detect(resized))
+    expected_big["boxes"] = expected_big["boxes"] * 2.0
+    batch = len(pixels)
+
+    def run(name, data):
+        return _numpy_detections(loaded.signatures[name](images=tf.constant(data)))
+
+    both = run("serve_bytes", encode_png(pixels) + encode_png(big))  # one request, two sizes
+    checks = [  # (signature, its detections, the Keras model's, image side / model side)
+        ("serving_default", run("serving_default", pixels), expected, 1),
+        ("serving_default", run("serving_default", big), expected_big, 2),
+        ("serve_uint8", run("serve_uint8", pixels.astype(np.uint8)), expected, 1),
+        ("serve_uint8", run("serve_uint8", big.astype(np.uint8)), expected_big, 2),
+        ("serve_bytes", {k: v[:batch] for k, v in both.items()}, expected, 1),
+        ("serve_bytes", {k: v[batch:] for k, v in both.items()}, expected_big, 2),
+    ]
+    diffs = {}
+    for name, got, want, factor in checks:
+        per_pixel = np.array([1.0 / (factor * width), 1.0 / (factor * height)] * 2, np.float32)
+        got, want = ({**d, "boxes": d["boxes"] * per_pixel} for d in (got, want))
+        diffs.setdefault(name, 0.0)
+        for i in range(len(want["num_detections"])):
+            diff, problem = _detection_diff(got, want, i, tolerance)
+            diffs[name] = max(diffs[name], diff)
+            if problem:
+                where = "the 2x-size image" if factor == 2 else "the model-size batch"
+                raise ModelError(f"export {path}: signature {name} {problem} ({where})")
     return diffs

@@ -105,15 +105,23 @@ class Detector(keras.Model):
     def detect(self, images, **postprocess):
         """Padded detections for raw-pixel images (B, H, W, 3) at the model's size;
         ``postprocess`` overrides this call's thresholds."""
+        return self.postprocess_outputs(self(images, training=False), **postprocess)
+
+    def postprocess_outputs(self, y_pred, **postprocess):
+        """Head outputs -> decoded boxes -> per-class NMS -> padded detections."""
         p = {**self.postprocess, **postprocess}
-        boxes, scores = self.decode(self(images, training=False))
+        boxes, scores = self.decode(y_pred)
         return batched_nms(boxes, scores, max_detections=int(p["max_detections"]),
                            iou_threshold=float(p["iou_threshold"]), score_threshold=float(p["score_threshold"]),
                            pre_nms_top_k=int(p["pre_nms_top_k"]), implementation=p["nms"])
 
-    def predict_step(self, data):
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        return self.detect(x)
+    def predict_step(self, *args):
+        # The backends' predict_step differ (JAX's is stateless: (state, data) -> (outputs,
+        # state)); wrap it rather than replace it, as keras-cv does.
+        outputs = super().predict_step(*args)
+        if isinstance(outputs, tuple):
+            return self.postprocess_outputs(outputs[0]), outputs[1]
+        return self.postprocess_outputs(outputs)
 
     def base_config(self) -> dict:
         return {"name": self.name, "trainable": self.trainable, "num_classes": self.num_classes,

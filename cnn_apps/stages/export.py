@@ -1,9 +1,10 @@
 """export: SavedModel for TF Serving, verified, and registered in MLflow.
 
 Input: ``--from-run`` of a train or finetune run. Writes
-``<export.dir>/<name>/<version>/`` (next integer version), reloads it and checks
-every signature against the Keras model on test images (``export_max_abs_diff``),
-then registers the run's MLflow model as a new version of the registered model
+``<export.dir>/<name>/<version>/`` (next integer version; classifiers and pretext
+models through :func:`~cnn_apps.serving.export_classifier`, ``task: detection`` through
+:func:`~cnn_apps.serving.export_detector`), reloads it and checks every signature
+against the Keras model on test images (``export_max_abs_diff``), then registers the run's MLflow model as a new version of the registered model
 ``<name>``. MLflow reserves the alias name ``latest`` and already resolves
 ``models:/<name>/latest`` to the newest version, so no alias is needed for it;
 the version is tagged with its export path, version and the source run's metrics.
@@ -15,16 +16,19 @@ import os
 
 from cnn_apps import tracking
 from cnn_apps.config import Config
-from cnn_apps.serving import SIGNATURES, export_classifier, next_version, verify_classifier_export
-from cnn_apps.stages.common import StageResult, at_model_size, check_task, dataset_label, log, split_dataset
+from cnn_apps.serving import (SIGNATURES, export_classifier, export_detector, next_version, verify_classifier_export,
+                              verify_detector_export)
+from cnn_apps.stages.common import (StageResult, at_model_size, check_task, dataset_label, log, split_dataset,
+                                    training_classes)
 
 SOURCE_STAGES = ("train", "finetune")
+TASKS = ("classification", "pretext", "detection")
 
 
 def export(config: Config, from_run: str) -> StageResult:
     import mlflow
 
-    check_task(config)
+    check_task(config, supported=TASKS)
     tracking.setup(config)
     source = tracking.get_run(from_run, expect_stage=SOURCE_STAGES)
     spec = tracking.load_dataset_spec(from_run)
@@ -36,12 +40,20 @@ def export(config: Config, from_run: str) -> StageResult:
     path = os.path.abspath(os.path.join(base, str(version)))
 
     batch = next(iter(split_dataset(spec, config, "test", training=False, batch_size=8)))[0].numpy()
-    export_classifier(model, path, spec.class_names)
-    diffs = verify_classifier_export(path, model, batch, tolerance=config.export.tolerance)
+    class_names, _ = training_classes(spec, config)  # a pretext model's are the rotations
+    if config.task == "detection":
+        export_detector(model, path, class_names)
+        diffs = verify_detector_export(path, model, batch, tolerance=config.export.tolerance)
+    else:
+        export_classifier(model, path, class_names)
+        diffs = verify_classifier_export(path, model, batch, tolerance=config.export.tolerance)
     log.info("exported %s (signatures %s), max |SavedModel - Keras| = %.2e",
              path, ", ".join(SIGNATURES), max(diffs.values()))
 
-    model_name = source.data.params.get("model.backbone", "model")
+    params = source.data.params
+    model_name = params.get("model.backbone", "model")
+    if config.task == "detection":
+        model_name = params.get("model.architecture") or model_name
     with tracking.stage_run(config, "export", model=model_name, dataset=dataset_label(spec),
                             source_run=from_run, fingerprint=spec.fingerprint) as run:
         mlflow.log_metrics({"export_max_abs_diff": max(diffs.values()),
