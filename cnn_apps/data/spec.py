@@ -19,7 +19,7 @@ SPLITS = ("train", "validation", "test")
 
 @dataclass
 class DatasetSpec:
-    source: str  # shapes | folder | fashion_mnist | tfds
+    source: str  # shapes | folder | fashion_mnist | tfds | digits | opencv_digits | voc | coco
     task: str
     fingerprint: str  # Config.data_fingerprint(): same settings, same data
     class_names: list
