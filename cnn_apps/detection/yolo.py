@@ -40,6 +40,10 @@ class YOLOv1(Detector):
         head_filters: a 1x1 conv reducing the feature map's channels before flattening
             (0 keeps them; keeps the FC layer small on big maps).
         hidden_units: the hidden FC layer (the paper: 4096). dropout: after it (0.5).
+        head: ``fc`` (the paper's: flatten, FC, FC to S x S x (5B + C)) or ``conv`` (a 3x3 and a
+            1x1 convolution on a feature map that is already S x S, so each cell's prediction
+            comes from its own neighbourhood; no warm start needed, which trains from scratch
+            in a fraction of the epochs; the grid, outputs and loss are the paper's).
         lambda_coord, lambda_noobj: the loss weights (5, 0.5).
         preprocessing: ``unit`` or ``caffe``. postprocess: NMS settings.
     """
@@ -50,7 +54,9 @@ class YOLOv1(Detector):
                  backbone_args: dict | None = None, feature_level: str | None = None, grid: int = 7,
                  boxes_per_cell: int = 2, head_filters: int = 64, hidden_units: int = 512, dropout: float = 0.5,
                  lambda_coord: float = 5.0, lambda_noobj: float = 0.5, preprocessing: str = "unit",
-                 class_names=None, postprocess: dict | None = None, **kwargs):
+                 head: str = "fc", class_names=None, postprocess: dict | None = None, **kwargs):
+        if head not in ("fc", "conv"):
+            raise ValueError(f"head must be 'fc' or 'conv', got {head!r}")
         # === Layers ===
         self.backbone, backbone_args = build_backbone(backbone, image_size, backbone_args)
         features = pyramid_features(self.backbone, [feature_level]) if feature_level else self.backbone
@@ -60,17 +66,25 @@ class YOLOv1(Detector):
         # === Functional model ===
         inputs = keras.Input(shape=(image_size, image_size, 3), name="images")
         x = features(scaling(inputs))
+        if head == "conv" and tuple(x.shape[1:3]) != (grid, grid):
+            raise ValueError(f"head='conv' needs a {grid}x{grid} feature map; the backbone gives "
+                             f"{tuple(x.shape[1:3])} at {image_size} px (pick image_size or feature_level)")
         if head_filters:
-            x = layers.Conv2D(head_filters, 1, name="head_reduce")(x)
+            x = layers.Conv2D(head_filters, 1 if head == "fc" else 3, padding="same", name="head_reduce")(x)
             x = layers.BatchNormalization(momentum=0.9, name="head_reduce_bn")(x)
             x = layers.LeakyReLU(0.1, name="head_reduce_relu")(x)
-        x = layers.Flatten(name="head_flatten")(x)
-        x = layers.Dense(hidden_units, name="head_fc1")(x)
-        x = layers.LeakyReLU(0.1, name="head_fc1_relu")(x)
-        if dropout:
-            x = layers.Dropout(dropout, name="head_dropout")(x)
-        x = layers.Dense(grid * grid * outputs_per_cell, name="head_fc2")(x)
-        x = layers.Reshape((grid, grid, outputs_per_cell), name="grid")(x)
+        if head == "fc":
+            x = layers.Flatten(name="head_flatten")(x)
+            x = layers.Dense(hidden_units, name="head_fc1")(x)
+            x = layers.LeakyReLU(0.1, name="head_fc1_relu")(x)
+            if dropout:
+                x = layers.Dropout(dropout, name="head_dropout")(x)
+            x = layers.Dense(grid * grid * outputs_per_cell, name="head_fc2")(x)
+            x = layers.Reshape((grid, grid, outputs_per_cell), name="grid")(x)
+        else:
+            if dropout:
+                x = layers.SpatialDropout2D(dropout, name="head_dropout")(x)
+            x = layers.Conv2D(outputs_per_cell, 1, name="grid")(x)
         boxes = layers.Activation("sigmoid", name="box_terms")(x[..., :5 * boxes_per_cell])
         classes = layers.Softmax(name="class_probabilities")(x[..., 5 * boxes_per_cell:])
         outputs = layers.Concatenate(axis=-1, name="predictions", dtype="float32")([boxes, classes])
@@ -83,7 +97,7 @@ class YOLOv1(Detector):
         self._config = {"backbone": backbone, "backbone_args": backbone_args, "feature_level": feature_level,
                         "grid": grid, "boxes_per_cell": boxes_per_cell, "head_filters": head_filters,
                         "hidden_units": hidden_units, "dropout": dropout, "lambda_coord": lambda_coord,
-                        "lambda_noobj": lambda_noobj, "preprocessing": preprocessing}
+                        "lambda_noobj": lambda_noobj, "preprocessing": preprocessing, "head": head}
 
     def detection_losses(self, y, y_pred):
         c = self._config

@@ -7,7 +7,6 @@ model's input size, padded with -1 (:mod:`cnn_apps.data.pipeline`).
 
 from __future__ import annotations
 
-import io
 import time
 
 import numpy as np
@@ -53,11 +52,11 @@ def train_detector(config: Config, spec, from_run: str, *, nested: bool = False,
 
 
 def collect(model, ds, keep_images: int = 0):
-    """Run ``model.detect`` over ``ds``; returns (ground truth, detections, first images)
+    """Run the detector (``predict_on_batch``: the compiled ``detect``) over ``ds``; returns (ground truth, detections, first images)
     as per-image dicts of NumPy arrays (padding removed), the evaluator's input."""
     truth, dets, images = [], [], []
     for x, y in ds:
-        out = {k: np.asarray(v) for k, v in model.detect(x).items()}
+        out = {k: np.asarray(v) for k, v in model.predict_on_batch(x).items()}
         boxes, labels = y["boxes"].numpy(), y["labels"].numpy()
         for i in range(len(labels)):
             keep = labels[i] >= 0
@@ -115,29 +114,24 @@ def _confident(dets, threshold: float = 0.3):
 
 
 def _detections_per_second(model, ds, batches: int) -> float:
-    """Throughput of ``detect`` (network, decoding and NMS) on loaded batches."""
+    """Throughput of the compiled ``detect`` (network, decoding and NMS) on loaded batches."""
     xs = [x for x, _ in ds.take(batches + 1)]
-    model.detect(xs[0])  # warm-up
+    model.predict_on_batch(xs[0])  # warm-up: tracing
     timed = xs[1:] or xs
     start = time.perf_counter()
     for x in timed:
-        model.detect(x)
+        model.predict_on_batch(x)
     return float(sum(int(x.shape[0]) for x in timed) / max(time.perf_counter() - start, 1e-9))
 
 
 def _latency_ms(model, ds, repeats: int = 10) -> float:
-    """Median time of one image through ``detect`` (batch 1)."""
+    """Median time of one image through the compiled ``detect`` (batch 1)."""
     x = next(iter(ds))[0][:1]
-    model.detect(x)
+    model.predict_on_batch(x)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        model.detect(x)
+        model.predict_on_batch(x)
         times.append(time.perf_counter() - start)
     return float(np.median(times) * 1000)
 
-
-def report_text(result) -> str:
-    buf = io.StringIO()
-    buf.write(result.markdown())
-    return buf.getvalue()
