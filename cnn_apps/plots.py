@@ -119,8 +119,10 @@ def grouped_bars(labels, groups: dict, title: str = "", ylabel: str = "error"):
     return fig
 
 
-def curves(xs, series: dict, title: str = "", xlabel: str = "", ylabel: str = "error", logx: bool = False):
-    """Lines sharing one x axis: ``series = {"train error": [...], ...}``."""
+def curves(xs, series: dict, title: str = "", xlabel: str = "", ylabel: str = "error", logx: bool = False,
+           logy: bool = False):
+    """Lines sharing one x axis: ``series = {"train error": [...], ...}``; ``logy`` for losses
+    whose first epoch dwarfs the rest."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for name, values in series.items():
         ax.plot(xs[:len(values)], values, "o-", label=name)
@@ -128,7 +130,10 @@ def curves(xs, series: dict, title: str = "", xlabel: str = "", ylabel: str = "e
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_ylim(bottom=0)
+    if logy:
+        ax.set_yscale("log")
+    else:
+        ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(title)

@@ -62,6 +62,7 @@ def fit_detector(model, train_ds, val_ds, cfg: TrainingConfig, *, num_train: int
     epochs = list(range(1, len(hist["loss"]) + 1))
     series = {f"{'validation' if k.startswith('val_') else 'train'} {k.removeprefix('val_')}": v
               for k, v in sorted(hist.items()) if k.endswith("loss")}
-    tracking.log_figure(plots.curves(epochs, series, title=title or "losses", xlabel="epoch", ylabel="loss"),
+    tracking.log_figure(plots.curves(epochs, series, title=title or "losses", xlabel="epoch",
+                                     ylabel="loss (log scale)", logy=True),
                         "learning_curves.png")
     return summary
