@@ -82,6 +82,10 @@ def test_detector_from_config():
     bad = load_config("pipelines/configs/shapes_ssd.yaml", ["model.architecture_args={no_such_arg: 1}"])
     with pytest.raises(ConfigError, match="no_such_arg"):
         detector_from_config(bad, 4)
+    paper = load_config("pipelines/configs/shapes_ssd.yaml", ["model.architecture=ssd300_vgg16",
+                                                               "data.image_size=300", "model.architecture_args={}"])
+    ssd300 = detector_from_config(paper, 20)  # keeps its own VGG16 whatever model.backbone says
+    assert ssd300.get_config()["backbone"] == "vgg16" and ssd300.anchors.shape == (8732, 4)
     missing = load_config(None, ["task=detection"])
     with pytest.raises(ConfigError, match="model.architecture"):
         detector_from_config(missing, 4)
