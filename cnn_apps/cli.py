@@ -6,7 +6,7 @@
     cnn-apps evaluate [--config C] [--set k=v ...] --from-run TRAIN_RUN
     cnn-apps export   [--config C] [--set k=v ...] --from-run TRAIN_RUN
     cnn-apps all      --config C [--set k=v ...]     (prepare, train, evaluate, export)
-    cnn-apps study    {regularization,learning-curve,depth,transfer} --config C [--from-run PREPARE_RUN]
+    cnn-apps study    {regularization,learning-curve,depth,transfer,detectors} --config C [--from-run PREPARE_RUN]
     cnn-apps models                                  (the backbone zoo: parameters, FLOPs)
 
 Without ``--config``, a stage that reads another run starts from that run's
@@ -23,7 +23,7 @@ import shlex
 import sys
 
 STAGES = ("prepare", "train", "finetune", "evaluate", "export", "all")
-STUDY_KINDS = ("regularization", "learning-curve", "depth", "transfer")
+STUDY_KINDS = ("regularization", "learning-curve", "depth", "transfer", "detectors")
 NEEDS_RUN = ("finetune", "evaluate", "export")
 
 

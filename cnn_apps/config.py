@@ -133,6 +133,8 @@ class StudyConfig:
     source_data: dict = field(default_factory=dict)  # data-section overrides for the source dataset
     source_task: str = _choice("classification", ("classification", "pretext"))
     source_epochs: int = 10
+    # detectors (the speed ladder): detector config files trained and timed on the same images
+    detectors: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -13,6 +13,7 @@
   (feature_extraction, shallow, fine_tune, scratch) is a finetune child on the
   config's (small) target data, for each of ``study.examples_per_class``; every
   child is evaluated on the target's test split.
+* ``detectors``: the detector speed ladder (:mod:`cnn_apps.stages.ladder`).
 
 The parent logs ``results.csv``, ``results.md`` and a plot; each child is a full
 train run (its model can be evaluated or exported like any other).
@@ -29,7 +30,7 @@ from cnn_apps.config import Config
 from cnn_apps.errors import ConfigError
 from cnn_apps.stages.common import StageResult, check_task, dataset_label, log
 
-STUDIES = ("regularization", "learning-curve", "depth", "transfer")
+STUDIES = ("regularization", "learning-curve", "depth", "transfer", "detectors")
 REGULARIZATION_SETTINGS = ("none", "l1", "l2", "dropout", "batch_norm", "batch_norm+dropout", "all")
 _COLUMNS = ("setting", "train_error", "val_error", "bias", "variance", "verdict", "val_accuracy",
             "epochs", "seconds", "run_id")
@@ -81,6 +82,10 @@ def study(kind: str, config: Config, from_run: str | None = None) -> StageResult
 
     from cnn_apps.stages.train import train
 
+    if kind == "detectors":  # the detector speed ladder
+        from cnn_apps.stages.ladder import ladder_study
+
+        return ladder_study(config, from_run)
     check_task(config)
     if kind == "transfer":
         return transfer_study(config)
