@@ -34,6 +34,11 @@ def evaluate(config: Config, from_run: str, *, nested: bool = False) -> StageRes
     tracking.setup(config)
     source = tracking.get_run(from_run, expect_stage=SOURCE_STAGES)
     spec = tracking.load_dataset_spec(from_run)
+    if spec.task == "detection":
+        from cnn_apps.stages.region_detectors import evaluate_region_detector, is_region_detector
+
+        if is_region_detector(source.data.params.get("model.architecture")):  # not a Keras model
+            return evaluate_region_detector(config, spec, from_run, source, nested=nested)
     model = tracking.load_keras_model(from_run)
     config = at_model_size(config, model)  # evaluate at the size it was trained at
     if spec.task == "detection":

@@ -31,6 +31,9 @@ def export(config: Config, from_run: str) -> StageResult:
     check_task(config, supported=TASKS)
     tracking.setup(config)
     source = tracking.get_run(from_run, expect_stage=SOURCE_STAGES)
+    from cnn_apps.stages.region_detectors import check_exportable
+
+    check_exportable(source.data.params.get("model.architecture"))  # R-CNN/SPP-net: not a TF graph
     spec = tracking.load_dataset_spec(from_run)
     model = tracking.load_keras_model(from_run)
     config = at_model_size(config, model)

@@ -45,9 +45,12 @@ def train(config: Config, from_run: str | None = None, *, nested: bool = False, 
 
     if config.task == "detection":
         from cnn_apps.stages.detection import train_detector
+        from cnn_apps.stages.region_detectors import is_region_detector, train_region_detector
 
         if train_limit:
             raise ConfigError("train_limit is not supported for detection")
+        if is_region_detector(config.model.architecture):  # R-CNN, SPP-net: proposals and SVMs outside TF
+            return train_region_detector(config, spec, from_run, nested=nested, tags=tags, run_name=run_name)
         return train_detector(config, spec, from_run, nested=nested, tags=tags, run_name=run_name)
 
     keras.utils.set_random_seed(config.training.seed)
