@@ -23,6 +23,12 @@ image is resized to the model's S x S inside the graph and its boxes are scaled 
 * ``serve_bytes``: ``images`` string (B,), encoded JPEG/PNG/BMP/GIF files; the images of
   one request may have different sizes (each is decoded and resized on its own).
 
+A detector fed region proposals (Fast R-CNN: ``model.proposal_settings``) takes them
+as a second input in every signature: ``proposals`` float32 (B, P', 4) xyxy in the pixels
+of each input image (-1 or zero-area rows are padding; for ``serve_bytes`` each image's
+own size), scaled to the model's size inside the graph; the first P (the model's
+``max_proposals``) rows are used, fewer are padded.
+
 Outputs (K = the model's ``max_detections``, 100 by default; sorted by score, padded
 after ``num_detections``): ``detection_boxes`` float32 (B, K, 4) xyxy in the pixels of
 each input image, ``detection_scores`` float32 (B, K), ``detection_classes`` int64 (B, K)
@@ -40,6 +46,23 @@ import numpy as np
 from cnn_apps.errors import ModelError
 
 SIGNATURES = ("serving_default", "serve_uint8", "serve_bytes")
+
+
+def image_input_shape(model) -> tuple:
+    """(H, W, C) of a model's image input (the 4-D one when it has several inputs, such as
+    Fast R-CNN's ``images`` and ``proposals``)."""
+    shape = model.input_shape
+    if isinstance(shape, dict):
+        shape = shape["images"]
+    elif isinstance(shape, list) and shape and isinstance(shape[0], (list, tuple)):
+        shape = next(s for s in shape if len(s) == 4)
+    return tuple(int(d) for d in shape[1:4])
+
+
+def _proposal_count(model) -> int | None:
+    """P of a detector that takes proposals, None for one that does not."""
+    settings = getattr(model, "proposal_settings", None)
+    return int(settings["count"]) if settings else None
 
 
 def next_version(base: str | os.PathLike) -> int:
@@ -158,16 +181,24 @@ def export_detector(model, path: str | os.PathLike, class_names) -> Path:
     import keras
     import tensorflow as tf
 
-    height, width, channels = (int(d) for d in model.input_shape[1:4])
+    height, width, channels = image_input_shape(model)
     names = tf.constant([str(n) for n in class_names])
     model_size = tf.constant([height, width], tf.float32)
+    count = _proposal_count(model)
 
-    def detect(images, sizes):
-        """images (B, S, S, C) float32 at the model's size; sizes (B, 2) int32 original (H, W)."""
+    def detect(images, sizes, proposals=None):
+        """images (B, S, S, C) float32 at the model's size; sizes (B, 2) int32 original (H, W);
+        proposals (B, P', 4) in the original pixels (detectors that take them)."""
         images = tf.ensure_shape(images, (None, height, width, channels))
-        out = model.detect(images)
         scale = tf.cast(sizes, tf.float32) / model_size  # (B, 2): sy, sx
         factors = tf.stack([scale[:, 1], scale[:, 0], scale[:, 1], scale[:, 0]], axis=-1)
+        if count is None:
+            out = model.detect(images)
+        else:
+            proposals = tf.cast(proposals, tf.float32)[:, :count] / factors[:, None, :]
+            missing = tf.maximum(count - tf.shape(proposals)[1], 0)
+            proposals = tf.pad(proposals, [[0, 0], [0, missing], [0, 0]], constant_values=-1.0)
+            out = model.detect({"images": images, "proposals": tf.ensure_shape(proposals, (None, count, 4))})
         labels = tf.cast(out["labels"], tf.int64)
         valid = labels >= 0
         return {
@@ -178,10 +209,10 @@ def export_detector(model, path: str | os.PathLike, class_names) -> Path:
             "num_detections": tf.cast(out["num_detections"], tf.int32),
         }
 
-    def detect_pixels(images):
+    def detect_pixels(images, proposals=None):
         shape = tf.shape(images)
         sizes = tf.tile(shape[None, 1:3], [shape[0], 1])
-        return detect(_resize_to(tf.cast(images, tf.float32), height, width), sizes)
+        return detect(_resize_to(tf.cast(images, tf.float32), height, width), sizes, proposals)
 
     def decode(data):
         image = tf.io.decode_image(data, channels=channels, expand_animations=False)
@@ -189,18 +220,20 @@ def export_detector(model, path: str | os.PathLike, class_names) -> Path:
         image = _resize_to(tf.cast(image, tf.float32), height, width)
         return tf.ensure_shape(image, (height, width, channels)), size
 
-    def detect_bytes(images):
+    def detect_bytes(images, proposals=None):
         pixels, sizes = tf.map_fn(decode, images, fn_output_signature=(
             tf.TensorSpec((height, width, channels), tf.float32), tf.TensorSpec((2,), tf.int32)))
-        return detect(pixels, sizes)
+        return detect(pixels, sizes, proposals)
 
+    # a detector fed proposals takes them as a second input of every signature
+    extra = [] if count is None else [tf.TensorSpec((None, None, 4), tf.float32, name="proposals")]
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", detect_pixels,
-                         [tf.TensorSpec((None, None, None, channels), tf.float32, name="images")])
+                         [tf.TensorSpec((None, None, None, channels), tf.float32, name="images"), *extra])
     archive.add_endpoint("serve_uint8", detect_pixels,
-                         [tf.TensorSpec((None, None, None, channels), tf.uint8, name="images")])
-    archive.add_endpoint("serve_bytes", detect_bytes, [tf.TensorSpec((None,), tf.string, name="images")])
+                         [tf.TensorSpec((None, None, None, channels), tf.uint8, name="images"), *extra])
+    archive.add_endpoint("serve_bytes", detect_bytes, [tf.TensorSpec((None,), tf.string, name="images"), *extra])
     path = Path(path)
     try:
         archive.write_out(str(path), verbose=False)
@@ -245,7 +278,8 @@ def _detection_diff(got: dict, want: dict, image: int, tolerance: float) -> tupl
     return diff, None
 
 
-def verify_detector_export(path: str | os.PathLike, model, images: np.ndarray, tolerance: float = 1e-4) -> dict:
+def verify_detector_export(path: str | os.PathLike, model, images: np.ndarray, tolerance: float = 1e-4,
+                           proposals: np.ndarray | None = None) -> dict:
     """Reload a detector's SavedModel and compare every signature with ``model.detect``.
 
     ``images``: (B, S, S, 3) uint8-valued pixels at the model's input size. Besides them,
@@ -256,7 +290,9 @@ def verify_detector_export(path: str | os.PathLike, model, images: np.ndarray, t
     :class:`ModelError` naming the signature on a mismatch. Box coordinates are compared
     as fractions of the image's width and height, so one ``tolerance`` fits boxes and
     scores at any image size (float32 pixel coordinates of a 600 px image are only good
-    to about 1e-4 px).
+    to about 1e-4 px). A detector fed proposals gets ``proposals`` (B, P, 4) at the model's
+    size, or the selective search it was trained with (``model.proposal_settings``) when
+    None; the 2x image gets them times 2.
     """
     import tensorflow as tf
 
@@ -264,24 +300,39 @@ def verify_detector_export(path: str | os.PathLike, model, images: np.ndarray, t
     missing = [s for s in SIGNATURES if s not in loaded.signatures]
     if missing:
         raise ModelError(f"export {path} lacks signatures {missing}")
-    height, width = (int(d) for d in model.input_shape[1:3])
+    height, width, _ = image_input_shape(model)
     pixels = np.clip(np.round(np.asarray(images, np.float32)), 0, 255)
     big = np.repeat(np.repeat(pixels[:1], 2, axis=1), 2, axis=2)
-    expected = _numpy_detections(model.detect(pixels))
     resized = tf.image.resize(big, (height, width), method="bilinear", antialias=True)
-    expected_big = _numpy_detections(model.detect(resized))
+    props = big_props = None
+    if _proposal_count(model) is not None:
+        if proposals is None:
+            from cnn_apps.data.proposal_cache import ProposalSettings, propose
+
+            proposals, _ = propose(pixels, ProposalSettings.of(model))
+        props = np.asarray(proposals, np.float32)
+        big_props = props[:1] * 2.0
+
+    def model_inputs(data, boxes):
+        # one kind of array in a nested call (Keras refuses tensors mixed with NumPy)
+        return data if boxes is None else {"images": np.asarray(data, np.float32), "proposals": boxes}
+
+    expected = _numpy_detections(model.detect(model_inputs(pixels, props)))
+    expected_big = _numpy_detections(model.detect(model_inputs(resized, None if props is None else props[:1])))
     expected_big["boxes"] = expected_big["boxes"] * 2.0
     batch = len(pixels)
 
-    def run(name, data):
-        return _numpy_detections(loaded.signatures[name](images=tf.constant(data)))
+    def run(name, data, boxes):
+        extra = {} if boxes is None else {"proposals": tf.constant(boxes)}
+        return _numpy_detections(loaded.signatures[name](images=tf.constant(data), **extra))
 
-    both = run("serve_bytes", encode_png(pixels) + encode_png(big))  # one request, two sizes
+    both_props = None if props is None else np.concatenate([props, big_props])
+    both = run("serve_bytes", encode_png(pixels) + encode_png(big), both_props)  # one request, two sizes
     checks = [  # (signature, its detections, the Keras model's, image side / model side)
-        ("serving_default", run("serving_default", pixels), expected, 1),
-        ("serving_default", run("serving_default", big), expected_big, 2),
-        ("serve_uint8", run("serve_uint8", pixels.astype(np.uint8)), expected, 1),
-        ("serve_uint8", run("serve_uint8", big.astype(np.uint8)), expected_big, 2),
+        ("serving_default", run("serving_default", pixels, props), expected, 1),
+        ("serving_default", run("serving_default", big, big_props), expected_big, 2),
+        ("serve_uint8", run("serve_uint8", pixels.astype(np.uint8), props), expected, 1),
+        ("serve_uint8", run("serve_uint8", big.astype(np.uint8), big_props), expected_big, 2),
         ("serve_bytes", {k: v[:batch] for k, v in both.items()}, expected, 1),
         ("serve_bytes", {k: v[batch:] for k, v in both.items()}, expected_big, 2),
     ]

@@ -6,13 +6,17 @@ own scaling):
 
 * classification: ``(images (B, S, S, C), labels (B,))``;
 * detection: ``(images, {"boxes": (B, N, 4), "labels": (B, N)})``, boxes xyxy
-  pixels, padded with -1;
+  pixels, padded with -1; with region proposals (``proposals=`` (N, P, 4), Fast
+  R-CNN) the inputs are ``{"images": (B, S, S, C), "proposals": (B, P, 4)}``;
 * segmentation: ``(images, masks (B, S, S, 1) uint8)``.
 
 Masks are resized with nearest neighbour only; boxes are scaled, flipped, shifted,
 cropped, clipped and dropped together with their images, so targets stay aligned
 (augmentations: flip, random crop, scale jitter, translation; see
 :class:`~cnn_apps.config.AugmentConfig`). Images without objects pass through all.
+Proposals (the element key ``proposals``, (P, 4) xyxy pixels, -1 rows padding) move
+like boxes but are never dropped: they are clipped to the image, and one left without
+area becomes a padding row, so every image keeps P rows.
 Augmentation draws its randomness from ``tf.data.Dataset.random(seed)``, so a seed
 fixes every epoch's augmentations while each epoch still differs.
 """
@@ -39,11 +43,23 @@ def resize_example(ex: dict, size: int) -> dict:
     out["image"] = tf.saturate_cast(tf.round(resized), image.dtype)
     if "mask" in ex:
         out["mask"] = tf.image.resize(ex["mask"], (size, size), method="nearest")
+    sx = tf.cast(size, tf.float32) / tf.cast(w, tf.float32)
+    sy = tf.cast(size, tf.float32) / tf.cast(h, tf.float32)
     if "boxes" in ex:
-        sx = tf.cast(size, tf.float32) / tf.cast(w, tf.float32)
-        sy = tf.cast(size, tf.float32) / tf.cast(h, tf.float32)
         out["boxes"] = ex["boxes"] * tf.stack([sx, sy, sx, sy])
+    if "proposals" in ex:
+        out["proposals"] = _place_proposals(ex["proposals"] * tf.stack([sx, sy, sx, sy]), size, size)
     return out
+
+
+def _place_proposals(moved, w, h):
+    """Clip moved (P, 4) proposals to the (h, w) image; rows left without width or height
+    (pushed outside, or padding all along) become -1 padding rows. None is dropped."""
+    wf, hf = tf.cast(w, tf.float32), tf.cast(h, tf.float32)
+    clipped = tf.stack([tf.clip_by_value(moved[:, 0], 0.0, wf), tf.clip_by_value(moved[:, 1], 0.0, hf),
+                        tf.clip_by_value(moved[:, 2], 0.0, wf), tf.clip_by_value(moved[:, 3], 0.0, hf)], 1)
+    keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    return tf.where(keep[:, None], clipped, -tf.ones_like(clipped))
 
 
 def flip_example(ex: dict, seed) -> dict:
@@ -58,6 +74,13 @@ def flip_example(ex: dict, seed) -> dict:
         b = ex["boxes"]
         flipped = tf.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], axis=1)
         out["boxes"] = tf.cond(do, lambda: flipped, lambda: b)
+    if "proposals" in ex:
+        w = tf.shape(ex["image"])[1]
+        p = ex["proposals"]
+        wf = tf.cast(w, tf.float32)
+        flipped = _place_proposals(tf.stack([wf - p[:, 2], p[:, 1], wf - p[:, 0], p[:, 3]], axis=1),
+                                   w, tf.shape(ex["image"])[0])
+        out["proposals"] = tf.cond(do, lambda: flipped, lambda: p)
     return out
 
 
@@ -108,6 +131,9 @@ def translate_example(ex: dict, max_fraction: float, seed, min_visible: float = 
         dx = tf.cast(pad_x - ox, tf.float32)
         dy = tf.cast(pad_y - oy, tf.float32)
         out = _place_boxes(out, ex, ex["boxes"] + tf.stack([dx, dy, dx, dy]), w, h, min_visible)
+    if "proposals" in ex:
+        dx, dy = tf.cast(pad_x - ox, tf.float32), tf.cast(pad_y - oy, tf.float32)
+        out["proposals"] = _place_proposals(ex["proposals"] + tf.stack([dx, dy, dx, dy]), w, h)
     return out
 
 
@@ -149,6 +175,12 @@ def scale_example(ex: dict, scale_range, seed, min_visible: float = 0.5) -> dict
         dx, dy = tf.cast(tx, tf.float32), tf.cast(ty, tf.float32)
         moved = ex["boxes"] * tf.stack([sx, sy, sx, sy]) + tf.stack([dx, dy, dx, dy])
         out = _place_boxes(out, ex, moved, w, h, min_visible)
+    if "proposals" in ex:
+        sx = tf.cast(nw, tf.float32) / tf.cast(w, tf.float32)
+        sy = tf.cast(nh, tf.float32) / tf.cast(h, tf.float32)
+        dx, dy = tf.cast(tx, tf.float32), tf.cast(ty, tf.float32)
+        out["proposals"] = _place_proposals(ex["proposals"] * tf.stack([sx, sy, sx, sy]) + tf.stack([dx, dy, dx, dy]),
+                                            w, h)
     return out
 
 
@@ -183,6 +215,12 @@ def crop_example(ex: dict, probability: float, min_fraction: float, seed, min_vi
             dx, dy = tf.cast(x0, tf.float32), tf.cast(y0, tf.float32)
             moved = (ex["boxes"] - tf.stack([dx, dy, dx, dy])) * tf.stack([sx, sy, sx, sy])
             out = _place_boxes(out, ex, moved, w, h, min_visible)
+        if "proposals" in ex:
+            sx = tf.cast(w, tf.float32) / tf.cast(cw, tf.float32)
+            sy = tf.cast(h, tf.float32) / tf.cast(ch, tf.float32)
+            dx, dy = tf.cast(x0, tf.float32), tf.cast(y0, tf.float32)
+            moved = (ex["proposals"] - tf.stack([dx, dy, dx, dy])) * tf.stack([sx, sy, sx, sy])
+            out["proposals"] = _place_proposals(moved, w, h)
         return out
 
     return tf.cond(do, cropped, lambda: dict(ex))
@@ -211,7 +249,10 @@ def _to_model_inputs(task: str):
         if task == "classification":
             return images, batch["label"]
         if task == "detection":
-            return images, {"boxes": batch["boxes"], "labels": batch["labels"]}
+            targets = {"boxes": batch["boxes"], "labels": batch["labels"]}
+            if "proposals" in batch:
+                return {"images": images, "proposals": batch["proposals"]}, targets
+            return images, targets
         return images, batch["mask"]
 
     return convert
@@ -224,14 +265,30 @@ def estimated_bytes(num_examples: int, size: int, channels: int) -> int:
 def make_pipeline(ds: tf.data.Dataset, *, task: str, image_size: int, batch_size: int,
                   training: bool, augment: AugmentConfig | None = None, seed: int = 0,
                   num_examples: int | None = None, channels: int = 3, cache: bool = True,
-                  drop_remainder: bool = False) -> tf.data.Dataset:
+                  drop_remainder: bool = False, proposals=None) -> tf.data.Dataset:
     """Turn a source's split into batches for ``fit`` / ``evaluate`` / ``predict``.
 
     ``training`` switches on shuffling and augmentation. The decoded, resized
     examples are cached in memory when ``cache`` is set and they fit in
     :data:`CACHE_LIMIT_BYTES`; then each epoch only augments and batches.
+    ``proposals`` (detection): (N, P, 4) float32 xyxy pixels at ``image_size`` (-1 rows
+    padding), one row block per example of ``ds`` in its order; they join each example
+    after the resize and travel with it (see the module docstring).
     """
     ds = ds.map(lambda ex: resize_example(ex, image_size), num_parallel_calls=AUTOTUNE)
+    if proposals is not None:
+        import numpy as np
+
+        from cnn_apps.errors import DataError
+
+        proposals = np.asarray(proposals, np.float32)
+        if proposals.ndim != 3 or proposals.shape[-1] != 4:
+            raise DataError(f"proposals must be (N, P, 4) xyxy pixels, got shape {proposals.shape}")
+        if num_examples is not None and len(proposals) != num_examples:
+            raise DataError(f"{len(proposals)} proposal sets for {num_examples} examples: the proposal cache "
+                            "does not belong to this split; delete it to recompute")
+        ds = tf.data.Dataset.zip(ds, tf.data.Dataset.from_tensor_slices(proposals)).map(
+            lambda ex, p: {**ex, "proposals": p}, num_parallel_calls=AUTOTUNE)
     if cache and num_examples is not None and \
             estimated_bytes(num_examples, image_size, channels) <= CACHE_LIMIT_BYTES:
         ds = ds.cache()
@@ -242,9 +299,10 @@ def make_pipeline(ds: tf.data.Dataset, *, task: str, image_size: int, batch_size
             ds = tf.data.Dataset.zip(ds, seeds).map(
                 lambda ex, s: augment_example(ex, augment, s), num_parallel_calls=AUTOTUNE)
     if task == "detection":
-        ds = ds.padded_batch(batch_size, padding_values={"image": tf.constant(0, tf.uint8),
-                                                         "boxes": -1.0, "labels": tf.constant(-1, tf.int64)},
-                             drop_remainder=drop_remainder)
+        padding = {"image": tf.constant(0, tf.uint8), "boxes": -1.0, "labels": tf.constant(-1, tf.int64)}
+        if proposals is not None:
+            padding["proposals"] = -1.0
+        ds = ds.padded_batch(batch_size, padding_values=padding, drop_remainder=drop_remainder)
     else:
         ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
     ds = ds.map(_to_model_inputs(task), num_parallel_calls=AUTOTUNE)

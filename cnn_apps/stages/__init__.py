@@ -20,10 +20,17 @@ from cnn_apps.stages.train import train
 
 def run_all(config) -> StageResult:
     """prepare -> train -> evaluate -> export, each its own linked run; returns export's result
-    with the other run ids in ``outputs``."""
+    with the other run ids in ``outputs`` (evaluate's for R-CNN / SPP-net, which do not export)."""
+    from cnn_apps.stages.common import log
+    from cnn_apps.stages.region_detectors import is_region_detector
+
     prepared = prepare(config)
     trained = train(config, from_run=prepared.run_id)
     evaluated = evaluate(config, from_run=trained.run_id)
+    if config.task == "detection" and is_region_detector(config.model.architecture):
+        log.info("%s is evaluate-only (proposals and SVMs outside TensorFlow): no export", config.model.architecture)
+        evaluated.outputs.update({"prepare_run": prepared.run_id, "train_run": trained.run_id})
+        return evaluated
     exported = export(config, from_run=trained.run_id)
     exported.outputs.update({"prepare_run": prepared.run_id, "train_run": trained.run_id,
                              "evaluate_run": evaluated.run_id, **evaluated.outputs})

@@ -35,9 +35,12 @@ def check_task(config: Config, supported=("classification", "pretext")) -> None:
 
 
 def split_dataset(spec: DatasetSpec, config: Config, split: str, *, training: bool,
-                  batch_size: int | None = None, limit: int | None = None):
+                  batch_size: int | None = None, limit: int | None = None, proposals=None):
     """A batched tf.data pipeline for one split of a prepared dataset (the first ``limit``
-    examples only, when given)."""
+    examples only, when given). ``proposals``: a
+    :class:`~cnn_apps.data.proposal_cache.ProposalSettings` (detection, Fast R-CNN): each
+    image also carries its cached selective-search proposals and the inputs become
+    ``{"images", "proposals"}``."""
     from cnn_apps.data.pipeline import make_pipeline
     from cnn_apps.data.sources import get_source
 
@@ -45,8 +48,14 @@ def split_dataset(spec: DatasetSpec, config: Config, split: str, *, training: bo
     source = get_source(Config(task=spec.task, data=dataclasses.replace(config.data, source=spec.source)))
     ds = source.load(spec, split)
     count = spec.counts.get(split)
+    boxes = None
+    if proposals is not None:
+        from cnn_apps.data.proposal_cache import split_proposals
+
+        boxes = split_proposals(spec, config, split, proposals)
     if limit is not None and count is not None and limit < count:
         ds, count = ds.take(limit), limit
+        boxes = None if boxes is None else boxes[:limit]
     task, augment = spec.task, config.augment
     if config.task == "pretext":  # rotation labels instead of the source's: 4 examples per image
         from cnn_apps.data.pipeline import resize_example
@@ -61,7 +70,7 @@ def split_dataset(spec: DatasetSpec, config: Config, split: str, *, training: bo
         ds, task=task, image_size=config.data.image_size,
         batch_size=batch_size or config.training.batch_size, training=training,
         augment=augment, seed=config.training.seed, num_examples=count,
-        channels=spec.channels, cache=config.training.cache)
+        channels=spec.channels, cache=config.training.cache, proposals=boxes)
 
 
 def source_config(config: Config) -> Config:
@@ -91,5 +100,7 @@ def metric_key(text: str) -> str:
 
 def at_model_size(config: Config, model) -> Config:
     """A copy of ``config`` whose ``data.image_size`` is the trained model's input side."""
-    return dataclasses.replace(config, data=dataclasses.replace(config.data,
-                                                                 image_size=int(model.input_shape[1])))
+    from cnn_apps.serving import image_input_shape
+
+    size = int(image_input_shape(model)[0])
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, image_size=size))

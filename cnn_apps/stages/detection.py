@@ -2,7 +2,11 @@
 (``task: detection``, ``model.architecture: yolo_v1 | ssd | ssd300_vgg16 | ...``).
 
 Targets travel as ``{"boxes": (B, N, 4), "labels": (B, N)}``, boxes xyxy pixels at the
-model's input size, padded with -1 (:mod:`cnn_apps.data.pipeline`).
+model's input size, padded with -1 (:mod:`cnn_apps.data.pipeline`). A detector fed region
+proposals (Fast R-CNN: ``model.proposal_settings``) gets its inputs as ``{"images",
+"proposals"}``, the proposals computed once by selective search and cached on disk
+(:mod:`cnn_apps.data.proposal_cache`); its speed figures include the search's measured
+time per image (``test_proposal_ms``).
 """
 
 from __future__ import annotations
@@ -23,17 +27,20 @@ def train_detector(config: Config, spec, from_run: str, *, nested: bool = False,
     import keras
     import mlflow
 
+    from cnn_apps.data.proposal_cache import ProposalSettings
     from cnn_apps.detection.factory import detector_from_config
+    from cnn_apps.serving import image_input_shape
     from cnn_apps.training.fit_detection import fit_detector
 
     keras.utils.set_random_seed(config.training.seed)
     class_names = list(spec.class_names)
     num_train = spec.counts["train"]
-    train_ds = split_dataset(spec, config, "train", training=True)
-    val_ds = split_dataset(spec, config, "validation", training=False)
     model = detector_from_config(config, len(class_names), class_names)
-    if tuple(model.input_shape[1:]) != input_shape(spec, config):
-        log.warning("model input %s, data %s", model.input_shape[1:], input_shape(spec, config))
+    if image_input_shape(model) != input_shape(spec, config):
+        log.warning("model input %s, data %s", image_input_shape(model), input_shape(spec, config))
+    proposals = ProposalSettings.of(model)  # None unless the model is fed proposals
+    train_ds = split_dataset(spec, config, "train", training=True, proposals=proposals)
+    val_ds = split_dataset(spec, config, "validation", training=False, proposals=proposals)
     architecture = config.model.architecture
     with tracking.stage_run(config, "train", model=architecture, dataset=dataset_label(spec),
                             source_run=from_run, fingerprint=spec.fingerprint, nested=nested,
@@ -44,7 +51,7 @@ def train_detector(config: Config, spec, from_run: str, *, nested: bool = False,
                                title=f"train: {architecture} on {dataset_label(spec)}")
         result = evaluate_on(model, val_ds, class_names)
         mlflow.log_metrics(result.metrics(prefix="val_"))
-        sample = next(iter(val_ds))[0][:2].numpy()
+        sample = _first(next(iter(val_ds))[0], 2, numpy=True)
         tracking.log_keras_model(model, sample)
         return StageResult(run.info.run_id, "train", {
             "val_map50": round(result.map50, 4), "epochs": summary["epochs_trained"],
@@ -64,8 +71,19 @@ def collect(model, ds, keep_images: int = 0):
             n = int(out["num_detections"][i])
             dets.append({"boxes": out["boxes"][i, :n], "scores": out["scores"][i, :n], "labels": out["labels"][i, :n]})
         if len(images) < keep_images:
-            images.extend(x.numpy()[:keep_images - len(images)].astype(np.uint8))
+            images.extend(_images(x)[:keep_images - len(images)].astype(np.uint8))
     return truth, dets, images
+
+
+def _images(x) -> np.ndarray:
+    """The images of a batch of inputs (a tensor, or ``{"images", "proposals"}``)."""
+    return np.asarray(x["images"] if isinstance(x, dict) else x)
+
+
+def _first(x, n: int, numpy: bool = False):
+    """The first ``n`` examples of a batch of inputs (NumPy arrays when ``numpy``)."""
+    take = (lambda v: np.asarray(v)[:n]) if numpy else (lambda v: v[:n])
+    return {k: take(v) for k, v in x.items()} if isinstance(x, dict) else take(x)
 
 
 def evaluate_on(model, ds, class_names):
@@ -78,23 +96,36 @@ def evaluate_on(model, ds, class_names):
 def evaluate_detector(config: Config, spec, from_run: str, source, model, *, nested: bool = False) -> StageResult:
     """mAP (VOC all-point and 11-point at IoU 0.5), the COCO suite, per-class AP, PR curves,
     a grid of test images with true (green) and predicted (red) boxes, and the speed of the
-    whole inference path (NMS included) at batch ``evaluate.batch_size`` and at batch 1."""
+    whole inference path (NMS included) at batch ``evaluate.batch_size`` and at batch 1;
+    for a detector fed proposals, the selective search's measured time per image is added
+    to both (``test_proposal_ms``; the network alone: ``test_network_*``)."""
     import mlflow
 
     from cnn_apps import plots
+    from cnn_apps.data.proposal_cache import ProposalSettings
     from cnn_apps.detection.evaluation import evaluate_detections
 
     class_names = list(getattr(model, "class_names", spec.class_names))
-    test_ds = split_dataset(spec, config, "test", training=False, batch_size=config.evaluate.batch_size)
+    proposals = ProposalSettings.of(model)
+    test_ds = split_dataset(spec, config, "test", training=False, batch_size=config.evaluate.batch_size,
+                            proposals=proposals)
     truth, dets, images = collect(model, test_ds, keep_images=MAX_GRID_IMAGES)
     result = evaluate_detections(truth, dets, len(class_names), class_names)
     speed = _detections_per_second(model, test_ds, config.evaluate.speed_batches)
     latency = _latency_ms(model, test_ds)
+    timing = {}
+    if proposals is not None:  # test time per image, proposals included
+        proposal_ms = _proposal_ms(test_ds, proposals)
+        timing = {"test_proposal_ms": proposal_ms, "test_network_images_per_s": speed,
+                  "test_network_latency_ms": latency}
+        speed = 1.0 / (1.0 / max(speed, 1e-9) + proposal_ms / 1000.0)
+        latency = latency + proposal_ms
     architecture = source.data.params.get("model.architecture", "detector")
     with tracking.stage_run(config, "evaluate", model=architecture, dataset=dataset_label(spec),
                             source_run=from_run, fingerprint=spec.fingerprint, nested=nested) as run:
         metrics = result.metrics(prefix="test_")
-        metrics.update({"test_images_per_s": speed, "test_latency_ms": latency, "test_examples": len(truth)})
+        metrics.update({"test_images_per_s": speed, "test_latency_ms": latency, "test_examples": len(truth),
+                        **timing})
         mlflow.log_metrics(metrics)
         mlflow.log_text(result.per_class_table(), "per_class_ap.csv")
         mlflow.log_text(result.markdown(), "detection_report.md")
@@ -103,10 +134,26 @@ def evaluate_detector(config: Config, spec, from_run: str, source, model, *, nes
         tracking.log_figure(plots.detection_grid(np.stack(images), truth[:n], _confident(dets[:n]), class_names,
                                                  title="test: truth (green), predictions ≥ 0.3 (red)"),
                             "test_detections.png")
-        return StageResult(run.info.run_id, "evaluate", {
-            "test_map50": round(result.map50, 4), "test_map50_voc07": round(result.map50_voc07, 4),
-            "test_coco_ap": round(result.coco_ap, 4), "test_images_per_s": round(speed, 1),
-            "test_latency_ms": round(latency, 1)}, extra={"metrics": result})
+        outputs = {"test_map50": round(result.map50, 4), "test_map50_voc07": round(result.map50_voc07, 4),
+                   "test_coco_ap": round(result.coco_ap, 4), "test_images_per_s": round(speed, 1),
+                   "test_latency_ms": round(latency, 1)}
+        if timing:
+            outputs["test_proposal_ms"] = round(timing["test_proposal_ms"], 1)
+        return StageResult(run.info.run_id, "evaluate", outputs, extra={"metrics": result})
+
+
+def _proposal_ms(ds, settings, max_images: int = 32) -> float:
+    """Mean selective-search time (ms) per test image at the model's size, measured now
+    (the cached proposals were computed once, possibly long ago)."""
+    from cnn_apps.data.proposal_cache import propose
+
+    images = []
+    for x, _ in ds:
+        images.extend(_images(x)[:max_images - len(images)])
+        if len(images) >= max_images:
+            break
+    _, seconds = propose(images, settings)
+    return float(seconds * 1000)
 
 
 def _confident(dets, threshold: float = 0.3):
@@ -121,12 +168,12 @@ def _detections_per_second(model, ds, batches: int) -> float:
     start = time.perf_counter()
     for x in timed:
         model.predict_on_batch(x)
-    return float(sum(int(x.shape[0]) for x in timed) / max(time.perf_counter() - start, 1e-9))
+    return float(sum(len(_images(x)) for x in timed) / max(time.perf_counter() - start, 1e-9))
 
 
 def _latency_ms(model, ds, repeats: int = 10) -> float:
     """Median time of one image through the compiled ``detect`` (batch 1)."""
-    x = next(iter(ds))[0][:1]
+    x = _first(next(iter(ds))[0], 1)
     model.predict_on_batch(x)
     times = []
     for _ in range(repeats):
