@@ -29,7 +29,7 @@ def test_children_share_the_ladders_data(tmp_path):
 
 def test_time_per_image_counts_proposals():
     assert time_per_image_ms({"test_latency_ms": 3.0}) == (3.0, 0.0)
-    assert time_per_image_ms({"test_latency_ms": 3.0, "test_proposal_ms": 40.0}) == (43.0, 40.0)
+    assert time_per_image_ms({"test_latency_ms": 43.0, "test_proposal_ms": 40.0}) == (43.0, 40.0)
     assert time_per_image_ms({"test_seconds_per_image": 1.5, "test_proposal_ms": 40.0}) == (1500.0, 40.0)
 
 

@@ -42,11 +42,13 @@ def child_config(ladder: Config, path: str) -> Config:
 
 
 def time_per_image_ms(metrics: dict) -> tuple[float, float]:
-    """(total ms per image at batch 1 with proposals, proposal ms) from an evaluate run."""
+    """(total ms per image at batch 1, proposals included; the proposals' share) from an
+    evaluate run: ``test_latency_ms`` already counts selective search for the detectors that
+    need it (Fast R-CNN), and R-CNN / SPP-net time their whole path (``test_seconds_per_image``)."""
     proposal = float(metrics.get("test_proposal_ms", 0.0))
-    if "test_seconds_per_image" in metrics:  # region detectors time their whole path
+    if "test_seconds_per_image" in metrics:
         return float(metrics["test_seconds_per_image"]) * 1000.0, proposal
-    return float(metrics["test_latency_ms"]) + proposal, proposal
+    return float(metrics["test_latency_ms"]), proposal
 
 
 def ladder_study(config: Config, from_run: str | None = None) -> StageResult:
