@@ -67,3 +67,22 @@ def test_tiny_ladder(tmp_path, monkeypatch, capsys):
     assert {"yolo_v1_speedup", "ssd_speedup", "yolo_v1_map50"} <= set(parent.data.metrics)
     assert parent.data.metrics["yolo_v1_speedup"] == pytest.approx(1.0)
     assert {"ladder.csv", "ladder.md", "ladder.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+
+def test_the_shipped_ladder_builds_every_detector(tmp_path):
+    """Every rung of the shipped ladder builds at the ladder's shared image size."""
+    from cnn_apps.detection.factory import detector_from_config
+    from cnn_apps.stages.region_detectors import is_region_detector, region_detector_from_config
+
+    ladder = load_config(CONFIGS / "shapes_detector_ladder.yaml", [f"data.data_dir={tmp_path}"])
+    names = []
+    for path in ladder.study.detectors:
+        child = child_config(ladder, str(ROOT / path))
+        assert child.data.image_size == 112
+        name = child.model.architecture
+        names.append(name)
+        if is_region_detector(name):
+            region_detector_from_config(child, ["a", "b", "c", "d"])
+        else:
+            assert detector_from_config(child, 4).image_size == 112
+    assert names == ["rcnn", "sppnet", "fast_rcnn", "faster_rcnn", "yolo_v1", "ssd"]
