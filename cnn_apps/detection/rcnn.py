@@ -23,6 +23,7 @@ weak detections, which helps mAP.
 
 from __future__ import annotations
 
+import abc
 import inspect
 import json
 import time
@@ -338,7 +339,7 @@ HEAD_ARGS = tuple(p for p in inspect.signature(RegionHead.__init__).parameters i
 
 
 # ------------------------------------------------------------------------------ detector
-class RegionDetector:
+class RegionDetector(abc.ABC):
     """fit / predict / save / load around a fine-tuned :class:`~cnn_apps.classification.ImageClassifier`
     (K + 1 outputs) and a :class:`RegionHead`. Subclasses define ``_box_features(images,
     boxes_list) -> list of (P_i, D)``.
@@ -410,8 +411,9 @@ class RegionDetector:
         return [selective_search(np.asarray(image), mode=self.proposal_mode, max_proposals=self.max_proposals,
                                  scale=self.proposal_scale, seed=self.seed) for image in images]
 
+    @abc.abstractmethod
     def _box_features(self, images, boxes_list) -> list[np.ndarray]:
-        raise NotImplementedError
+        """Per image, (P, D) features of its boxes: warped crops (R-CNN) or SPP of the map (SPP-net)."""
 
     def _after_finetune(self) -> None:
         """Hook: build whatever feature model the subclass needs from ``self.classifier``."""
