@@ -1,6 +1,8 @@
 """The detector speed ladder: child configs share the ladder's data, the time per image
 counts proposals, and a tiny ladder of two detectors runs as nested MLflow runs."""
 
+import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,7 +32,11 @@ def test_children_share_the_ladders_data(tmp_path):
 def test_time_per_image_counts_proposals():
     assert time_per_image_ms({"test_latency_ms": 3.0}) == (3.0, 0.0)
     assert time_per_image_ms({"test_latency_ms": 43.0, "test_proposal_ms": 40.0}) == (43.0, 40.0)
-    assert time_per_image_ms({"test_seconds_per_image": 1.5, "test_proposal_ms": 40.0}) == (1500.0, 40.0)
+    # batch 1 for every detector: R-CNN's batched seconds per image is not its latency
+    assert time_per_image_ms({"test_seconds_per_image": 1.5, "test_latency_ms": 1700.0,
+                              "test_proposal_ms": 40.0}) == (1700.0, 40.0)
+    with pytest.raises(ConfigError, match="test_latency_ms"):
+        time_per_image_ms({"test_map50": 0.5})
 
 
 @pytest.mark.slow
@@ -67,6 +73,18 @@ def test_tiny_ladder(tmp_path, monkeypatch, capsys):
     assert {"yolo_v1_speedup", "ssd_speedup", "yolo_v1_map50"} <= set(parent.data.metrics)
     assert parent.data.metrics["yolo_v1_speedup"] == pytest.approx(1.0)
     assert {"ladder.csv", "ladder.md", "ladder.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+    # benchmarks/ladder.py times the study's trained detectors side by side
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import ladder as bench
+
+    out_json = tmp_path / "ladder.json"
+    result = bench.main(["--study", parent.info.run_id, "--images", "2", "--rounds", "1", "--out", str(out_json),
+                         *[a for s in sets for a in ("--set", s) if s.startswith("tracking.")]])
+    assert [d["detector"] for d in result["detectors"]] == ["yolo_v1", "ssd"]
+    assert result["detectors"][0]["speedup_vs_first"] == 1.0
+    assert all(d["ms_per_image"] > 0 for d in result["detectors"])
+    assert json.loads(out_json.read_text())["study_run"] == parent.info.run_id
 
 
 def test_the_shipped_ladder_builds_every_detector(tmp_path):
