@@ -30,6 +30,11 @@ def tiny_overrides(tmp_path, **extra) -> list[str]:
     return [f"{k}={v}" for k, v in values.items()]
 
 
+def set_args(overrides) -> list[str]:
+    """``["--set", o1, "--set", o2, ...]``: overrides as cnn-apps command-line arguments."""
+    return [arg for override in overrides for arg in ("--set", override)]
+
+
 @pytest.fixture
 def tiny_config(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cnn_apps.cli import main
-from conftest import tiny_overrides
+from conftest import set_args, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -28,9 +28,7 @@ def test_detector_pipeline(config, extra, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     sets = tiny_overrides(tmp_path, **{"data.image_size": 64, "detection.score_threshold": 0.01}) + \
         [TINY_BACKBONE, *extra]
-    args = ["all", "--config", str(ROOT / "pipelines" / "configs" / config)]
-    for s in sets:
-        args += ["--set", s]
+    args = ["all", "--config", str(ROOT / "pipelines" / "configs" / config), *set_args(sets)]
     rc = main(args)
     out = capsys.readouterr().out
     assert rc == 0, out

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from cnn_apps.cli import main
-from conftest import tiny_overrides
+from conftest import set_args, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 def cli(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    sets = [a for s in tiny_overrides(tmp_path) for a in ("--set", s)]
+    sets = set_args(tiny_overrides(tmp_path))
 
     def run(*args):
         rc = main([*args, *sets])
@@ -132,7 +132,7 @@ def test_pipeline_script_and_mlproject_entry_point(tmp_path):
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"}
     sets = tiny_overrides(tmp_path)
     out = subprocess.run([sys.executable, str(ROOT / "pipelines" / "prepare.py"),
-                          *[a for s in sets for a in ("--set", s)]],
+                          *set_args(sets)],
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1].startswith("run_id: ")

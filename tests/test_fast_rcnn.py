@@ -11,7 +11,7 @@ import tensorflow as tf
 from cnn_apps.config import AugmentConfig, load_config
 from cnn_apps.data.pipeline import flip_example, make_pipeline, translate_example
 from cnn_apps.errors import DataError
-from conftest import tiny_overrides
+from conftest import set_args, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 48
@@ -241,9 +241,7 @@ def test_fast_rcnn_through_the_cli(tmp_path, capsys, monkeypatch):
                                        "training.batch_size": 8}) + [
         "model.backbone_args={stage_filters: [8, 16, 16, 32]}",
         "model.architecture_args={max_proposals: 32, head_units: [32], roi_batch_per_image: 16}"]
-    args = ["all", "--config", str(ROOT / "pipelines" / "configs" / "shapes_fast_rcnn.yaml")]
-    for s in sets:
-        args += ["--set", s]
+    args = ["all", "--config", str(ROOT / "pipelines" / "configs" / "shapes_fast_rcnn.yaml"), *set_args(sets)]
     rc = main(args)
     out = capsys.readouterr().out
     assert rc == 0, out

@@ -10,7 +10,7 @@ import pytest
 from cnn_apps.config import load_config
 from cnn_apps.errors import ConfigError
 from cnn_apps.stages.ladder import child_config, time_per_image_ms
-from conftest import tiny_overrides
+from conftest import set_args, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "pipelines" / "configs"
@@ -61,9 +61,7 @@ def test_tiny_ladder(tmp_path, monkeypatch, capsys):
         children.append(str(child))
     sets = tiny_overrides(tmp_path, **{"task": "detection", "data.image_size": 64,
                                        "study.detectors": "[" + ", ".join(children) + "]"})
-    args = ["study", "detectors"]
-    for s in sets:
-        args += ["--set", s]
+    args = ["study", "detectors", *set_args(sets)]
     rc = main(args)
     out = capsys.readouterr().out
     assert rc == 0, out
@@ -80,7 +78,7 @@ def test_tiny_ladder(tmp_path, monkeypatch, capsys):
 
     out_json = tmp_path / "ladder.json"
     result = bench.main(["--study", parent.info.run_id, "--images", "2", "--rounds", "1", "--out", str(out_json),
-                         *[a for s in sets for a in ("--set", s) if s.startswith("tracking.")]])
+                         *set_args(s for s in sets if s.startswith("tracking."))])
     assert [d["detector"] for d in result["detectors"]] == ["yolo_v1", "ssd"]
     assert result["detectors"][0]["speedup_vs_first"] == 1.0
     assert all(d["ms_per_image"] > 0 for d in result["detectors"])

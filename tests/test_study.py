@@ -3,7 +3,7 @@
 import pytest
 
 from cnn_apps.cli import main
-from conftest import tiny_overrides
+from conftest import set_args, tiny_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +19,7 @@ def test_study_makes_a_parent_with_one_child_per_setting(kind, extra, children, 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
     sets = tiny_overrides(tmp_path, **{"training.epochs": 1}) + extra
-    assert main(["study", kind, *[a for s in sets for a in ("--set", s)]]) == 0
+    assert main(["study", kind, *set_args(sets)]) == 0
     parent_id = capsys.readouterr().out.strip().splitlines()[-1].split()[1]
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
@@ -52,7 +52,7 @@ def test_transfer_study_trains_a_source_then_one_child_per_mode(tmp_path, capsys
         "study.modes": "[shallow,fine_tune]", "study.examples_per_class": "[3]",
         "study.source_data": "{source: shapes, train_size: 32, val_size: 16, test_size: 16}",
         "study.source_epochs": 1})
-    assert main(["study", "transfer", *[a for s in sets for a in ("--set", s)]]) == 0
+    assert main(["study", "transfer", *set_args(sets)]) == 0
     parent_id = capsys.readouterr().out.strip().splitlines()[-1].split()[1]
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     parent = client.get_run(parent_id)

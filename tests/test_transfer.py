@@ -11,7 +11,7 @@ import keras
 from cnn_apps.classification import ImageClassifier
 from cnn_apps.classification.transfer import backbone_blocks, freeze_batch_norm, unfreeze_top_blocks
 from cnn_apps.cli import main
-from conftest import tiny_overrides
+from conftest import set_args, tiny_overrides
 
 SMALL = {"stage_filters": (8, 16, 16), "blocks_per_stage": (1, 1, 1)}
 
@@ -66,7 +66,7 @@ def cli(tmp_path, capsys, monkeypatch):
 
     def run(*args, sets=()):
         all_sets = tiny_overrides(tmp_path, **dict(s.split("=", 1) for s in sets))
-        rc = main([*args, *[a for s in all_sets for a in ("--set", s)]])
+        rc = main([*args, *set_args(all_sets)])
         captured = capsys.readouterr()
         assert rc == 0, captured.err[-2000:]
         return captured.out.strip().splitlines()[-1].split()[1]
@@ -131,7 +131,7 @@ def test_imagenet_weights_offline_fail_fast_and_say_how_to_pass_a_file(tmp_path,
     monkeypatch.chdir(tmp_path)
     sets = tiny_overrides(tmp_path, **{"finetune.source": "imagenet", "model.backbone": "vgg16"})
     start = time.perf_counter()
-    assert main(["finetune", *[a for s in sets for a in ("--set", s)]]) == 2
+    assert main(["finetune", *set_args(sets)]) == 2
     assert time.perf_counter() - start < 30
     err = capsys.readouterr().err
     assert "offline" in err and "finetune.weights=" in err

@@ -78,11 +78,12 @@ class Detector(keras.Model):
 
     # ------------------------------------------------------------------ subclass API
     def detection_losses(self, y, y_pred) -> dict:  # pragma: no cover - abstract
-        raise NotImplementedError
+        """Padded targets and head outputs -> {part name: scalar loss}; their sum is trained."""
+        raise NotImplementedError(f"{type(self).__name__} must implement detection_losses(y, y_pred)")
 
     def decode(self, y_pred):  # pragma: no cover - abstract
         """Head outputs -> (boxes (B, A, 4) xyxy pixels, scores (B, A, C) per class)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement decode(y_pred)")
 
     # ------------------------------------------------------------------ training
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
