@@ -93,7 +93,7 @@ class ModelConfig:
     head_units: list[int] = field(default_factory=list)  # hidden dense layers of the head
     backbone_args: dict = field(default_factory=dict)  # extra keyword arguments of the backbone
     # detection / segmentation: the registered model built on the backbone (`cnn-apps models`),
-    # e.g. yolo_v1, ssd, ssd300_vgg16; None means the task's plain classifier.
+    # e.g. yolo_v1, ssd, ssd300_vgg16, fcn8s, segnet, unet; None means the task's plain classifier.
     architecture: Optional[str] = None
     architecture_args: dict = field(default_factory=dict)  # keyword arguments of that model
 
@@ -135,6 +135,8 @@ class StudyConfig:
     source_epochs: int = 10
     # detectors (the speed ladder): detector config files trained and timed on the same images
     detectors: list[str] = field(default_factory=list)
+    # segmenters: segmenter config files trained and evaluated on the same images
+    segmenters: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -196,6 +198,17 @@ class DetectionConfig:
 
 
 @dataclass
+class SegmentationConfig:
+    """Semantic segmentation: which mask value means "no label"."""
+
+    ignore_label: int = 255  # mask pixels with this value count in neither the loss nor the metrics
+
+    def __post_init__(self):
+        if not 0 <= self.ignore_label <= 255:
+            raise ConfigError(f"segmentation.ignore_label: a mask value in 0..255, got {self.ignore_label}")
+
+
+@dataclass
 class TrackingConfig:
     uri: Optional[str] = None  # MLFLOW_TRACKING_URI wins; default sqlite:///./mlruns/mlflow.db
     experiment: Optional[str] = None  # defaults to the task name
@@ -218,6 +231,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     # ------------------------------------------------------------------ views

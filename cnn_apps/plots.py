@@ -214,3 +214,72 @@ def detection_grid(images, true, predicted, class_names, cols: int = 4, title: s
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def segmentation_grid(images, truth, predicted, class_names, cols: int = 4, title: str = "",
+                      ignore_label: int = 255, max_images: int = 8):
+    """Per image three panels: the image, the truth overlay, the prediction overlay (titled with
+    the image's pixel accuracy). Images (N, H, W, C) uint8 (or float 0..255); masks (N, h, w)
+    class ids (a trailing axis of 1 allowed), stretched over the image when smaller. Class k > 0
+    has a fixed colour (tab10, then tab20's light ones, cycling), class 0 leaves the image as it is, ``ignore_label``
+    pixels are white; a legend names them. ``cols`` images (3 * cols panels) per row."""
+    from matplotlib.patches import Patch
+
+    images = np.asarray(images)[:max_images]
+    truth, predicted = np.asarray(truth)[:max_images], np.asarray(predicted)[:max_images]
+    if truth.ndim == 4:
+        truth = truth[..., 0]
+    if predicted.ndim == 4:
+        predicted = predicted[..., 0]
+    n, k = len(images), len(class_names)
+    cols = max(1, min(cols, n))
+    rows = int(np.ceil(n / cols))
+    tab20 = plt.get_cmap("tab20").colors
+    palette = tab20[0::2] + tab20[1::2]  # the ten strong colours first, then their light twins
+    lut = np.zeros((k, 4))  # class 0 stays transparent
+    for c in range(1, k):
+        lut[c] = (*palette[(c - 1) % len(palette)], 0.55)
+    white = (1.0, 1.0, 1.0, 0.9)
+
+    def overlay(mask):
+        out = np.zeros(mask.shape + (4,))
+        inside = (mask >= 0) & (mask < k)
+        out[inside] = lut[mask[inside]]
+        out[mask == ignore_label] = white
+        return out
+
+    legend_rows = int(np.ceil((k + 1) / 6))
+    fig_h = 2.4 * rows + 0.5 + 0.25 * legend_rows
+    fig, axes = plt.subplots(rows, 3 * cols, figsize=(2.2 * 3 * cols, fig_h), squeeze=False)
+    for i, ax in enumerate(axes.ravel()):
+        if i >= 3 * n:
+            fig.delaxes(ax)
+            continue
+        ax.axis("off")
+        j, panel = divmod(i, 3)
+        img = images[j]
+        if img.dtype != np.uint8:  # float 0..255 (the library's convention)
+            img = np.clip(img, 0, 255).astype(np.uint8)
+        gray = img.ndim == 2 or img.shape[-1] == 1
+        ax.imshow(img.reshape(img.shape[:2]) if gray else img, cmap="gray" if gray else None)
+        height, width = img.shape[:2]
+        if panel == 0:
+            ax.set_title(f"image {j}", fontsize=8)
+            continue
+        mask = np.asarray(truth[j] if panel == 1 else predicted[j]).astype(np.int64)
+        ax.imshow(overlay(mask), extent=(-0.5, width - 0.5, height - 0.5, -0.5), interpolation="nearest")
+        if panel == 1:
+            ax.set_title("truth", fontsize=8)
+        else:
+            valid = truth[j] != ignore_label
+            same_size = predicted[j].shape == truth[j].shape
+            acc = f" (acc {np.mean(predicted[j][valid] == truth[j][valid]):.2f})" if same_size and valid.any() else ""
+            ax.set_title(f"prediction{acc}", fontsize=8)
+    handles = [Patch(facecolor="none", edgecolor="gray", label=f"{class_names[0]} (no overlay)")] if k else []
+    handles += [Patch(facecolor=lut[c], edgecolor="none", label=str(class_names[c])) for c in range(1, k)]
+    handles.append(Patch(facecolor=white, edgecolor="black", label=f"ignore ({ignore_label})"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, (0.25 * legend_rows + 0.05) / fig_h, 1, 1))
+    return fig

@@ -3,6 +3,8 @@ detectors and segmenters), so that configs pick models by name."""
 
 from __future__ import annotations
 
+import inspect
+import typing
 from typing import Callable
 
 from cnn_apps.errors import ConfigError
@@ -36,7 +38,22 @@ def get(kind: str, name: str) -> Callable:
     return table[name]
 
 
+def accepted_arguments(build) -> set | None:
+    """Keyword arguments ``build`` takes: its own, plus its return class's when it forwards
+    ``**kwargs``; None when that cannot be told."""
+    params = inspect.signature(build).parameters
+    names = {n for n, p in params.items() if p.kind is not p.VAR_KEYWORD}
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return names
+    target = typing.get_type_hints(build).get("return") if not inspect.isclass(build) else build
+    if not inspect.isclass(target):
+        return None
+    init = inspect.signature(target.__init__).parameters
+    return names | {n for n, p in init.items() if p.kind is not p.VAR_KEYWORD and n != "self"}
+
+
 def _load_builtins() -> None:
     # Importing the packages runs their @register decorators.
     import cnn_apps.backbones  # noqa: F401
     import cnn_apps.detection  # noqa: F401
+    import cnn_apps.segmentation  # noqa: F401

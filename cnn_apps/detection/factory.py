@@ -4,8 +4,6 @@ and post-processing, or list what can be built."""
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import typing
 
 from cnn_apps import registry
 from cnn_apps.errors import ConfigError
@@ -24,7 +22,7 @@ def detector_from_config(config, num_classes: int, class_names=None, **overrides
                 postprocess=dataclasses.asdict(config.detection))
     if not getattr(build, "fixed_backbone", False):
         args.update(backbone=config.model.backbone, backbone_args=dict(config.model.backbone_args))
-    accepted = _accepted_arguments(build)
+    accepted = registry.accepted_arguments(build)
     unknown = sorted(set(config.model.architecture_args) - accepted) if accepted is not None else []
     if unknown:
         raise ConfigError(f"model.architecture_args: {', '.join(unknown)} not taken by '{name}'. "
@@ -35,20 +33,6 @@ def detector_from_config(config, num_classes: int, class_names=None, **overrides
         return build(num_classes, **args)
     except TypeError as exc:  # an architecture_args key the constructor does not take
         raise ConfigError(f"model.architecture_args for '{name}': {exc}") from exc
-
-
-def _accepted_arguments(build) -> set | None:
-    """Keyword arguments ``build`` takes: its own, plus its return class's when it forwards
-    ``**kwargs``; None when that cannot be told."""
-    params = inspect.signature(build).parameters
-    names = {n for n, p in params.items() if p.kind is not p.VAR_KEYWORD}
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return names
-    target = typing.get_type_hints(build).get("return") if not inspect.isclass(build) else build
-    if not inspect.isclass(target):
-        return None
-    init = inspect.signature(target.__init__).parameters
-    return names | {n for n, p in init.items() if p.kind is not p.VAR_KEYWORD and n != "self"}
 
 
 def detector_table(num_classes: int = 20) -> list[dict]:

@@ -30,7 +30,7 @@ def train_detector(config: Config, spec, from_run: str, *, nested: bool = False,
     from cnn_apps.data.proposal_cache import ProposalSettings
     from cnn_apps.detection.factory import detector_from_config
     from cnn_apps.serving import image_input_shape
-    from cnn_apps.training.fit_detection import fit_detector
+    from cnn_apps.training.fit_dense import fit_dense
 
     keras.utils.set_random_seed(config.training.seed)
     class_names = list(spec.class_names)
@@ -47,8 +47,8 @@ def train_detector(config: Config, spec, from_run: str, *, nested: bool = False,
                             tags=tags, run_name=run_name) as run:
         mlflow.log_text(spec.to_json(), tracking.DATASET_ARTIFACT)
         mlflow.log_metrics({"params_total": model.count_params(), "train_examples": num_train})
-        summary = fit_detector(model, train_ds, val_ds, config.training, num_train=num_train,
-                               title=f"train: {architecture} on {dataset_label(spec)}")
+        summary = fit_dense(model, train_ds, val_ds, config.training, num_train=num_train,
+                            title=f"train: {architecture} on {dataset_label(spec)}")
         result = evaluate_on(model, val_ds, class_names)
         mlflow.log_metrics(result.metrics(prefix="val_"))
         sample = _first(next(iter(val_ds))[0], 2, numpy=True)

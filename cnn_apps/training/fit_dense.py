@@ -1,9 +1,11 @@
-"""Fitting a detector with the stage conventions: optimizer and schedule from the config,
-best-``val_loss`` checkpoint, early stopping, per-epoch MLflow metrics (``train_loss``,
-``val_loss`` and every loss component, e.g. ``train_box_loss``) and loss curves.
+"""Fitting a dense predictor (a detector or a segmenter) with the stage conventions: optimizer
+and schedule from the config, best-``val_loss`` checkpoint, early stopping, per-epoch MLflow
+metrics (``train_loss``, ``val_loss``, every loss component a detector reports, e.g.
+``train_box_loss``, and any compiled metric, e.g. a segmenter's ``val_miou``) and loss curves.
 
-The MLflow run must be active. Detection has no accuracy; the bias/variance picture is
-the train vs validation loss (and mAP, measured by the stage after the fit).
+The MLflow run must be active. These tasks have no accuracy to diagnose bias and variance
+with; the picture is the train vs validation loss (and mAP / mIoU, measured by the stage
+after the fit).
 """
 
 from __future__ import annotations
@@ -21,15 +23,17 @@ from cnn_apps.training.callbacks import MlflowEpochLogger
 from cnn_apps.training.optim import build_optimizer, schedule_callbacks
 
 
-def fit_detector(model, train_ds, val_ds, cfg: TrainingConfig, *, num_train: int, title: str = "") -> dict:
-    """Compile (optimizer only: the detector computes its own loss), fit, keep the best
-    epoch's weights. Returns epochs run, best epoch, seconds, images/s and losses."""
+def fit_dense(model, train_ds, val_ds, cfg: TrainingConfig, *, num_train: int, title: str = "", loss=None,
+              metrics=None) -> dict:
+    """Compile (``loss`` None: the model computes its own, as a detector does; ``metrics``: any
+    compiled metrics), fit, keep the best epoch's weights. Returns epochs run, best epoch,
+    seconds, images/s and the best validation loss."""
     import mlflow
 
     from cnn_apps import plots
 
     steps = max(1, math.ceil(num_train / cfg.batch_size))
-    model.compile(optimizer=build_optimizer(cfg, steps))
+    model.compile(optimizer=build_optimizer(cfg, steps), loss=loss, metrics=metrics)
     stopper = None
     with tempfile.TemporaryDirectory(prefix="cnn-apps-ckpt-") as tmp:
         ckpt = os.path.join(tmp, "best.weights.h5")

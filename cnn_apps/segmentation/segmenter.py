@@ -1,0 +1,59 @@
+"""The contract every semantic segmenter follows.
+
+A :class:`Segmenter` is a Keras functional model from raw pixels (B, H, W, 3), 0..255, to
+per-pixel class scores (logits) (B, H, W, K) at the input resolution, class 0 being the
+background. Its input side is free (``None``) but must be divisible by ``stride`` (the
+deepest pooling's: 32 for the VGG-based FCNs and SegNet, 2**depth for U-Net); ``image_size``
+is the size it is trained at. Training: ``fit(images, masks (B, H, W[, 1]) int)`` with the
+loss from :func:`segmentation_loss` (pixels labelled ``ignore_label``, 255 by default, count
+for nothing). Inference: :meth:`segment` returns ``class_map`` (B, H, W) int32 and
+``probabilities`` (B, H, W, K), the exported SavedModel's outputs.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+IGNORE_LABEL = 255
+
+
+def segmentation_loss(ignore_label: int = IGNORE_LABEL):
+    """Per-pixel softmax cross-entropy on logits, the ignored pixels left out of the mean."""
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=ignore_label,
+                                                      name="pixel_cross_entropy")
+
+
+def check_divisible(image_size: int, stride: int, name: str) -> None:
+    if image_size % stride:
+        raise ValueError(f"{name} needs an input side divisible by {stride} (its total stride), got {image_size}; "
+                         f"try {max(stride, round(image_size / stride) * stride)}")
+
+
+class Segmenter(keras.Model):
+    """Base class: subclasses build the graph and call ``super().__init__(inputs, outputs,
+    num_classes=..., image_size=..., stride=...)``; ``get_config`` returns
+    ``base_config()`` plus their own arguments."""
+
+    def __init__(self, inputs, outputs, *, num_classes: int, image_size: int, stride: int, class_names=None,
+                 ignore_label: int = IGNORE_LABEL, **kwargs):
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        self.num_classes = int(num_classes)
+        self.image_size = int(image_size)
+        self.stride = int(stride)
+        self.ignore_label = int(ignore_label)
+        self.class_names = list(class_names) if class_names is not None else \
+            ["background", *[str(i) for i in range(1, num_classes)]]
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for {num_classes} classes (background included)")
+
+    def segment(self, images) -> dict:
+        """Raw-pixel images (B, H, W, 3), sides divisible by ``stride`` -> ``class_map`` (B, H, W)
+        int32 and ``probabilities`` (B, H, W, K)."""
+        logits = self(images, training=False)
+        return {"class_map": ops.cast(ops.argmax(logits, axis=-1), "int32"),
+                "probabilities": ops.softmax(logits, axis=-1)}
+
+    def base_config(self) -> dict:
+        return {"name": self.name, "trainable": self.trainable, "num_classes": self.num_classes,
+                "image_size": self.image_size, "class_names": self.class_names, "ignore_label": self.ignore_label}
