@@ -34,6 +34,17 @@ after ``num_detections``): ``detection_boxes`` float32 (B, K, 4) xyxy in the pix
 each input image, ``detection_scores`` float32 (B, K), ``detection_classes`` int64 (B, K)
 (-1 padding), ``detection_class_names`` string (B, K) ("" padding), ``num_detections``
 int32 (B,).
+
+Segmenter signatures (:func:`export_segmenter`; the same three names, 3 channels; each image
+is resized to the model's S x S inside the graph, K classes with background first):
+
+* ``serving_default`` / ``serve_uint8``: ``images`` float32 / uint8 (B, H, W, 3); outputs
+  at the input's resolution: ``probabilities`` float32 (B, H, W, K) (the model's, resized
+  back bilinearly) and ``class_map`` int32 (B, H, W) (their argmax);
+* ``serve_bytes``: ``images`` string (B,), encoded files that may differ in size, so the
+  outputs stay at the model's size: ``probabilities`` (B, S, S, K), ``class_map`` (B, S, S),
+  and ``image_size`` int32 (B, 2), each file's (H, W), to resize the map back (nearest).
+All three also return ``class_names`` string (K,).
 """
 
 from __future__ import annotations
@@ -50,13 +61,18 @@ SIGNATURES = ("serving_default", "serve_uint8", "serve_bytes")
 
 def image_input_shape(model) -> tuple:
     """(H, W, C) of a model's image input (the 4-D one when it has several inputs, such as
-    Fast R-CNN's ``images`` and ``proposals``)."""
+    Fast R-CNN's ``images`` and ``proposals``); a side left free (a segmenter's) is the
+    model's ``image_size``, the size it was trained at."""
     shape = model.input_shape
     if isinstance(shape, dict):
         shape = shape["images"]
     elif isinstance(shape, list) and shape and isinstance(shape[0], (list, tuple)):
         shape = next(s for s in shape if len(s) == 4)
-    return tuple(int(d) for d in shape[1:4])
+    height, width, channels = shape[1:4]
+    if height is None or width is None:  # a fully convolutional model: the size it was trained at
+        height = height or model.image_size
+        width = width or model.image_size
+    return int(height), int(width), int(channels)
 
 
 def _proposal_count(model) -> int | None:
@@ -347,4 +363,107 @@ def verify_detector_export(path: str | os.PathLike, model, images: np.ndarray, t
             if problem:
                 where = "the 2x-size image" if factor == 2 else "the model-size batch"
                 raise ModelError(f"export {path}: signature {name} {problem} ({where})")
+    return diffs
+
+
+# ---------------------------------------------------------------------- segmenters
+def export_segmenter(model, path: str | os.PathLike, class_names) -> Path:
+    """Write a :class:`~cnn_apps.segmentation.Segmenter` as a SavedModel with the segmenter
+    signatures of the module docstring (resizing, softmax and argmax in the graph)."""
+    import keras
+    import tensorflow as tf
+
+    height, width, channels = image_input_shape(model)
+    names = tf.constant([str(n) for n in class_names])
+
+    def segment(images):
+        """images (B, S, S, C) float32 at the model's size -> probabilities, class map."""
+        logits = model(tf.ensure_shape(images, (None, height, width, channels)), training=False)
+        probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+        return probabilities
+
+    def segment_pixels(images):
+        images = tf.cast(images, tf.float32)
+        size = tf.shape(images)[1:3]
+        probabilities = segment(_resize_to(images, height, width))
+        probabilities = tf.cond(
+            (size[0] == height) & (size[1] == width), lambda: probabilities,
+            lambda: tf.image.resize(probabilities, size, method="bilinear"))
+        return {"probabilities": probabilities, "class_map": tf.argmax(probabilities, axis=-1, output_type=tf.int32),
+                "class_names": names}
+
+    def decode(data):
+        image = tf.io.decode_image(data, channels=channels, expand_animations=False)
+        size = tf.shape(image)[:2]
+        image = _resize_to(tf.cast(image, tf.float32), height, width)
+        return tf.ensure_shape(image, (height, width, channels)), size
+
+    def segment_bytes(images):
+        pixels, sizes = tf.map_fn(decode, images, fn_output_signature=(
+            tf.TensorSpec((height, width, channels), tf.float32), tf.TensorSpec((2,), tf.int32)))
+        probabilities = segment(pixels)
+        return {"probabilities": probabilities, "class_map": tf.argmax(probabilities, axis=-1, output_type=tf.int32),
+                "image_size": sizes, "class_names": names}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", segment_pixels,
+                         [tf.TensorSpec((None, None, None, channels), tf.float32, name="images")])
+    archive.add_endpoint("serve_uint8", segment_pixels,
+                         [tf.TensorSpec((None, None, None, channels), tf.uint8, name="images")])
+    archive.add_endpoint("serve_bytes", segment_bytes, [tf.TensorSpec((None,), tf.string, name="images")])
+    path = Path(path)
+    try:
+        archive.write_out(str(path), verbose=False)
+    except TypeError:  # older Keras without `verbose`
+        archive.write_out(str(path))
+    return path
+
+
+def verify_segmenter_export(path: str | os.PathLike, model, images: np.ndarray, tolerance: float = 1e-4) -> dict:
+    """Reload a segmenter's SavedModel and compare every signature with the Keras model.
+
+    ``images``: (B, S, S, 3) uint8-valued pixels at the model's input size. Probabilities
+    must agree within ``tolerance`` and the class maps exactly, except at pixels whose two
+    best classes are closer than ``tolerance`` (a tie either side may win). The first image
+    enlarged 2x (nearest neighbour) also goes through ``serving_default``: its output must
+    be the Keras model's on the image resized to S, resized back to 2S. Returns the max
+    absolute probability difference per signature; raises :class:`ModelError` naming the
+    signature on a mismatch."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))
+    missing = [s for s in SIGNATURES if s not in loaded.signatures]
+    if missing:
+        raise ModelError(f"export {path} lacks signatures {missing}")
+    height, width, _ = image_input_shape(model)
+    pixels = np.clip(np.round(np.asarray(images, np.float32)), 0, 255)
+    expected = tf.nn.softmax(tf.cast(model(pixels, training=False), tf.float32), axis=-1).numpy()
+    big = np.repeat(np.repeat(pixels[:1], 2, axis=1), 2, axis=2)
+    resized = tf.image.resize(big, (height, width), method="bilinear", antialias=True)
+    expected_big = tf.nn.softmax(tf.cast(model(resized, training=False), tf.float32), axis=-1)
+    expected_big = tf.image.resize(expected_big, (2 * height, 2 * width), method="bilinear").numpy()
+    checks = [
+        ("serving_default", loaded.signatures["serving_default"](images=tf.constant(pixels)), expected),
+        ("serving_default", loaded.signatures["serving_default"](images=tf.constant(big)), expected_big),
+        ("serve_uint8", loaded.signatures["serve_uint8"](images=tf.constant(pixels.astype(np.uint8))), expected),
+        ("serve_bytes", loaded.signatures["serve_bytes"](images=tf.constant(encode_png(pixels))), expected),
+    ]
+    diffs = {}
+    for name, out, want in checks:
+        got = out["probabilities"].numpy()
+        if got.shape != want.shape:
+            raise ModelError(f"export {path}: signature {name} returns probabilities {got.shape}, expected {want.shape}")
+        diff = float(np.max(np.abs(got - want)))
+        diffs[name] = max(diffs.get(name, 0.0), diff)
+        if diff > tolerance:
+            raise ModelError(f"export {path}: signature {name} differs from the Keras model by {diff:.2e} "
+                             f"(> tolerance {tolerance:g})")
+        top2 = np.sort(want, axis=-1)[..., -2:]
+        decided = (top2[..., 1] - top2[..., 0]) > tolerance
+        if not np.array_equal(out["class_map"].numpy()[decided], want.argmax(-1)[decided]):
+            raise ModelError(f"export {path}: signature {name} returns another class map than the Keras model")
+    sizes = checks[3][1]["image_size"].numpy()
+    if not np.array_equal(sizes, np.tile([height, width], (len(pixels), 1))):
+        raise ModelError(f"export {path}: serve_bytes reports image sizes {sizes.tolist()}")
     return diffs

@@ -30,7 +30,7 @@ def evaluate(config: Config, from_run: str, *, nested: bool = False) -> StageRes
 
     from cnn_apps import plots
 
-    check_task(config, ("classification", "pretext", "detection"))
+    check_task(config, ("classification", "pretext", "detection", "segmentation"))
     tracking.setup(config)
     source = tracking.get_run(from_run, expect_stage=SOURCE_STAGES)
     spec = tracking.load_dataset_spec(from_run)
@@ -45,6 +45,10 @@ def evaluate(config: Config, from_run: str, *, nested: bool = False) -> StageRes
         from cnn_apps.stages.detection import evaluate_detector
 
         return evaluate_detector(config, spec, from_run, source, model, nested=nested)
+    if spec.task == "segmentation":
+        from cnn_apps.stages.segmentation import evaluate_segmenter
+
+        return evaluate_segmenter(config, spec, from_run, source, model, nested=nested)
     test_ds = split_dataset(spec, config, "test", training=False, batch_size=config.evaluate.batch_size)
 
     probs, labels, wrong_images = [], [], []  # keep only a few misclassified images in memory

@@ -3,7 +3,8 @@
 Input: ``--from-run`` of a train or finetune run. Writes
 ``<export.dir>/<name>/<version>/`` (next integer version; classifiers and pretext
 models through :func:`~cnn_apps.serving.export_classifier`, ``task: detection`` through
-:func:`~cnn_apps.serving.export_detector`), reloads it and checks every signature
+:func:`~cnn_apps.serving.export_detector`, ``task: segmentation`` through
+:func:`~cnn_apps.serving.export_segmenter`), reloads it and checks every signature
 against the Keras model on test images (``export_max_abs_diff``), then registers the run's MLflow model as a new version of the registered model
 ``<name>``. MLflow reserves the alias name ``latest`` and already resolves
 ``models:/<name>/latest`` to the newest version, so no alias is needed for it;
@@ -16,13 +17,13 @@ import os
 
 from cnn_apps import tracking
 from cnn_apps.config import Config
-from cnn_apps.serving import (SIGNATURES, export_classifier, export_detector, next_version, verify_classifier_export,
-                              verify_detector_export)
+from cnn_apps.serving import (SIGNATURES, export_classifier, export_detector, export_segmenter, next_version,
+                              verify_classifier_export, verify_detector_export, verify_segmenter_export)
 from cnn_apps.stages.common import (StageResult, at_model_size, check_task, dataset_label, log, split_dataset,
                                     training_classes)
 
 SOURCE_STAGES = ("train", "finetune")
-TASKS = ("classification", "pretext", "detection")
+TASKS = ("classification", "pretext", "detection", "segmentation")
 
 
 def export(config: Config, from_run: str) -> StageResult:
@@ -47,6 +48,9 @@ def export(config: Config, from_run: str) -> StageResult:
     if config.task == "detection":
         export_detector(model, path, class_names)
         diffs = verify_detector_export(path, model, batch, tolerance=config.export.tolerance)
+    elif config.task == "segmentation":
+        export_segmenter(model, path, model.class_names)
+        diffs = verify_segmenter_export(path, model, batch, tolerance=config.export.tolerance)
     else:
         export_classifier(model, path, class_names)
         diffs = verify_classifier_export(path, model, batch, tolerance=config.export.tolerance)
@@ -55,7 +59,7 @@ def export(config: Config, from_run: str) -> StageResult:
 
     params = source.data.params
     model_name = params.get("model.backbone", "model")
-    if config.task == "detection":
+    if config.task in ("detection", "segmentation"):
         model_name = params.get("model.architecture") or model_name
     with tracking.stage_run(config, "export", model=model_name, dataset=dataset_label(spec),
                             source_run=from_run, fingerprint=spec.fingerprint) as run:

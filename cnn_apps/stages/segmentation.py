@@ -29,7 +29,8 @@ def model_classes(spec) -> list[str]:
 def train_segmenter(config: Config, spec, from_run: str, *, nested: bool = False, tags: dict | None = None,
                     run_name: str | None = None) -> StageResult:
     """Fit the configured segmenter (pixel cross-entropy, the ignore label left out), log
-    per-epoch losses and ``miou``, the validation metrics and the model."""
+    per-epoch losses and ``miou``, the kept weights' validation metrics (``best_val_*``) and
+    the model."""
     import keras
     import mlflow
 
@@ -59,11 +60,12 @@ def train_segmenter(config: Config, spec, from_run: str, *, nested: bool = False
                             title=f"train: {architecture} on {dataset_label(spec)}",
                             loss=segmentation_loss(ignore), metrics=[miou])
         result, _ = evaluate_on(model, val_ds, class_names, ignore)
-        mlflow.log_metrics(result.metrics(prefix="val_"))
+        # the kept (best val_loss) weights; per-epoch val_miou is Keras' own at each epoch's end
+        mlflow.log_metrics(result.metrics(prefix="best_val_"))
         sample = next(iter(val_ds))[0][:2].numpy()
         tracking.log_keras_model(model, sample)
         return StageResult(run.info.run_id, "train", {
-            "val_miou": round(result.miou, 4), "epochs": summary["epochs_trained"],
+            "best_val_miou": round(result.miou, 4), "epochs": summary["epochs_trained"],
             "seconds": round(summary["train_seconds"], 1)}, extra={"summary": summary, "metrics": result})
 
 

@@ -27,7 +27,7 @@ def train(config: Config, from_run: str | None = None, *, nested: bool = False, 
     from cnn_apps.classification import classifier_from_config
     from cnn_apps.training.fit import fit_and_log
 
-    check_task(config, ("classification", "pretext", "detection"))
+    check_task(config, ("classification", "pretext", "detection", "segmentation"))
     if from_run is None:
         from cnn_apps.stages.prepare import prepare
 
@@ -52,6 +52,12 @@ def train(config: Config, from_run: str | None = None, *, nested: bool = False, 
         if is_region_detector(config.model.architecture):  # R-CNN, SPP-net: proposals and SVMs outside TF
             return train_region_detector(config, spec, from_run, nested=nested, tags=tags, run_name=run_name)
         return train_detector(config, spec, from_run, nested=nested, tags=tags, run_name=run_name)
+    if config.task == "segmentation":
+        from cnn_apps.stages.segmentation import train_segmenter
+
+        if train_limit:
+            raise ConfigError("train_limit is not supported for segmentation")
+        return train_segmenter(config, spec, from_run, nested=nested, tags=tags, run_name=run_name)
 
     keras.utils.set_random_seed(config.training.seed)
     class_names, num_train = training_classes(spec, config)
