@@ -6,7 +6,7 @@
     cnn-apps evaluate [--config C] [--set k=v ...] --from-run TRAIN_RUN
     cnn-apps export   [--config C] [--set k=v ...] --from-run TRAIN_RUN
     cnn-apps all      --config C [--set k=v ...]     (prepare, train, evaluate, export)
-    cnn-apps study    {regularization,learning-curve,depth,transfer,detectors} --config C [--from-run PREPARE_RUN]
+    cnn-apps study    {regularization,learning-curve,depth,transfer,detectors,segmentation} --config C [--from-run PREPARE_RUN]
     cnn-apps models                                  (the backbone zoo: parameters, FLOPs)
 
 Without ``--config``, a stage that reads another run starts from that run's
@@ -23,7 +23,7 @@ import shlex
 import sys
 
 STAGES = ("prepare", "train", "finetune", "evaluate", "export", "all")
-STUDY_KINDS = ("regularization", "learning-curve", "depth", "transfer", "detectors")
+STUDY_KINDS = ("regularization", "learning-curve", "depth", "transfer", "detectors", "segmentation")
 NEEDS_RUN = ("finetune", "evaluate", "export")
 
 
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("study", help="nested runs comparing settings: " + ", ".join(STUDY_KINDS))
     p.add_argument("kind", choices=STUDY_KINDS)
     add_stage_arguments(p, "study")
-    sub.add_parser("models", help="list the registered backbones (parameters, FLOPs) and detectors")
+    sub.add_parser("models", help="list the registered backbones (parameters, FLOPs), detectors and segmenters")
     return parser
 
 
@@ -127,6 +127,11 @@ def list_models() -> None:
     print(f"\n{'detector':<16} {'input':>6} {'parameters':>14}  backbone  (20 classes, model.architecture)")
     for row in detector_table():
         print(f"{row['name']:<16} {row['input_size']:>6} {row['params']:>14,}  {row['backbone']}")
+    from cnn_apps.segmentation.factory import segmenter_table
+
+    print(f"\n{'segmenter':<16} {'stride':>6} {'parameters':>14}  (21 classes at 224 px, model.architecture)")
+    for row in segmenter_table():
+        print(f"{row['name']:<16} {row['stride']:>6} {row['params']:>14,}")
 
 
 def main(argv: list[str] | None = None) -> int:

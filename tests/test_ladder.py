@@ -9,7 +9,8 @@ import pytest
 
 from cnn_apps.config import load_config
 from cnn_apps.errors import ConfigError
-from cnn_apps.stages.ladder import child_config, time_per_image_ms
+from cnn_apps.stages.config_study import child_config
+from cnn_apps.stages.ladder import time_per_image_ms
 from conftest import set_args, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,10 +2,9 @@
 ``study.detectors`` trained and evaluated on the same prepared images, as nested runs of one
 parent, with test time per image (proposals included) and mAP side by side.
 
-Each entry of ``study.detectors`` is a detector config file (``pipelines/configs/*.yaml``);
-the ladder config's ``data``, ``evaluate``, ``detection`` and ``tracking`` sections replace
-the child's, so all share the images, the input size and the post-processing, and the
-child keeps its own ``model`` and ``training``. The parent logs ``ladder.csv``,
+Each entry of ``study.detectors`` is a detector config file (``pipelines/configs/*.yaml``),
+made a child by :mod:`cnn_apps.stages.config_study` (shared data, input size and
+post-processing; its own ``model`` and ``training``). The parent logs ``ladder.csv``,
 ``ladder.md`` and ``ladder.png`` (mAP against seconds per image, log scale) and, per
 detector, ``<name>_map50``, ``<name>_ms_per_image``, ``<name>_speedup`` (against the
 first detector, R-CNN in the shipped ladder).
@@ -13,32 +12,17 @@ first detector, R-CNN in the shipped ladder).
 
 from __future__ import annotations
 
-import copy
-import os
-
 from cnn_apps import tracking
-from cnn_apps.config import Config, load_config
+from cnn_apps.config import Config
 from cnn_apps.errors import ConfigError
-from cnn_apps.stages.common import StageResult, dataset_label, log
+from cnn_apps.stages.common import StageResult, dataset_label
+from cnn_apps.stages.config_study import config_study
 from cnn_apps.stages.study import csv_table, markdown_table
 
 COLUMNS = ("detector", "test_map50", "test_coco_ap", "ms_per_image", "proposal_ms", "speedup", "train_seconds",
            "train_run", "evaluate_run")
 # the course's table: test time per image of the R-CNN lineage and its speed-up
 COURSE = {"rcnn": (50.0, 1), "fast_rcnn": (2.0, 25), "faster_rcnn": (0.2, 250)}
-
-
-def child_config(ladder: Config, path: str) -> Config:
-    """The detector config at ``path`` with the ladder's shared sections."""
-    if not os.path.exists(path):
-        raise ConfigError(f"study.detectors: no such config file {path!r}")
-    child = load_config(path)
-    if child.task != "detection" or not child.model.architecture:
-        raise ConfigError(f"study.detectors: {path} is not a detection config with model.architecture")
-    for section in ("data", "evaluate", "detection", "tracking"):
-        setattr(child, section, copy.deepcopy(getattr(ladder, section)))
-    child.training.seed = ladder.training.seed
-    return child
 
 
 def time_per_image_ms(metrics: dict) -> tuple[float, float]:
@@ -54,37 +38,16 @@ def time_per_image_ms(metrics: dict) -> tuple[float, float]:
 def ladder_study(config: Config, from_run: str | None = None) -> StageResult:
     import mlflow
 
-    from cnn_apps.stages.evaluate import evaluate
-    from cnn_apps.stages.train import train
-
     if config.task != "detection":
         raise ConfigError("study detectors needs task: detection")
-    paths = list(config.study.detectors)
-    if not paths:
-        raise ConfigError("study.detectors is empty: list detector config files")
-    children = [(path, child_config(config, path)) for path in paths]  # validate before any work
-    if from_run is None:
-        from cnn_apps.stages.prepare import prepare
-
-        from_run = prepare(config).run_id
-    tracking.setup(config)
-    spec = tracking.load_dataset_spec(from_run)
     rows = []
-    with tracking.stage_run(config, "study", model="detectors", dataset=dataset_label(spec), source_run=from_run,
-                            fingerprint=spec.fingerprint, tags={"study": "detectors"}) as parent:
-        for path, child in children:
-            name = child.model.architecture
-            log.info("ladder: %s (%s)", name, path)
-            tags = {"study": "detectors", "setting": name, "study_run": parent.info.run_id}
-            trained = train(child, from_run, nested=True, tags=tags,
-                            run_name=f"train:{name}:{dataset_label(spec)}:ladder")
-            evaluated = evaluate(child, trained.run_id, nested=True)
-            metrics = tracking.get_run(evaluated.run_id).data.metrics
+    with config_study(config, "detectors", list(config.study.detectors), "detectors", from_run) as (
+            parent, spec, children):
+        for name, trained, evaluated, metrics, train_metrics in children():
             total, proposal = time_per_image_ms(metrics)
             rows.append({"detector": name, "test_map50": metrics["test_map50"],
                          "test_coco_ap": metrics.get("test_coco_ap", float("nan")), "ms_per_image": total,
-                         "proposal_ms": proposal,
-                         "train_seconds": tracking.get_run(trained.run_id).data.metrics.get("train_seconds", 0.0),
+                         "proposal_ms": proposal, "train_seconds": train_metrics.get("train_seconds", 0.0),
                          "train_run": trained.run_id, "evaluate_run": evaluated.run_id})
         base = rows[0]["ms_per_image"]
         for row in rows:

@@ -14,6 +14,7 @@
   config's (small) target data, for each of ``study.examples_per_class``; every
   child is evaluated on the target's test split.
 * ``detectors``: the detector speed ladder (:mod:`cnn_apps.stages.ladder`).
+* ``segmentation``: the segmenters side by side (:mod:`cnn_apps.stages.segmenter_study`).
 
 The parent logs ``results.csv``, ``results.md`` and a plot; each child is a full
 train run (its model can be evaluated or exported like any other).
@@ -30,7 +31,7 @@ from cnn_apps.config import Config
 from cnn_apps.errors import ConfigError
 from cnn_apps.stages.common import StageResult, check_task, dataset_label, log
 
-STUDIES = ("regularization", "learning-curve", "depth", "transfer", "detectors")
+STUDIES = ("regularization", "learning-curve", "depth", "transfer", "detectors", "segmentation")
 REGULARIZATION_SETTINGS = ("none", "l1", "l2", "dropout", "batch_norm", "batch_norm+dropout", "all")
 _COLUMNS = ("setting", "train_error", "val_error", "bias", "variance", "verdict", "val_accuracy",
             "epochs", "seconds", "run_id")
@@ -86,6 +87,10 @@ def study(kind: str, config: Config, from_run: str | None = None) -> StageResult
         from cnn_apps.stages.ladder import ladder_study
 
         return ladder_study(config, from_run)
+    if kind == "segmentation":  # the segmenters side by side
+        from cnn_apps.stages.segmenter_study import segmenter_study
+
+        return segmenter_study(config, from_run)
     check_task(config)
     if kind == "transfer":
         return transfer_study(config)
