@@ -219,7 +219,7 @@ def detection_grid(images, true, predicted, class_names, cols: int = 4, title: s
 def segmentation_grid(images, truth, predicted, class_names, cols: int = 4, title: str = "",
                       ignore_label: int = 255, max_images: int = 8):
     """Per image three panels: the image, the truth overlay, the prediction overlay (titled with
-    the image's pixel accuracy). Images (N, H, W, C) uint8 (or float 0..255); masks (N, h, w)
+    the image's pixel accuracy), the overlays on a dimmed grey copy of the image. Images (N, H, W, C) uint8 (or float 0..255); masks (N, h, w)
     class ids (a trailing axis of 1 allowed), stretched over the image when smaller. Class k > 0
     has a fixed colour (tab10, then tab20's light ones, cycling), class 0 leaves the image as it is, ``ignore_label``
     pixels are white; a legend names them. ``cols`` images (3 * cols panels) per row."""
@@ -238,7 +238,7 @@ def segmentation_grid(images, truth, predicted, class_names, cols: int = 4, titl
     palette = tab20[0::2] + tab20[1::2]  # the ten strong colours first, then their light twins
     lut = np.zeros((k, 4))  # class 0 stays transparent
     for c in range(1, k):
-        lut[c] = (*palette[(c - 1) % len(palette)], 0.55)
+        lut[c] = (*palette[(c - 1) % len(palette)], 0.85)
     white = (1.0, 1.0, 1.0, 0.9)
 
     def overlay(mask):
@@ -261,11 +261,14 @@ def segmentation_grid(images, truth, predicted, class_names, cols: int = 4, titl
         if img.dtype != np.uint8:  # float 0..255 (the library's convention)
             img = np.clip(img, 0, 255).astype(np.uint8)
         gray = img.ndim == 2 or img.shape[-1] == 1
-        ax.imshow(img.reshape(img.shape[:2]) if gray else img, cmap="gray" if gray else None)
         height, width = img.shape[:2]
         if panel == 0:
+            ax.imshow(img.reshape(img.shape[:2]) if gray else img, cmap="gray" if gray else None)
             ax.set_title(f"image {j}", fontsize=8)
             continue
+        # the overlays sit on a dimmed grey copy, so busy (e.g. the shapes') colours do not hide them
+        luminance = img.reshape(height, width, -1).astype(np.float32).mean(-1) / 255.0
+        ax.imshow(0.35 * luminance, cmap="gray", vmin=0.0, vmax=1.0)
         mask = np.asarray(truth[j] if panel == 1 else predicted[j]).astype(np.int64)
         ax.imshow(overlay(mask), extent=(-0.5, width - 0.5, height - 0.5, -0.5), interpolation="nearest")
         if panel == 1:

@@ -111,7 +111,7 @@ def evaluate_segmenter(config: Config, spec, from_run: str, source, model, *, ne
         mlflow.log_text(result.per_class_table(), "per_class_iou.csv")
         mlflow.log_text(result.markdown(), "segmentation_report.md")
         tracking.log_figure(plots.segmentation_grid(np.stack(images), np.stack(truth), np.stack(pred), class_names,
-                                                    title="test: image, truth, prediction",
+                                                    title="test: image, truth, prediction", cols=2,
                                                     ignore_label=ignore, max_images=MAX_GRID_IMAGES),
                             "test_segmentations.png")
         log.info("%s: test mIoU %.4f, pixel accuracy %.4f", architecture, result.miou, result.pixel_accuracy)
