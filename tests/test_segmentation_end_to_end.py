@@ -17,6 +17,7 @@ pytestmark = pytest.mark.slow
 TINY = {
     "shapes_fcn8s.yaml": ["model.backbone_args={width: 0.0625}",
                           "model.architecture_args={fc_filters: 16, fc_kernel: 1, dropout: 0.0}"],
+    "shapes_segnet.yaml": ["model.architecture_args={width: 0.0625, repeats: [1, 1, 1, 1, 1]}"],
     "shapes_unet.yaml": ["model.architecture_args={filters: 4, depth: 2}"],
 }
 
