@@ -39,10 +39,11 @@ class DataConfig:
 
     # shapes: the embedded synthetic dataset; folder: class sub-folders;
     # fashion_mnist: idx files (Debian dataset-fashion-mnist) or TFDS; tfds: any catalog name;
-    # voc: a VOC-style folder (detection); coco: a COCO instances JSON (detection).
+    # voc: a VOC-style folder (detection); coco: a COCO instances JSON (detection);
+    # masks: images/ + masks/ folders or a VOC2012 folder (segmentation).
     source: str = _choice("shapes", ("shapes", "folder", "fashion_mnist", "tfds", "digits", "opencv_digits",
-                                     "voc", "coco"))
-    path: Optional[str] = None  # folder root, the idx directory for fashion_mnist, VOC root, COCO JSON
+                                     "voc", "coco", "masks"))
+    path: Optional[str] = None  # folder root, the idx directory for fashion_mnist, VOC root, COCO JSON, masks root
     image_dir: Optional[str] = None  # coco: folder the JSON's file_name paths are relative to (default: its folder)
     keep_difficult: bool = False  # voc (and TFDS voc/*): keep objects marked difficult in the targets
     tfds_name: Optional[str] = None  # for source=tfds, e.g. "cifar10", "voc/2007", "coco/2017"
@@ -53,8 +54,8 @@ class DataConfig:
     val_size: int = 500
     test_size: int = 500
     max_objects: int = 4  # shapes detection / segmentation: objects per image (1..max)
-    val_fraction: float = 0.1  # folder / fashion_mnist / tfds / voc / coco: held out of train for validation
-    test_fraction: float = 0.1  # folder without a test/ sub-folder, voc without test.txt, coco
+    val_fraction: float = 0.1  # folder / fashion_mnist / tfds / voc / coco / masks: held out of train for validation
+    test_fraction: float = 0.1  # folder without a test/ sub-folder, voc and masks without test.txt, coco
     max_train_examples: Optional[int] = None  # use a stratified subset of train
     seed: int = 0
 
@@ -249,7 +250,7 @@ class Config:
         """A short hash of everything that changes the prepared data (not its location)."""
         relevant = {k: v for k, v in dataclasses.asdict(self.data).items() if k != "data_dir"}
         relevant["task"] = self.task
-        if relevant["source"] in ("folder", "voc", "coco") and relevant["path"]:
+        if relevant["source"] in ("folder", "voc", "coco", "masks") and relevant["path"]:
             relevant["path"] = os.path.abspath(relevant["path"])
         if relevant.get("image_dir"):
             relevant["image_dir"] = os.path.abspath(relevant["image_dir"])

@@ -5,14 +5,17 @@ bad records) and ``load(spec, split) -> tf.data.Dataset``. Elements are dicts:
 
 * classification: ``image`` (H, W, C) uint8, ``label`` () int64;
 * detection: ``image``, ``boxes`` (N, 4) float32 xyxy pixels, ``labels`` (N,) int64;
-* segmentation: ``image``, ``mask`` (H, W, 1) uint8 (0 background).
+* segmentation: ``image``, ``mask`` (H, W, 1) uint8 (0 background, k+1 class k,
+  255 ignore).
 
 Sources: ``shapes`` (embedded, all tasks), ``folder`` (class sub-folders),
 ``fashion_mnist`` (idx files, else TFDS when online), ``tfds`` (any catalog
 name, when online or already in ``data_dir``; ``voc/2007``, ``coco/2017`` for
-detection), ``digits`` (scikit-learn's 8x8 digits), ``opencv_digits`` (OpenCV's
-20x20 ``digits.png``), and for detection ``voc`` (a VOC-style folder of XML
-annotations) and ``coco`` (a COCO instances JSON).
+detection, ``oxford_iiit_pet`` for segmentation), ``digits`` (scikit-learn's 8x8
+digits), ``opencv_digits`` (OpenCV's 20x20 ``digits.png``), for detection ``voc``
+(a VOC-style folder of XML annotations) and ``coco`` (a COCO instances JSON), and
+for segmentation ``masks`` (image and mask folders or a VOC2012 folder;
+:mod:`cnn_apps.data.mask_folders`).
 
 Box formats are converted once, here, at the edge: VOC XML is 1-based inclusive
 (:func:`voc_box_to_xyxy`), COCO JSON is ``xywh`` (:func:`coco_box_to_xyxy`), TFDS
@@ -487,6 +490,19 @@ def tfds_boxes_to_xyxy(bbox, height, width, one_based: bool = False):
 _TFDS_UNLABELED_TEST = ("coco", "voc/2012")
 
 
+def pet_trimap_to_mask(trimap):
+    """oxford_iiit_pet's ``segmentation_mask`` trimap (H, W, 1) (1 pet, 2 background,
+    3 border) to our mask (H, W, 1) uint8: 0 background, 1 pet, 255 border (ignored:
+    the outline is ambiguous). Works on numpy and tensors."""
+    tf = _tf()
+    lookup = tf.constant([255, 1, 0, 255], tf.uint8)  # indexed by the trimap value; 0 never occurs
+    return tf.gather(lookup, tf.minimum(tf.cast(trimap, tf.int32), 3))
+
+
+# TFDS segmentation datasets: name -> (class names, mask feature, conversion to our mask)
+_TFDS_SEGMENTATION = {"oxford_iiit_pet": (("pet",), "segmentation_mask", pet_trimap_to_mask)}
+
+
 class TfdsSource(Source):
     """Any TFDS catalog dataset with (image, label) supervised keys, e.g. ``cifar10``;
     for detection, one with ``objects/bbox`` and ``objects/label`` (``voc/2007``,
@@ -496,10 +512,13 @@ class TfdsSource(Source):
     Detection: boxes become xyxy pixels in the map (:func:`tfds_boxes_to_xyxy`);
     objects marked ``is_difficult`` (VOC; unless ``data.keep_difficult``) or
     ``is_crowd`` (COCO) and boxes without area are left out of the targets, and
-    prepare counts them per split in ``extra`` (``left_out_boxes``)."""
+    prepare counts them per split in ``extra`` (``left_out_boxes``).
+
+    Segmentation: ``oxford_iiit_pet`` (class "pet"; its trimap becomes 0 background,
+    1 pet, 255 border, :func:`pet_trimap_to_mask`); class counts are pixels."""
 
     name = "tfds"
-    tasks = ("classification", "detection")
+    tasks = ("classification", "detection", "segmentation")
 
     def __init__(self, config: Config, tfds_name: str | None = None):
         super().__init__(config)
@@ -507,6 +526,13 @@ class TfdsSource(Source):
         if not self.tfds_name:
             example = "voc/2007" if config.task == "detection" else "cifar10"
             raise ConfigError(f"data.tfds_name: name a TFDS catalog dataset, e.g. {example} (data.source=tfds)")
+        if config.task == "segmentation" and self.tfds_name.split(":")[0] not in _TFDS_SEGMENTATION:
+            raise ConfigError(f"data.tfds_name: '{self.tfds_name}' is not a TFDS segmentation dataset this source "
+                              f"knows ({', '.join(_TFDS_SEGMENTATION)}); for your own masks use data.source=masks")
+
+    def _segmentation(self):
+        """(class names, mask feature, conversion) of a TFDS segmentation dataset."""
+        return _TFDS_SEGMENTATION[self.tfds_name.split(":")[0]]
 
     def _builder(self):
         tfds = _quiet_tfds()
@@ -575,6 +601,8 @@ class TfdsSource(Source):
         self._ensure_prepared(builder)
         if self.config.task == "detection":
             return self._prepare_detection(builder)
+        if self.config.task == "segmentation":
+            return self._prepare_segmentation(builder)
         tfds = _quiet_tfds()
         image_key, label_key = self._keys(builder)
         names = list(builder.info.features[label_key].names)
@@ -614,11 +642,32 @@ class TfdsSource(Source):
                                  "left_out_boxes": left_out},
                           name=self.tfds_name.replace("/", "-"))
 
+    def _prepare_segmentation(self, builder) -> DatasetSpec:
+        tfds, tf = _quiet_tfds(), _tf()
+        names, key, convert = self._segmentation()
+        counts, class_counts, ignored = {}, {}, {}
+        for split, expr in self._split_names(builder).items():
+            ds = builder.as_dataset(split=expr, decoders={"image": tfds.decode.SkipDecoding()})
+            ds = ds.map(lambda x: tf.math.bincount(tf.cast(convert(x[key]), tf.int32), minlength=256,
+                                                   maxlength=256, dtype=tf.int64))
+            pixels, n = np.zeros(256, np.int64), 0
+            for hist in ds.as_numpy_iterator():
+                pixels, n = pixels + hist, n + 1
+            counts[split], ignored[split] = n, int(pixels[255])
+            class_counts[split] = {c: int(p) for c, p in zip(["background", *names], pixels)}
+        channels = self.data.channels or 3
+        return self._spec(class_names=list(names), image_shape=[None, None, channels], counts=counts,
+                          class_counts=class_counts, location=os.path.abspath(self.data.data_dir),
+                          extra={"tfds_name": self.tfds_name, "ignored_pixels": ignored}, name=self.tfds_name)
+
     def load(self, spec: DatasetSpec, split: str):
         builder = self._builder()
         tf = _tf()
         ds = builder.as_dataset(split=self._split_names(builder)[split], shuffle_files=False)
         channels = spec.channels
+        if spec.task == "segmentation":
+            _, key, convert = self._segmentation()
+            return ds.map(lambda x: {"image": set_channels(x["image"], channels), "mask": convert(x[key])})
         if spec.task == "detection":
             self._objects(builder)
             one_based = self.tfds_name.startswith("voc")
@@ -1165,6 +1214,9 @@ class CocoSource(_DetectionManifestSource):
 
 SOURCES = {s.name: s for s in (ShapesSource, FolderSource, FashionMnistSource, TfdsSource,
                                  DigitsSource, OpenCvDigitsSource, VocSource, CocoSource)}
+# ``masks`` (segmentation folders) subclasses Source in its own module and adds itself to SOURCES;
+# a plain import at the end works whichever of the two modules is imported first.
+import cnn_apps.data.mask_folders  # noqa: E402,F401
 
 
 def get_source(config: Config) -> Source:

@@ -19,7 +19,7 @@ SPLITS = ("train", "validation", "test")
 
 @dataclass
 class DatasetSpec:
-    source: str  # shapes | folder | fashion_mnist | tfds | digits | opencv_digits | voc | coco
+    source: str  # shapes | folder | fashion_mnist | tfds | digits | opencv_digits | voc | coco | masks
     task: str
     fingerprint: str  # Config.data_fingerprint(): same settings, same data
     class_names: list
