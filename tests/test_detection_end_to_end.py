@@ -1,4 +1,4 @@
-"""Detection through the CLI: prepare -> train -> evaluate -> export for YOLO v1 and SSD
+"""Detection through the CLI: prepare -> train -> evaluate -> export for YOLO v1, SSD and Faster R-CNN
 on tiny shapes data, checking what a user looks for in MLflow and in exports/."""
 
 from pathlib import Path
@@ -19,6 +19,8 @@ TINY_BACKBONE = "model.backbone_args={stage_filters: [8, 16, 16, 32]}"
     ("shapes_ssd.yaml", ["model.architecture_args={feature_levels: [C3, C4], extra_blocks: [32], "
                          "s_min: 0.15, s_max: 0.6}"]),
     ("shapes_yolo.yaml", ["model.architecture_args={head_filters: 8, hidden_units: 32}"]),
+    ("shapes_faster_rcnn.yaml", ["model.architecture_args={rpn_filters: 16, rpn_post_nms_top_k: 16, "
+                                 "roi_batch_per_image: 16, head_units: [32]}"]),
 ])
 def test_detector_pipeline(config, extra, tmp_path, capsys, monkeypatch):
     import mlflow
