@@ -11,13 +11,12 @@ time per image (``test_proposal_ms``).
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from cnn_apps import tracking
 from cnn_apps.config import Config
-from cnn_apps.stages.common import StageResult, dataset_label, input_shape, log, split_dataset
+from cnn_apps.stages.common import (StageResult, batch_images, dataset_label, first_examples, images_per_second,
+                                    input_shape, latency_ms, log, split_dataset)
 
 MAX_GRID_IMAGES = 16
 
@@ -51,7 +50,7 @@ def train_detector(config: Config, spec, from_run: str, *, nested: bool = False,
                             title=f"train: {architecture} on {dataset_label(spec)}")
         result = evaluate_on(model, val_ds, class_names)
         mlflow.log_metrics(result.metrics(prefix="val_"))
-        sample = _first(next(iter(val_ds))[0], 2, numpy=True)
+        sample = first_examples(next(iter(val_ds))[0], 2, numpy=True)
         tracking.log_keras_model(model, sample)
         return StageResult(run.info.run_id, "train", {
             "val_map50": round(result.map50, 4), "epochs": summary["epochs_trained"],
@@ -71,19 +70,8 @@ def collect(model, ds, keep_images: int = 0):
             n = int(out["num_detections"][i])
             dets.append({"boxes": out["boxes"][i, :n], "scores": out["scores"][i, :n], "labels": out["labels"][i, :n]})
         if len(images) < keep_images:
-            images.extend(_images(x)[:keep_images - len(images)].astype(np.uint8))
+            images.extend(batch_images(x)[:keep_images - len(images)].astype(np.uint8))
     return truth, dets, images
-
-
-def _images(x) -> np.ndarray:
-    """The images of a batch of inputs (a tensor, or ``{"images", "proposals"}``)."""
-    return np.asarray(x["images"] if isinstance(x, dict) else x)
-
-
-def _first(x, n: int, numpy: bool = False):
-    """The first ``n`` examples of a batch of inputs (NumPy arrays when ``numpy``)."""
-    take = (lambda v: np.asarray(v)[:n]) if numpy else (lambda v: v[:n])
-    return {k: take(v) for k, v in x.items()} if isinstance(x, dict) else take(x)
 
 
 def evaluate_on(model, ds, class_names):
@@ -111,8 +99,8 @@ def evaluate_detector(config: Config, spec, from_run: str, source, model, *, nes
                             proposals=proposals)
     truth, dets, images = collect(model, test_ds, keep_images=MAX_GRID_IMAGES)
     result = evaluate_detections(truth, dets, len(class_names), class_names)
-    speed = _detections_per_second(model, test_ds, config.evaluate.speed_batches)
-    latency = _latency_ms(model, test_ds)
+    speed = images_per_second(model, test_ds, config.evaluate.speed_batches)
+    latency = latency_ms(model, test_ds)
     timing = {}
     if proposals is not None:  # test time per image, proposals included
         proposal_ms = _proposal_ms(test_ds, proposals)
@@ -149,7 +137,7 @@ def _proposal_ms(ds, settings, max_images: int = 32) -> float:
 
     images = []
     for x, _ in ds:
-        images.extend(_images(x)[:max_images - len(images)])
+        images.extend(batch_images(x)[:max_images - len(images)])
         if len(images) >= max_images:
             break
     _, seconds = propose(images, settings)
@@ -158,27 +146,3 @@ def _proposal_ms(ds, settings, max_images: int = 32) -> float:
 
 def _confident(dets, threshold: float = 0.3):
     return [{k: v[d["scores"] >= threshold] for k, v in d.items()} for d in dets]
-
-
-def _detections_per_second(model, ds, batches: int) -> float:
-    """Throughput of the compiled ``detect`` (network, decoding and NMS) on loaded batches."""
-    xs = [x for x, _ in ds.take(batches + 1)]
-    model.predict_on_batch(xs[0])  # warm-up: tracing
-    timed = xs[1:] or xs
-    start = time.perf_counter()
-    for x in timed:
-        model.predict_on_batch(x)
-    return float(sum(len(_images(x)) for x in timed) / max(time.perf_counter() - start, 1e-9))
-
-
-def _latency_ms(model, ds, repeats: int = 10) -> float:
-    """Median time of one image through the compiled ``detect`` (batch 1)."""
-    x = _first(next(iter(ds))[0], 1)
-    model.predict_on_batch(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model.predict_on_batch(x)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
-

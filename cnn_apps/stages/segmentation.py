@@ -9,13 +9,11 @@ pixels that count in neither the loss nor the metrics. The model's classes are t
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from cnn_apps import tracking
 from cnn_apps.config import Config
-from cnn_apps.stages.common import StageResult, dataset_label, log, split_dataset
+from cnn_apps.stages.common import StageResult, dataset_label, images_per_second, latency_ms, log, split_dataset
 
 MAX_GRID_IMAGES = 8
 
@@ -91,9 +89,8 @@ def evaluate_on(model, ds, class_names, ignore_label: int, keep_images: int = 0)
 def evaluate_segmenter(config: Config, spec, from_run: str, source, model, *, nested: bool = False) -> StageResult:
     """Mean IoU, per-class IoU, pixel accuracy, mean accuracy and frequency-weighted IoU on
     the test split (``test_*``), ``per_class_iou.csv``, ``segmentation_report.md``, a grid of
-    test images with truth and prediction overlays, and the speed of the forward pass plus
-    argmax at batch ``evaluate.batch_size`` (``test_images_per_s``) and at batch 1
-    (``test_latency_ms``)."""
+    test images with truth and prediction overlays, and the speed of the forward pass at
+    batch ``evaluate.batch_size`` (``test_images_per_s``) and at batch 1 (``test_latency_ms``)."""
     import mlflow
 
     from cnn_apps import plots
@@ -102,7 +99,8 @@ def evaluate_segmenter(config: Config, spec, from_run: str, source, model, *, ne
     ignore = int(getattr(model, "ignore_label", config.segmentation.ignore_label))
     test_ds = split_dataset(spec, config, "test", training=False, batch_size=config.evaluate.batch_size)
     result, (images, truth, pred) = evaluate_on(model, test_ds, class_names, ignore, keep_images=MAX_GRID_IMAGES)
-    speed, latency = _speed(model, test_ds, config.evaluate.speed_batches)
+    speed = images_per_second(model, test_ds, config.evaluate.speed_batches)
+    latency = latency_ms(model, test_ds)
     architecture = source.data.params.get("model.architecture", "segmenter")
     with tracking.stage_run(config, "evaluate", model=architecture, dataset=dataset_label(spec),
                             source_run=from_run, fingerprint=spec.fingerprint, nested=nested) as run:
@@ -119,22 +117,3 @@ def evaluate_segmenter(config: Config, spec, from_run: str, source, model, *, ne
             "test_miou": round(result.miou, 4), "test_pixel_accuracy": round(result.pixel_accuracy, 4),
             "test_images_per_s": round(speed, 1), "test_latency_ms": round(latency, 1)},
             extra={"metrics": result})
-
-
-def _speed(model, ds, batches: int, repeats: int = 10) -> tuple[float, float]:
-    """(images/s of ``predict_on_batch`` on loaded batches, median ms of one image)."""
-    xs = [x for x, _ in ds.take(batches + 1)]
-    model.predict_on_batch(xs[0])  # warm-up: tracing
-    timed = xs[1:] or xs
-    start = time.perf_counter()
-    for x in timed:
-        np.argmax(model.predict_on_batch(x), axis=-1)
-    throughput = float(sum(len(x) for x in timed) / max(time.perf_counter() - start, 1e-9))
-    one = xs[0][:1]
-    model.predict_on_batch(one)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        np.argmax(model.predict_on_batch(one), axis=-1)
-        times.append(time.perf_counter() - start)
-    return throughput, float(np.median(times) * 1000)
