@@ -81,7 +81,7 @@ def _plot(rows):
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
         ax.scatter(r["ms_per_image"] / 1000, r["test_map50"], s=40)
-        ax.annotate(f"{r['detector']} ({r['speedup']:.0f}x)", (r["ms_per_image"] / 1000, r["test_map50"]),
+        ax.annotate(f"{r['detector']} ({r['speedup']:.{1 if r['speedup'] < 10 else 0}f}x)", (r["ms_per_image"] / 1000, r["test_map50"]),
                     textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("test time per image, proposals included (s, log scale)")
