@@ -52,6 +52,34 @@ def accepted_arguments(build) -> set | None:
     return names | {n for n, p in init.items() if p.kind is not p.VAR_KEYWORD and n != "self"}
 
 
+def build_from_config(kind: str, config, num_classes: int, args: dict, overrides: dict | None = None,
+                      refused=(TypeError,)):
+    """``get(kind, config.model.architecture)(num_classes, **args, **architecture_args,
+    **overrides)``, with ``model.backbone`` / ``backbone_args`` added when the builder takes
+    them (not one that fixes its own, ``fixed_backbone``); an ``architecture_args`` key the
+    builder does not take is a ConfigError naming the valid keys, and so is an exception of
+    the ``refused`` types from the builder."""
+    name = config.model.architecture
+    if not name:
+        raise ConfigError(f"model.architecture: name the {kind} for task '{config.task}' "
+                          f"(one of: {', '.join(names(kind))})")
+    build = get(kind, name)
+    accepted = accepted_arguments(build)
+    args = dict(args)
+    if not getattr(build, "fixed_backbone", False) and (accepted is None or "backbone" in accepted):
+        args.update(backbone=config.model.backbone, backbone_args=dict(config.model.backbone_args))
+    unknown = sorted(set(config.model.architecture_args) - accepted) if accepted is not None else []
+    if unknown:
+        raise ConfigError(f"model.architecture_args: {', '.join(unknown)} not taken by '{name}'. "
+                          f"Valid keys: {', '.join(sorted(accepted - {'num_classes', 'name'}))}")
+    args.update(config.model.architecture_args)
+    args.update(overrides or {})
+    try:
+        return build(num_classes, **args)
+    except refused as exc:  # a bad architecture_args key (or value)
+        raise ConfigError(f"model.architecture_args for '{name}': {exc}") from exc
+
+
 def _load_builtins() -> None:
     # Importing the packages runs their @register decorators.
     import cnn_apps.backbones  # noqa: F401

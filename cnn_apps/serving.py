@@ -88,9 +88,41 @@ def next_version(base: str | os.PathLike) -> int:
     return max(versions, default=0) + 1
 
 
+def _write_archive(model, path, from_pixels, from_bytes, channels: int, extra=()) -> Path:
+    """A SavedModel at ``path`` tracking ``model`` with the three signatures: ``from_pixels`` as
+    ``serving_default`` (float32 images) and ``serve_uint8``, ``from_bytes`` as ``serve_bytes``
+    (encoded files); ``extra``: further input specs every signature takes (Fast R-CNN's proposals)."""
+    import keras
+    import tensorflow as tf
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", from_pixels,
+                         [tf.TensorSpec((None, None, None, channels), tf.float32, name="images"), *extra])
+    archive.add_endpoint("serve_uint8", from_pixels,
+                         [tf.TensorSpec((None, None, None, channels), tf.uint8, name="images"), *extra])
+    archive.add_endpoint("serve_bytes", from_bytes, [tf.TensorSpec((None,), tf.string, name="images"), *extra])
+    path = Path(path)
+    try:
+        archive.write_out(str(path), verbose=False)
+    except TypeError:  # older Keras without `verbose`
+        archive.write_out(str(path))
+    return path
+
+
+def load_export(path: str | os.PathLike):
+    """The SavedModel at ``path``, checked to have every signature of :data:`SIGNATURES`."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))
+    missing = [s for s in SIGNATURES if s not in loaded.signatures]
+    if missing:
+        raise ModelError(f"export {path} lacks signatures {missing}")
+    return loaded
+
+
 def export_classifier(model, path: str | os.PathLike, class_names) -> Path:
     """Write ``model`` as a SavedModel with the three signatures above."""
-    import keras
     import tensorflow as tf
 
     height, width, channels = (int(d) for d in model.input_shape[1:4])
@@ -118,19 +150,7 @@ def export_classifier(model, path: str | os.PathLike, class_names) -> Path:
         pixels = tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec((height, width, channels), tf.float32))
         return classify(pixels)
 
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint("serving_default", classify,
-                         [tf.TensorSpec((None, None, None, channels), tf.float32, name="images")])
-    archive.add_endpoint("serve_uint8", classify,
-                         [tf.TensorSpec((None, None, None, channels), tf.uint8, name="images")])
-    archive.add_endpoint("serve_bytes", classify_bytes, [tf.TensorSpec((None,), tf.string, name="images")])
-    path = Path(path)
-    try:
-        archive.write_out(str(path), verbose=False)
-    except TypeError:  # older Keras without `verbose`
-        archive.write_out(str(path))
-    return path
+    return _write_archive(model, path, classify, classify_bytes, channels)
 
 
 def encode_png(images: np.ndarray) -> list[bytes]:
@@ -156,10 +176,7 @@ def verify_classifier_export(path: str | os.PathLike, model, images: np.ndarray,
     """
     import tensorflow as tf
 
-    loaded = tf.saved_model.load(str(path))
-    missing = [s for s in SIGNATURES if s not in loaded.signatures]
-    if missing:
-        raise ModelError(f"export {path} lacks signatures {missing}")
+    loaded = load_export(path)
     pixels = np.asarray(images, np.float32)
     expected = np.asarray(model.predict(pixels, verbose=0))
     results = {
@@ -194,7 +211,6 @@ def export_detector(model, path: str | os.PathLike, class_names) -> Path:
     """Write a :class:`~cnn_apps.detection.Detector` as a SavedModel with the detector
     signatures of the module docstring; decoding and NMS run inside the graph
     (``model.detect``)."""
-    import keras
     import tensorflow as tf
 
     height, width, channels = image_input_shape(model)
@@ -243,19 +259,7 @@ def export_detector(model, path: str | os.PathLike, class_names) -> Path:
 
     # a detector fed proposals takes them as a second input of every signature
     extra = [] if count is None else [tf.TensorSpec((None, None, 4), tf.float32, name="proposals")]
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint("serving_default", detect_pixels,
-                         [tf.TensorSpec((None, None, None, channels), tf.float32, name="images"), *extra])
-    archive.add_endpoint("serve_uint8", detect_pixels,
-                         [tf.TensorSpec((None, None, None, channels), tf.uint8, name="images"), *extra])
-    archive.add_endpoint("serve_bytes", detect_bytes, [tf.TensorSpec((None,), tf.string, name="images"), *extra])
-    path = Path(path)
-    try:
-        archive.write_out(str(path), verbose=False)
-    except TypeError:  # older Keras without `verbose`
-        archive.write_out(str(path))
-    return path
+    return _write_archive(model, path, detect_pixels, detect_bytes, channels, extra)
 
 
 def _numpy_detections(out) -> dict:
@@ -312,10 +316,7 @@ def verify_detector_export(path: str | os.PathLike, model, images: np.ndarray, t
     """
     import tensorflow as tf
 
-    loaded = tf.saved_model.load(str(path))
-    missing = [s for s in SIGNATURES if s not in loaded.signatures]
-    if missing:
-        raise ModelError(f"export {path} lacks signatures {missing}")
+    loaded = load_export(path)
     height, width, _ = image_input_shape(model)
     pixels = np.clip(np.round(np.asarray(images, np.float32)), 0, 255)
     big = np.repeat(np.repeat(pixels[:1], 2, axis=1), 2, axis=2)
@@ -370,7 +371,6 @@ def verify_detector_export(path: str | os.PathLike, model, images: np.ndarray, t
 def export_segmenter(model, path: str | os.PathLike, class_names) -> Path:
     """Write a :class:`~cnn_apps.segmentation.Segmenter` as a SavedModel with the segmenter
     signatures of the module docstring (resizing, softmax and argmax in the graph)."""
-    import keras
     import tensorflow as tf
 
     height, width, channels = image_input_shape(model)
@@ -405,19 +405,7 @@ def export_segmenter(model, path: str | os.PathLike, class_names) -> Path:
         return {"probabilities": probabilities, "class_map": tf.argmax(probabilities, axis=-1, output_type=tf.int32),
                 "image_size": sizes, "class_names": names}
 
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint("serving_default", segment_pixels,
-                         [tf.TensorSpec((None, None, None, channels), tf.float32, name="images")])
-    archive.add_endpoint("serve_uint8", segment_pixels,
-                         [tf.TensorSpec((None, None, None, channels), tf.uint8, name="images")])
-    archive.add_endpoint("serve_bytes", segment_bytes, [tf.TensorSpec((None,), tf.string, name="images")])
-    path = Path(path)
-    try:
-        archive.write_out(str(path), verbose=False)
-    except TypeError:  # older Keras without `verbose`
-        archive.write_out(str(path))
-    return path
+    return _write_archive(model, path, segment_pixels, segment_bytes, channels)
 
 
 def verify_segmenter_export(path: str | os.PathLike, model, images: np.ndarray, tolerance: float = 1e-4) -> dict:
@@ -432,10 +420,7 @@ def verify_segmenter_export(path: str | os.PathLike, model, images: np.ndarray, 
     signature on a mismatch."""
     import tensorflow as tf
 
-    loaded = tf.saved_model.load(str(path))
-    missing = [s for s in SIGNATURES if s not in loaded.signatures]
-    if missing:
-        raise ModelError(f"export {path} lacks signatures {missing}")
+    loaded = load_export(path)
     height, width, _ = image_input_shape(model)
     pixels = np.clip(np.round(np.asarray(images, np.float32)), 0, 255)
     expected = tf.nn.softmax(tf.cast(model(pixels, training=False), tf.float32), axis=-1).numpy()

@@ -7,7 +7,8 @@ import pytest
 
 from cnn_apps.config import load_config
 from cnn_apps.detection import rcnn
-from cnn_apps.detection.rcnn import (RCNN, RegionHead, box_iou, context_window, train_box_regressor,
+from cnn_apps.detection.proposals import box_iou
+from cnn_apps.detection.rcnn import (RCNN, RegionHead, context_window, train_box_regressor,
                                      train_linear_svm, warp_regions)
 from cnn_apps.detection.sppnet import SPPNet
 from cnn_apps.errors import ConfigError

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from cnn_apps.data.sources import (
-    IMAGE_EXTENSIONS, SOURCES, VOC_CLASSES, Source, _image_size, _random_split, _tf,
+    IMAGE_EXTENSIONS, SOURCES, VOC_CLASSES, Source, _image_size, _random_split, _tf, read_manifest,
 )
 from cnn_apps.data.spec import SPLITS, DatasetSpec
 from cnn_apps.errors import ConfigError, DataError
@@ -313,13 +313,7 @@ class MaskFolderSource(Source):
     # ------------------------------------------------------------------ load
     def load(self, spec: DatasetSpec, split: str):
         tf = _tf()
-        try:
-            manifest = json.loads(Path(spec.location).read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise DataError(f"manifest {spec.location} is gone: run `cnn-apps prepare` again") from exc
-        except ValueError as exc:
-            raise DataError(f"manifest {spec.location} is not valid JSON ({exc}): run `cnn-apps prepare` "
-                            "again") from exc
+        manifest = read_manifest(spec.location)
         records = manifest["splits"].get(split, [])
         channels = spec.channels
         ds = tf.data.Dataset.from_tensor_slices({  # typed even when the split is empty

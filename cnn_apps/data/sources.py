@@ -871,6 +871,17 @@ def _random_split(records: list, fractions: dict, seed: int) -> dict:
     return {k: [records[i] for i in v] for k, v in parts.items()}
 
 
+def read_manifest(location: str) -> dict:
+    """The JSON manifest a folder source's prepare wrote (``spec.location``), or a DataError
+    saying to prepare again."""
+    try:
+        return json.loads(Path(location).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise DataError(f"manifest {location} is gone: run `cnn-apps prepare` again") from exc
+    except ValueError as exc:
+        raise DataError(f"manifest {location} is not valid JSON ({exc}): run `cnn-apps prepare` again") from exc
+
+
 class _DetectionManifestSource(Source):
     """Shared by ``voc`` and ``coco``: prepare scans the annotations once, converts
     every box to xyxy pixels, and writes a manifest JSON (image paths, boxes, labels
@@ -935,13 +946,7 @@ class _DetectionManifestSource(Source):
 
     def load(self, spec: DatasetSpec, split: str):
         tf = _tf()
-        try:
-            manifest = json.loads(Path(spec.location).read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise DataError(f"manifest {spec.location} is gone: run `cnn-apps prepare` again") from exc
-        except ValueError as exc:
-            raise DataError(f"manifest {spec.location} is not valid JSON ({exc}): run `cnn-apps prepare` "
-                            "again") from exc
+        manifest = read_manifest(spec.location)
         records = manifest["splits"].get(split, [])
         lengths = [len(r["labels"]) for r in records]
         boxes = np.asarray([b for r in records for b in r["boxes"]], np.float32).reshape(-1, 4)

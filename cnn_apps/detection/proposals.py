@@ -170,15 +170,17 @@ def pad_proposals(proposals: list[np.ndarray], max_count: int) -> tuple[np.ndarr
     return out, counts
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(N, 4), (M, 4) xyxy -> (N, M)."""
+def box_iou(a, b) -> np.ndarray:
+    """(N, 4), (M, 4) xyxy -> (N, M) IoU, float32 (NumPy; the graph's is boxes.pairwise_iou)."""
+    a = np.asarray(a, np.float32).reshape(-1, 4)
+    b = np.asarray(b, np.float32).reshape(-1, 4)
     iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
     ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
     inter = iw * ih
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0).astype(np.float32)
 
 
 def proposal_recall(proposals: list[np.ndarray], gt_boxes: list[np.ndarray], iou_threshold: float = 0.5,
@@ -192,5 +194,5 @@ def proposal_recall(proposals: list[np.ndarray], gt_boxes: list[np.ndarray], iou
         total += len(gt)
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)[:top_k]
         if len(gt) and len(boxes):
-            found += int((_iou(gt, boxes).max(1) >= iou_threshold).sum())
+            found += int((box_iou(gt, boxes).max(1) >= iou_threshold).sum())
     return found / total if total else 1.0

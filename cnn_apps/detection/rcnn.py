@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cnn_apps.detection.proposals import box_iou
 from cnn_apps.errors import ConfigError
 
 CONFIG_FILE = "region_detector.json"
@@ -41,19 +42,6 @@ PAPER_WARP = 227  # R-CNN's warp size: the 16 px context padding is relative to 
 
 
 # ------------------------------------------------------------------------------- geometry
-def box_iou(a, b) -> np.ndarray:
-    """(N, 4), (M, 4) xyxy -> (N, M) IoU (NumPy)."""
-    a = np.asarray(a, np.float32).reshape(-1, 4)
-    b = np.asarray(b, np.float32).reshape(-1, 4)
-    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = iw * ih
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0).astype(np.float32)
-
-
 def context_window(boxes, warp_size: int, context_padding: float = 16.0) -> np.ndarray:
     """The image window each box is warped from: the box dilated so that, once warped to
     ``warp_size``, exactly ``p = context_padding * warp_size / 227`` pixels of context

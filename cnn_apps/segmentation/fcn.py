@@ -120,6 +120,8 @@ def load_classifier_weights(fcn: FCN, classifier) -> list[str]:
     ``classifier``: a VGG built with ``include_top=True`` (or a model containing one).
     Returns the names of the layers that were filled."""
     vgg = _find_vgg(classifier)
+    if vgg is None:
+        raise ValueError(f"{classifier.name} holds no VGG with fc1 / fc2 (build it with include_top=True)")
     loaded = []
     for layer in fcn.backbone.layers:
         try:
@@ -142,15 +144,12 @@ def load_classifier_weights(fcn: FCN, classifier) -> list[str]:
 
 
 def _find_vgg(model):
-    if "fc1" in [layer.name for layer in model.layers] and "fc2" in [layer.name for layer in model.layers]:
+    """``model`` itself when it has ``fc1`` and ``fc2``, else the first nested model that does,
+    else None."""
+    if {"fc1", "fc2"} <= {layer.name for layer in model.layers}:
         return model
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            try:
-                return _find_vgg(layer)
-            except ValueError:
-                pass
-    raise ValueError(f"{model.name} holds no VGG with fc1 / fc2 (build it with include_top=True)")
+    nested = (_find_vgg(layer) for layer in model.layers if isinstance(layer, keras.Model))
+    return next((m for m in nested if m is not None), None)
 
 
 def _variant(variant: str):
