@@ -6,6 +6,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["CNN_APPS_OFFLINE"] = "1"  # tests never reach for the internet
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 
 from cnn_apps.config import load_config  # noqa: E402
@@ -44,3 +49,21 @@ def tiny_config(tmp_path, monkeypatch):
 @pytest.fixture
 def offline(monkeypatch):
     monkeypatch.setenv("CNN_APPS_OFFLINE", "1")
+
+
+def saved_model_cli_signatures(path: Path) -> dict:
+    """{signature: {"inputs"/"outputs": {name: (dtype, shape)}}} from `saved_model_cli show --all`."""
+    cli = Path(sys.executable).with_name("saved_model_cli")
+    text = subprocess.run([str(cli), "show", "--all", "--dir", str(path)], capture_output=True, text=True,
+                          check=True).stdout
+    sigs, current, side = {}, None, None
+    for line in text.splitlines():
+        if m := re.match(r"signature_def\['(\w+)'\]:", line):
+            current = sigs.setdefault(m.group(1), {"inputs": {}, "outputs": {}})
+        elif m := re.match(r"\s+(inputs|outputs)\['(\w+)'\] tensor_info:", line):
+            side, name = m.groups()
+        elif current is not None and (m := re.match(r"\s+dtype: (\w+)", line)):
+            dtype = m.group(1)
+        elif current is not None and (m := re.match(r"\s+shape: (.*)", line)):
+            current[side][name] = (dtype, m.group(1).strip())
+    return sigs

@@ -1,20 +1,16 @@
 """SavedModel export of detectors: signatures (as saved_model_cli shows them), verification
 against ``model.detect``, boxes scaled back to each input image's own pixels."""
 
-import re
-import subprocess
-import sys
-from pathlib import Path
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import saved_model_cli_signatures
 
 from cnn_apps.detection.ssd import SSD
 from cnn_apps.detection.yolo import YOLOv1
 from cnn_apps.errors import ModelError
-from cnn_apps.serving import _detection_diff, encode_png, export_detector, verify_detector_export
+from cnn_apps.serving.saved_model import _detection_diff, encode_png, export_detector, verify_detector_export
 
 SIZE = 64
 TINY = {"stage_filters": [8, 16, 32, 32]}
@@ -45,27 +41,9 @@ def _images(n=2, height=SIZE, width=SIZE, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, height, width, 3)).astype(np.uint8)
 
 
-def _cli_signatures(path: Path) -> dict:
-    """{signature: {"inputs"/"outputs": {name: (dtype, shape)}}} from `saved_model_cli show --all`."""
-    cli = Path(sys.executable).with_name("saved_model_cli")
-    text = subprocess.run([str(cli), "show", "--all", "--dir", str(path)], capture_output=True, text=True,
-                          check=True).stdout
-    sigs, current, side = {}, None, None
-    for line in text.splitlines():
-        if m := re.match(r"signature_def\['(\w+)'\]:", line):
-            current = sigs.setdefault(m.group(1), {"inputs": {}, "outputs": {}})
-        elif m := re.match(r"\s+(inputs|outputs)\['(\w+)'\] tensor_info:", line):
-            side, name = m.groups()
-        elif current is not None and (m := re.match(r"\s+dtype: (\w+)", line)):
-            dtype = m.group(1)
-        elif current is not None and (m := re.match(r"\s+shape: (.*)", line)):
-            current[side][name] = (dtype, m.group(1).strip())
-    return sigs
-
-
 def test_saved_model_cli_shows_the_detector_signatures(exported):
     _, path = exported
-    sigs = _cli_signatures(path)
+    sigs = saved_model_cli_signatures(path)
     outputs = {"detection_boxes": ("DT_FLOAT", "(-1, 100, 4)"), "detection_scores": ("DT_FLOAT", "(-1, 100)"),
                "detection_classes": ("DT_INT64", "(-1, 100)"),
                "detection_class_names": ("DT_STRING", "(-1, 100)"), "num_detections": ("DT_INT32", "(-1)")}

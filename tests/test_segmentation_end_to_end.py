@@ -54,7 +54,7 @@ def test_segmenter_pipeline(config, tmp_path, capsys, monkeypatch):
     loaded = tf.saved_model.load(path)
     out = loaded.signatures["serving_default"](images=tf.zeros((2, 80, 48, 3)))
     assert out["class_map"].shape == (2, 80, 48) and out["probabilities"].shape == (2, 80, 48, 5)
-    assert out["class_names"].numpy()[0] == b"background"
+    assert out["class_names"].shape == (2, 5) and out["class_names"].numpy()[1, 0] == b"background"
     image = tf.io.encode_png(tf.zeros((80, 80, 3), tf.uint8))
     result = loaded.signatures["serve_bytes"](images=tf.stack([image]))
     assert result["class_map"].shape == (1, 64, 64) and result["class_map"].dtype == tf.int32

@@ -44,7 +44,13 @@ is resized to the model's S x S inside the graph, K classes with background firs
 * ``serve_bytes``: ``images`` string (B,), encoded files that may differ in size, so the
   outputs stay at the model's size: ``probabilities`` (B, S, S, K), ``class_map`` (B, S, S),
   and ``image_size`` int32 (B, 2), each file's (H, W), to resize the map back (nearest).
-All three also return ``class_names`` string (K,).
+All three also return ``class_names`` string (B, K), one row per image (TF Serving's
+row-format JSON needs every output batched).
+
+Every export also holds ``assets.extra/cnn_apps.json`` (the folder TF Serving leaves alone):
+``task``, ``class_names``, ``image_size`` [H, W], ``channels`` and, for a detector fed region
+proposals, ``proposals`` (the selective-search settings it was trained with), so a client
+(``cnn-apps predict``) knows what it is talking to without the training run.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ import numpy as np
 from cnn_apps.errors import ModelError
 
 SIGNATURES = ("serving_default", "serve_uint8", "serve_bytes")
+METADATA_FILE = "assets.extra/cnn_apps.json"
 
 
 def image_input_shape(model) -> tuple:
@@ -88,10 +95,13 @@ def next_version(base: str | os.PathLike) -> int:
     return max(versions, default=0) + 1
 
 
-def _write_archive(model, path, from_pixels, from_bytes, channels: int, extra=()) -> Path:
+def _write_archive(model, path, from_pixels, from_bytes, channels: int, extra=(), metadata=None) -> Path:
     """A SavedModel at ``path`` tracking ``model`` with the three signatures: ``from_pixels`` as
     ``serving_default`` (float32 images) and ``serve_uint8``, ``from_bytes`` as ``serve_bytes``
-    (encoded files); ``extra``: further input specs every signature takes (Fast R-CNN's proposals)."""
+    (encoded files); ``extra``: further input specs every signature takes (Fast R-CNN's proposals);
+    ``metadata``: written to ``assets.extra/cnn_apps.json``."""
+    import json
+
     import keras
     import tensorflow as tf
 
@@ -107,7 +117,18 @@ def _write_archive(model, path, from_pixels, from_bytes, channels: int, extra=()
         archive.write_out(str(path), verbose=False)
     except TypeError:  # older Keras without `verbose`
         archive.write_out(str(path))
+    if metadata is not None:
+        (path / METADATA_FILE).parent.mkdir(exist_ok=True)
+        (path / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     return path
+
+
+def read_export_metadata(path: str | os.PathLike) -> dict:
+    """The ``assets.extra/cnn_apps.json`` of the export at ``path`` ({} for an export without it)."""
+    import json
+
+    file = Path(path) / METADATA_FILE
+    return json.loads(file.read_text()) if file.is_file() else {}
 
 
 def load_export(path: str | os.PathLike):
@@ -150,7 +171,9 @@ def export_classifier(model, path: str | os.PathLike, class_names) -> Path:
         pixels = tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec((height, width, channels), tf.float32))
         return classify(pixels)
 
-    return _write_archive(model, path, classify, classify_bytes, channels)
+    metadata = {"task": "classification", "class_names": [str(n) for n in class_names],
+                "image_size": [height, width], "channels": channels}
+    return _write_archive(model, path, classify, classify_bytes, channels, metadata=metadata)
 
 
 def encode_png(images: np.ndarray) -> list[bytes]:
@@ -259,7 +282,10 @@ def export_detector(model, path: str | os.PathLike, class_names) -> Path:
 
     # a detector fed proposals takes them as a second input of every signature
     extra = [] if count is None else [tf.TensorSpec((None, None, 4), tf.float32, name="proposals")]
-    return _write_archive(model, path, detect_pixels, detect_bytes, channels, extra)
+    metadata = {"task": "detection", "class_names": [str(n) for n in class_names],
+                "image_size": [height, width], "channels": channels,
+                "proposals": getattr(model, "proposal_settings", None) or None}
+    return _write_archive(model, path, detect_pixels, detect_bytes, channels, extra, metadata)
 
 
 def _numpy_detections(out) -> dict:
@@ -390,7 +416,7 @@ def export_segmenter(model, path: str | os.PathLike, class_names) -> Path:
             (size[0] == height) & (size[1] == width), lambda: probabilities,
             lambda: tf.image.resize(probabilities, size, method="bilinear"))
         return {"probabilities": probabilities, "class_map": tf.argmax(probabilities, axis=-1, output_type=tf.int32),
-                "class_names": names}
+                "class_names": _per_image(names, images)}
 
     def decode(data):
         image = tf.io.decode_image(data, channels=channels, expand_animations=False)
@@ -403,9 +429,18 @@ def export_segmenter(model, path: str | os.PathLike, class_names) -> Path:
             tf.TensorSpec((height, width, channels), tf.float32), tf.TensorSpec((2,), tf.int32)))
         probabilities = segment(pixels)
         return {"probabilities": probabilities, "class_map": tf.argmax(probabilities, axis=-1, output_type=tf.int32),
-                "image_size": sizes, "class_names": names}
+                "image_size": sizes, "class_names": _per_image(names, images)}
 
-    return _write_archive(model, path, segment_pixels, segment_bytes, channels)
+    metadata = {"task": "segmentation", "class_names": [str(n) for n in class_names],
+                "image_size": [height, width], "channels": channels}
+    return _write_archive(model, path, segment_pixels, segment_bytes, channels, metadata=metadata)
+
+
+def _per_image(values, images):
+    """(K,) ``values`` repeated once per image of ``images`` (B, ...): (B, K)."""
+    import tensorflow as tf
+
+    return tf.tile(values[None], [tf.shape(images)[0], 1])
 
 
 def verify_segmenter_export(path: str | os.PathLike, model, images: np.ndarray, tolerance: float = 1e-4) -> dict:
