@@ -85,13 +85,19 @@ def test_stages_link_up_in_mlflow_and_export_serves(cli, tmp_path):
     served = tf.saved_model.load(str(export_path)).signatures["serving_default"](images=tf.constant(x))
     np.testing.assert_allclose(served["probabilities"].numpy(), model.predict(x, verbose=0), atol=1e-5)
 
-    # the registry: a version per export, newest at models:/tiny/latest
+    # the registry: a version per export, newest at models:/tiny@latest, the evaluated one champion
     version = client.get_model_version("tiny", "1")
     assert version.tags["export_path"] == str(export_path) and version.tags["source_run"] == train
-    latest = mlflow.tensorflow.load_model("models:/tiny/latest")
+    assert version.tags["evaluate_run"] == ev
+    assert float(version.tags["metric.test_accuracy"]) == pytest.approx(metrics["test_accuracy"], rel=1e-5)
+    assert runs[exp].data.tags["champion"] == "true" and "champion" in version.aliases
+    latest = mlflow.tensorflow.load_model("models:/tiny@latest")
     np.testing.assert_allclose(latest.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
-    exp2 = cli("export", "--from-run", train)
+    exp2 = cli("export", "--from-run", train)  # the same score does not beat the champion
     assert client.get_run(exp2).data.tags["export_path"].endswith(os.path.join("tiny", "2"))
+    assert client.get_run(exp2).data.tags["champion"] == "false"
+    assert str(client.get_model_version_by_alias("tiny", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("tiny", "latest").version) == "2"
 
     # finetune as feature extraction: backbone weights unchanged by value, head changed
     ft = cli("finetune", "--from-run", train, "--set", "finetune.mode=feature_extraction",

@@ -5,10 +5,10 @@ Input: ``--from-run`` of a train or finetune run. Writes
 models through :func:`~cnn_apps.serving.export_classifier`, ``task: detection`` through
 :func:`~cnn_apps.serving.export_detector`, ``task: segmentation`` through
 :func:`~cnn_apps.serving.export_segmenter`), reloads it and checks every signature
-against the Keras model on test images (``export_max_abs_diff``), then registers the run's MLflow model as a new version of the registered model
-``<name>``. MLflow reserves the alias name ``latest`` and already resolves
-``models:/<name>/latest`` to the newest version, so no alias is needed for it;
-the version is tagged with its export path, version and the source run's metrics.
+against the Keras model on test images (``export_max_abs_diff``), then registers the run's
+MLflow model as a new version of the registered model ``<name>`` and moves its ``champion``
+alias when the source's evaluate run beats the champion
+(:func:`~cnn_apps.serving.registry.register_export`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from cnn_apps import tracking
 from cnn_apps.config import Config
 from cnn_apps.serving import (SIGNATURES, export_classifier, export_detector, export_segmenter, next_version,
                               verify_classifier_export, verify_detector_export, verify_segmenter_export)
+from cnn_apps.serving.registry import register_export
 from cnn_apps.stages.common import (StageResult, at_model_size, check_task, dataset_label, log, split_dataset,
                                     training_classes)
 
@@ -71,23 +72,16 @@ def export(config: Config, from_run: str) -> StageResult:
         mlflow.log_text(_describe(path), "saved_model_signatures.txt")
         outputs = {"export_path": path, "version": version}
         if config.export.register:
-            mv = _register(name, from_run, source, path, version)
-            mlflow.set_tag("registered_model", f"models:/{name}/{mv.version}")
-            outputs["registered"] = f"models:/{name}/{mv.version}"
+            reg = register_export(name, source, tracking.model_uri(from_run), task=config.task,
+                                  export_path=path, export_version=version)
+            mlflow.set_tags({"registered_model": f"models:/{name}/{reg['version']}",
+                             "champion": str(reg["champion"]).lower(),
+                             "champion_decision": reg["champion_decision"]})
+            log.info("registered models:/%s/%s; champion: %s", name, reg["version"], reg["champion_decision"])
+            outputs["registered"] = f"models:/{name}/{reg['version']}"
+            if reg["champion"]:
+                outputs["champion"] = f"models:/{name}@champion"
         return StageResult(run.info.run_id, "export", outputs)
-
-
-def _register(name: str, from_run: str, source, path: str, version: int):
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    tags = {"export_path": path, "export_version": str(version), "source_run": from_run,
-            **{f"metric.{k}": f"{v:.6g}" for k, v in source.data.metrics.items()}}
-    mv = mlflow.register_model(tracking.model_uri(from_run), name, tags=tags)
-    client.update_model_version(name, mv.version,
-                                description=f"Exported to {path} (TF Serving version {version}) "
-                                            f"from run {from_run}.")
-    return mv
 
 
 def _folder_size(path: str) -> int:
