@@ -8,6 +8,10 @@
     cnn-apps all      --config C [--set k=v ...]     (prepare, train, evaluate, export)
     cnn-apps study    {regularization,learning-curve,depth,transfer,detectors,segmentation} --config C [--from-run PREPARE_RUN]
     cnn-apps models                                  (the backbone zoo: parameters, FLOPs)
+    cnn-apps predict  --model M --input I [--output results.jsonl] [--coco-json F] [--masks DIR]
+                      (M: an exports folder, runs:/..., models:/..., or a TF Serving URL)
+    cnn-apps serve    --model models:/NAME@champion | --from-run TRAIN_RUN   (mlflow models serve)
+    cnn-apps promote  NAME VERSION [--alias champion]  (move a registered model's alias)
 
 Without ``--config``, a stage that reads another run starts from that run's
 config. Every command that makes an MLflow run prints ``run_id: <id>`` last.
@@ -20,6 +24,7 @@ import logging
 import os
 import re
 import shlex
+import signal
 import sys
 
 STAGES = ("prepare", "train", "finetune", "evaluate", "export", "all")
@@ -51,6 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kind", choices=STUDY_KINDS)
     add_stage_arguments(p, "study")
     sub.add_parser("models", help="list the registered backbones (parameters, FLOPs), detectors and segmenters")
+    from cnn_apps.serving.predict import add_predict_arguments
+
+    add_predict_arguments(sub.add_parser(
+        "predict", help="predict image files with an export, an MLflow model or a TF Serving URL"))
+    from cnn_apps.serving.model_server import add_serve_arguments
+
+    add_serve_arguments(sub.add_parser(
+        "serve", help="serve a registered model with `mlflow models serve` (--from-run: export it first)"))
+    p = sub.add_parser("promote", help="point a registered model's alias (champion) at a version")
+    p.add_argument("name", help="the registered model (export.name)")
+    p.add_argument("version", help="the version to promote")
+    p.add_argument("--alias", default="champion", help="the alias to move (default: champion; "
+                   "'latest' is MLflow's own and always the newest version)")
+    p.add_argument("--tracking-uri", dest="tracking_uri", help="default: MLFLOW_TRACKING_URI, else ./mlruns")
     return parser
 
 
@@ -70,8 +89,11 @@ def resolve_config(stage: str, config_path: str | None, overrides: list[str], fr
     if config_path is None and from_run and stage in NEEDS_RUN:
         from cnn_apps import tracking
 
-        tracking.setup(cfg.load_config(None, overrides))  # tracking URI may come from overrides
+        current = cfg.load_config(None, overrides)  # the tracking URI may come from overrides
+        tracking.setup(current)
         values = tracking.load_run_config(from_run)
+        # the store that holds the run is the one to use (the logged config has secrets masked)
+        values.setdefault("tracking", {})["uri"] = current.tracking.uri
         return cfg.from_dict(cfg.apply_overrides(values, overrides))
     return cfg.load_config(config_path, overrides)
 
@@ -102,6 +124,9 @@ def run_stage(stage: str, config_path: str | None, overrides: list[str], from_ru
 
         raise ConfigError(f"{stage} needs --from-run RUN_ID (a train or finetune run)")
     config = resolve_config(stage, config_path, overrides, from_run)
+    from cnn_apps import tracking
+
+    tracking.setup(config)  # an unreachable tracking server fails here, before any work
     if stage == "prepare":
         return stages.prepare(config)
     if stage == "train":
@@ -142,16 +167,37 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("absl").setLevel(logging.ERROR)  # TFDS: "Using custom data configuration"
     from cnn_apps.errors import CnnAppsError
+    from cnn_apps.tracking import Terminated
 
+    def terminate(signum, frame):  # SIGTERM (docker stop, kill): end the MLflow run as KILLED
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, terminate)
     try:
         if args.command == "models":
             list_models()
+            return 0
+        if args.command == "predict":
+            from cnn_apps.serving.predict import run_predict
+
+            return run_predict(args)
+        if args.command == "serve":
+            from cnn_apps.serving.model_server import run_serve
+
+            return run_serve(args)
+        if args.command == "promote":
+            from cnn_apps.serving.registry import promote
+
+            print(promote(args.name, args.version, alias=args.alias, tracking_uri=args.tracking_uri))
             return 0
         result = run_stage(args.command, args.config, args.overrides, getattr(args, "from_run", None),
                            getattr(args, "kind", None))
     except CnnAppsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, Terminated) as exc:
+        print("interrupted" if isinstance(exc, KeyboardInterrupt) else "terminated", file=sys.stderr)
+        return 130 if isinstance(exc, KeyboardInterrupt) else 143
     for key, value in result.outputs.items():
         print(f"{key}: {value}")
     print(f"run_id: {result.run_id}")

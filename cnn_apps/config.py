@@ -16,6 +16,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -239,8 +240,10 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+    def to_yaml(self, masked: bool = False) -> str:
+        """The config as YAML; ``masked``: with secrets as ``***`` (:func:`mask_secrets`)."""
+        values = self.to_dict()
+        return yaml.safe_dump(mask_secrets(values) if masked else values, sort_keys=False)
 
     def flat(self) -> dict:
         """``{"training.epochs": 12, ...}``: the shape MLflow params take."""
@@ -268,6 +271,29 @@ def flatten(d: dict, prefix: str = "") -> dict:
             out.update(flatten(v, key + "."))
         else:
             out[key] = v
+    return out
+
+
+# ---------------------------------------------------------------------- secrets
+SECRET_KEY = re.compile(r"(^|[._])(password|passwd|token|secret|api_?key|access_?key|key)$", re.IGNORECASE)
+URI_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<password>[^@/\s]+)@",
+                          re.IGNORECASE)
+
+
+def mask_secrets(values: dict) -> dict:
+    """``values`` (``key: value``, flat or nested) with secrets replaced by ``***``: the value of
+    a key that looks like one (password, token, secret, key) and the password inside a URI
+    (``postgresql://user:***@host/db``). For logged params, the logged config and printed configs."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out[key] = mask_secrets(value)
+        elif SECRET_KEY.search(str(key)) and value not in (None, ""):
+            out[key] = "***"
+        elif isinstance(value, str):
+            out[key] = URI_PASSWORD.sub(r"\g<scheme>\g<user>:***@", value)
+        else:
+            out[key] = value
     return out
 
 

@@ -23,3 +23,7 @@ class ModelError(CnnAppsError):
 
 class TrackingError(CnnAppsError):
     """An MLflow run, artifact or model that a stage needs is missing or wrong."""
+
+
+class TrainingError(CnnAppsError):
+    """Training cannot go on (the loss became NaN or infinite)."""

@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from cnn_apps.config import Config
+from cnn_apps.config import Config, mask_secrets
 from cnn_apps.errors import TrackingError
 
 DEFAULT_STORE_DIR = "mlruns"
@@ -54,6 +54,8 @@ def setup(config: Config) -> str:
     uri = tracking_uri(config)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
     mlflow.set_tracking_uri(uri)
     # a pretext task is classification on made-up labels: same experiment
     name = config.tracking.experiment or ("classification" if config.task == "pretext" else config.task)
@@ -72,6 +74,35 @@ def setup(config: Config) -> str:
         if exp is None:
             raise
         return exp.experiment_id
+
+
+_CHECKED_SERVERS: set[str] = set()
+
+
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """Raise :class:`TrackingError` within ``timeout`` seconds when the tracking server at ``uri``
+    does not answer ``/health`` (MLflow's own client retries for minutes before failing);
+    checked once per process."""
+    import urllib.error
+    import urllib.request
+
+    if uri in _CHECKED_SERVERS:
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as reply:
+            reply.read()
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):  # an authenticating proxy in front of a live server
+            _CHECKED_SERVERS.add(uri)
+            return
+        raise TrackingError(f"tracking server {uri} answered /health with HTTP {exc.code}; is it an MLflow "
+                            "server? (MLFLOW_TRACKING_URI or tracking.uri)") from exc
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingError(f"cannot reach the tracking server {uri} ({reason}); start it (see "
+                            "mlflow/compose.yaml or `make mlflow-ui`), or unset MLFLOW_TRACKING_URI / "
+                            "tracking.uri to use the local ./mlruns store") from exc
+    _CHECKED_SERVERS.add(uri)
 
 
 def _is_local_sqlite(uri: str) -> bool:
@@ -106,11 +137,44 @@ def stage_run(config: Config, stage: str, *, model: str, dataset: str,
         all_tags["dataset_fingerprint"] = fingerprint
     # a stage started inside another stage's run (a study's child preparing its data) nests under it
     nested = nested or mlflow.active_run() is not None
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or f"{stage}:{model}:{dataset}",
-                          tags=all_tags, nested=nested) as run:
-        mlflow.log_params({k: _param(v) for k, v in config.flat().items()})
-        mlflow.log_text(config.to_yaml(), "config.yaml")
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name or f"{stage}:{model}:{dataset}",
+                           tags=all_tags, nested=nested)
+    try:
+        mlflow.log_params({k: _param(v) for k, v in mask_secrets(config.flat()).items()})
+        mlflow.log_text(config.to_yaml(masked=True), "config.yaml")
         yield run
+    except BaseException as exc:  # never leave a run RUNNING: say how it ended and why
+        killed = isinstance(exc, (KeyboardInterrupt, Terminated))
+        _end_run(run, "KILLED" if killed else "FAILED", _reason(exc))
+        raise
+    _end_run(run, "FINISHED")
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (``cnn-apps`` turns it into this, so the run is marked KILLED)."""
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    if isinstance(exc, Terminated):
+        return "terminated (SIGTERM)"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first}"[:500]
+
+
+def _end_run(run, status: str, reason: str | None = None) -> None:
+    """End ``run`` (the innermost active one) with ``status``; a tracking error here must not
+    hide the error that ended the stage."""
+    mlflow = _mlflow()
+    try:
+        if reason:
+            mlflow.MlflowClient().set_tag(run.info.run_id, "failure_reason", reason)
+        mlflow.end_run(status)
+    except Exception as exc:  # pragma: no cover - the server went away mid-run
+        import logging
+
+        logging.getLogger("cnn_apps").warning("could not mark run %s %s: %s", run.info.run_id, status, exc)
 
 
 def _param(value) -> str:

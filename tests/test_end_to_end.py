@@ -39,7 +39,7 @@ def _artifacts(client, run_id):
     return {a.path for a in client.list_artifacts(run_id)}
 
 
-def test_stages_link_up_in_mlflow_and_export_serves(cli, tmp_path):
+def test_stages_link_up_in_mlflow_and_export_serves(cli, tmp_path, monkeypatch, capsys):
     import mlflow
 
     prep = cli("prepare")
@@ -98,6 +98,14 @@ def test_stages_link_up_in_mlflow_and_export_serves(cli, tmp_path):
     assert client.get_run(exp2).data.tags["champion"] == "false"
     assert str(client.get_model_version_by_alias("tiny", "champion").version) == "1"
     assert str(client.get_model_version_by_alias("tiny", "latest").version) == "2"
+
+    # one command exports, registers and serves: `serve --from-run` hands over to mlflow models serve
+    served_with = {}
+    monkeypatch.setattr(os, "execvpe", lambda file, cmd, env: served_with.update(cmd=cmd, env=env))
+    assert main(["serve", "--from-run", train, "--port", "5099", *set_args(tiny_overrides(tmp_path))]) == 0
+    assert "registered models:/tiny/3" in capsys.readouterr().out
+    assert served_with["cmd"][1:5] == ["models", "serve", "-m", "models:/tiny/3"]
+    assert served_with["env"]["MLFLOW_TRACKING_URI"] == cli.uri and "5099" in served_with["cmd"]
 
     # finetune as feature extraction: backbone weights unchanged by value, head changed
     ft = cli("finetune", "--from-run", train, "--set", "finetune.mode=feature_extraction",

@@ -19,6 +19,7 @@ import pytest
 from cnn_apps import tracking
 from cnn_apps.classification import ImageClassifier
 from cnn_apps.segmentation.unet import UNet
+from cnn_apps.serving.model_server import serve_command, serve_environment
 from cnn_apps.serving.registry import register_export
 
 pytestmark = pytest.mark.slow
@@ -37,22 +38,15 @@ def _post(url: str, body: dict, timeout: float = 60) -> dict:
         return json.loads(reply.read())
 
 
-def _serve(model_uri: str, tracking_uri: str, log: Path):
-    """Start ``mlflow models serve`` for ``model_uri``; returns (process, base URL) once /ping answers."""
-    port = _free_port()
-    mlflow_cli = Path(sys.executable).with_name("mlflow")
-    # mlflow starts `uvicorn` by name: the venv's bin must be on PATH, as in an activated venv
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
-           "PATH": f"{mlflow_cli.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+def _serve(command: list[str], env: dict, port: int, log: Path):
+    """Start a model server; returns (process, base URL) once /ping answers."""
     out = open(log, "w")
-    proc = subprocess.Popen([str(mlflow_cli), "models", "serve", "-m", model_uri, "--env-manager", "local",
-                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"mlflow models serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            pytest.fail(f"{command[:3]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
             with urllib.request.urlopen(f"{url}/ping", timeout=2) as reply:
                 if reply.status == 200:
@@ -60,7 +54,7 @@ def _serve(model_uri: str, tracking_uri: str, log: Path):
         except OSError:
             time.sleep(1)
     _stop(proc)
-    pytest.fail(f"mlflow models serve did not answer /ping within 180 s:\n{log.read_text()[-3000:]}")
+    pytest.fail(f"{command[:3]} did not answer /ping within 180 s:\n{log.read_text()[-3000:]}")
 
 
 def _stop(proc) -> None:
@@ -104,8 +98,16 @@ def test_registered_classifier_and_segmenter_are_served_over_loopback(registry, 
     cases = [(registry("shapes-classifier", classifier, "classification", "test_accuracy"), classifier),
              (registry("shapes-unet", segmenter, "segmentation", "test_miou"), segmenter)]
     images = _images()
+    env = serve_environment(registry.uri)
     for model_uri, model in cases:
-        proc, url = _serve(model_uri, registry.uri, tmp_path / f"serve-{model.name}.log")
+        port = _free_port()
+        if model is classifier:  # through `cnn-apps serve`, which runs the command below
+            command = [sys.executable, "-m", "cnn_apps.cli", "serve", "--model", model_uri, "--port", str(port)]
+        else:  # MLflow's own command, as the README shows it
+            command = serve_command(model_uri, port=port)
+            assert command[1:] == ["models", "serve", "-m", model_uri, "--env-manager", "local",
+                                   "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+        proc, url = _serve(command, env, port, tmp_path / f"serve-{model.name}.log")
         try:
             # the README's request: {"inputs": (B, H, W, 3) raw pixels as nested lists}
             reply = _post(f"{url}/invocations", {"inputs": images.astype(int).tolist()})

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from cnn_apps.classification import ImageClassifier
 from cnn_apps.errors import ModelError
-from cnn_apps.serving import export_classifier, next_version, verify_classifier_export
+from cnn_apps.serving import export_classifier, next_version, staging_folder, verify_classifier_export
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +67,22 @@ def test_verification_catches_a_different_model(exported):
     other = ImageClassifier(3, (32, 32, 3), backbone_args={"stage_filters": (8, 16), "blocks_per_stage": (1, 1)})
     with pytest.raises(ModelError, match="differs from the Keras model"):
         verify_classifier_export(path, other, _images(), tolerance=1e-9)
+
+
+def test_a_failed_export_leaves_no_version_behind(tmp_path):
+    """Written and verified in a staging folder, renamed into place only when verified: a
+    failure (or a crash, which leaves only a non-integer folder) gives TF Serving nothing."""
+    model = ImageClassifier(3, (32, 32, 3), backbone_args={"stage_filters": (8,), "blocks_per_stage": (1,)})
+    path = tmp_path / "m" / "1"
+    with pytest.raises(ModelError, match="differs"):
+        with staging_folder(path) as staged:
+            export_classifier(model, staged, ["a", "b", "c"])
+            assert (staged / "saved_model.pb").is_file() and not path.exists()
+            raise ModelError("signature serving_default differs from the Keras model")
+    assert list((tmp_path / "m").iterdir()) == [] and next_version(tmp_path / "m") == 1
+    with staging_folder(path) as staged:
+        export_classifier(model, staged, ["a", "b", "c"])
+    assert (path / "saved_model.pb").is_file() and [p.name for p in (tmp_path / "m").iterdir()] == ["1"]
+    with pytest.raises(ModelError, match="exists already"):
+        with staging_folder(path):
+            pass

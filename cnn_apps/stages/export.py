@@ -18,6 +18,7 @@ import os
 from cnn_apps import tracking
 from cnn_apps.config import Config
 from cnn_apps.serving import (SIGNATURES, export_classifier, export_detector, export_segmenter, next_version,
+                              staging_folder,
                               verify_classifier_export, verify_detector_export, verify_segmenter_export)
 from cnn_apps.serving.registry import register_export
 from cnn_apps.stages.common import (StageResult, at_model_size, check_task, dataset_label, log, split_dataset,
@@ -46,15 +47,16 @@ def export(config: Config, from_run: str) -> StageResult:
 
     batch = next(iter(split_dataset(spec, config, "test", training=False, batch_size=8)))[0].numpy()
     class_names, _ = training_classes(spec, config)  # a pretext model's are the rotations
-    if config.task == "detection":
-        export_detector(model, path, class_names)
-        diffs = verify_detector_export(path, model, batch, tolerance=config.export.tolerance)
-    elif config.task == "segmentation":
-        export_segmenter(model, path, model.class_names)
-        diffs = verify_segmenter_export(path, model, batch, tolerance=config.export.tolerance)
-    else:
-        export_classifier(model, path, class_names)
-        diffs = verify_classifier_export(path, model, batch, tolerance=config.export.tolerance)
+    with staging_folder(path) as staged:  # TF Serving sees the version only once it is verified
+        if config.task == "detection":
+            export_detector(model, staged, class_names)
+            diffs = verify_detector_export(staged, model, batch, tolerance=config.export.tolerance)
+        elif config.task == "segmentation":
+            export_segmenter(model, staged, model.class_names)
+            diffs = verify_segmenter_export(staged, model, batch, tolerance=config.export.tolerance)
+        else:
+            export_classifier(model, staged, class_names)
+            diffs = verify_classifier_export(staged, model, batch, tolerance=config.export.tolerance)
     log.info("exported %s (signatures %s), max |SavedModel - Keras| = %.2e",
              path, ", ".join(SIGNATURES), max(diffs.values()))
 

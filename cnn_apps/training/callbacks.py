@@ -17,6 +17,31 @@ def metric_name(key: str) -> str:
     return f"train_{key}"
 
 
+class FailOnNaN(keras.callbacks.Callback):
+    """Stop training with a :class:`~cnn_apps.errors.TrainingError` the first batch whose loss is
+    NaN or infinite, naming the epoch and batch (Keras' TerminateOnNaN stops quietly, and the
+    run would look finished)."""
+
+    def __init__(self):
+        super().__init__()
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        import math
+
+        from cnn_apps.errors import TrainingError
+
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.model.stop_training = True
+            raise TrainingError(
+                f"the training loss became {float(loss)} at epoch {self._epoch + 1}, batch {batch + 1}: lower "
+                "training.learning_rate, or look for NaN/inf values or broken boxes/masks in the data")
+
+
 class MlflowEpochLogger(keras.callbacks.Callback):
     """Log every epoch's metrics (renamed by :func:`metric_name`) and the learning rate,
     with ``step`` = epoch index (0-based), so the MLflow UI draws them as curves."""

@@ -15,7 +15,7 @@ import keras
 
 from cnn_apps import tracking
 from cnn_apps.config import DiagnosisConfig, TrainingConfig
-from cnn_apps.training.callbacks import InferenceErrorLogger, MlflowEpochLogger
+from cnn_apps.training.callbacks import FailOnNaN, InferenceErrorLogger, MlflowEpochLogger
 from cnn_apps.training.optim import build_optimizer, schedule_callbacks
 
 
@@ -59,6 +59,7 @@ def fit_and_log(model, train_ds, val_ds, cfg: TrainingConfig, *, num_train: int,
             keras.callbacks.ModelCheckpoint(ckpt, monitor="val_loss", save_best_only=True,
                                             save_weights_only=True),
             MlflowEpochLogger(),
+            FailOnNaN(),
             errors,
             *schedule_callbacks(cfg),
         ]

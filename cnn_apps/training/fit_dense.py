@@ -19,7 +19,7 @@ import keras
 
 from cnn_apps import tracking
 from cnn_apps.config import TrainingConfig
-from cnn_apps.training.callbacks import MlflowEpochLogger
+from cnn_apps.training.callbacks import FailOnNaN, MlflowEpochLogger
 from cnn_apps.training.optim import build_optimizer, schedule_callbacks
 
 
@@ -39,7 +39,7 @@ def fit_dense(model, train_ds, val_ds, cfg: TrainingConfig, *, num_train: int, t
         ckpt = os.path.join(tmp, "best.weights.h5")
         callbacks = [keras.callbacks.ModelCheckpoint(ckpt, monitor="val_loss", save_best_only=True,
                                                      save_weights_only=True),
-                     MlflowEpochLogger(), keras.callbacks.TerminateOnNaN(), *schedule_callbacks(cfg)]
+                     MlflowEpochLogger(), FailOnNaN(), *schedule_callbacks(cfg)]
         if cfg.early_stopping_patience > 0:
             stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.early_stopping_patience,
                                                     restore_best_weights=True)

@@ -1,0 +1,221 @@
+"""A real ``mlflow server`` for tests: start it on a free loopback port, wait for it, stop it.
+
+    server = start_server(tmp_dir)          # SQLite backend + proxied artifacts under tmp_dir
+    ... MLFLOW_TRACKING_URI=server.url ...
+    stop_server(server)                     # SIGTERM to its process group, then SIGKILL
+
+The server runs one uvicorn worker and no job runner (``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false``),
+in its own process group so that stopping it by its process id also stops the uvicorn child.
+Its output goes to ``server.log_path``; a server that does not come up fails with that log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HOST = "127.0.0.1"
+
+
+@dataclass
+class MlflowServer:
+    url: str
+    port: int
+    proc: subprocess.Popen
+    log_path: Path
+    workdir: Path
+    argv: list[str] = field(default_factory=list)
+    backend_store_uri: str = ""
+    artifacts_dir: Path | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self, tail: int = 6000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-tail:]
+        except OSError:
+            return "(no log)"
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on at the moment (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def server_argv(workdir: Path, port: int) -> tuple[list[str], str, Path]:
+    """``mlflow server`` arguments (after ``mlflow``): SQLite backend, artifacts proxied by the server."""
+    backend = f"sqlite:///{workdir / 'mlflow.db'}"
+    artifacts = workdir / "mlartifacts"
+    argv = ["server", "--backend-store-uri", backend,
+            "--serve-artifacts", "--artifacts-destination", str(artifacts),
+            "--host", HOST, "--port", str(port), "--workers", "1"]
+    return argv, backend, artifacts
+
+
+def start_server(workdir: Path, *, argv: list[str] | None = None, port: int | None = None,
+                 timeout: float = 120.0) -> MlflowServer:
+    """Start ``python -m mlflow ARGV`` in ``workdir`` and wait until ``/health`` answers.
+
+    Without ``argv``: :func:`server_argv` on a free port. With ``argv``, ``port`` must be the
+    port it listens on. Raises ``RuntimeError`` with the server's log if it exits or does not
+    answer within ``timeout`` seconds."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    backend, artifacts = "", None
+    if argv is None:
+        port = port or free_port()
+        argv, backend, artifacts = server_argv(workdir, port)
+    elif port is None:
+        raise ValueError("start_server(argv=...) needs the port the server listens on")
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the server's own store comes from its arguments
+    log_path = workdir / f"mlflow-server-{port}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "mlflow", *argv], cwd=workdir, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)  # its own process group: stop takes uvicorn too
+    server = MlflowServer(url=f"http://{HOST}:{port}", port=port, proc=proc, log_path=log_path,
+                          workdir=workdir, argv=argv, backend_store_uri=backend, artifacts_dir=artifacts)
+    try:
+        wait_healthy(server, timeout)
+    except BaseException:
+        stop_server(server)
+        raise
+    return server
+
+
+def wait_healthy(server: MlflowServer, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with code {server.proc.returncode} before answering "
+                               f"on {server.url}; its log:\n{server.log()}")
+        try:
+            with urllib.request.urlopen(f"{server.url}/health", timeout=5) as resp:
+                body = resp.read().decode(errors="replace").strip()
+                if resp.status == 200:
+                    return
+                last = f"HTTP {resp.status}: {body}"
+        except (urllib.error.URLError, OSError) as exc:
+            last = str(exc)
+        time.sleep(0.5)
+    raise RuntimeError(f"mlflow server on {server.url} did not answer /health within {timeout:.0f} s "
+                       f"(last: {last}); its log:\n{server.log()}")
+
+
+def stop_server(server: MlflowServer, timeout: float = 15.0) -> int | None:
+    """SIGTERM to the server's process group, SIGKILL after ``timeout``; returns its exit code."""
+    proc = server.proc
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+        if proc.poll() is not None:
+            break
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)  # start_new_session: the group id is the server's pid
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(wait)
+    # the group may outlive its leader (a uvicorn worker): make sure nothing is left listening
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    return proc.poll()
+
+
+def port_is_open(port: int, host: str = HOST) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(1)
+        return s.connect_ex((host, port)) == 0
+
+
+# ------------------------------------------------------------------ one tiny pipeline, shared
+@dataclass
+class PipelineOnServer:
+    """A server and the tiny classification pipeline (``cnn-apps all``) run once against it."""
+    server: MlflowServer
+    runs: dict[str, str]  # stage -> run id (prepare, train, evaluate, export)
+    client_dir: Path  # the client's working directory while the pipeline ran
+    exports_dir: Path
+    stdout: str
+    seconds: float
+
+
+_PIPELINE = None  # a pytest.StashKey, made on first use (this module is also imported outside pytest)
+
+
+def pipeline_on_server(request, tmp_path_factory) -> PipelineOnServer:
+    """Start a server and run the tiny pipeline against it over HTTP, once per pytest session
+    (the tracking and the UI tests share it); the server is stopped when the session ends.
+
+    Call it from a session-scoped fixture: ``pipeline_on_server(request, tmp_path_factory)``."""
+    import pytest
+
+    global _PIPELINE
+    if _PIPELINE is None:
+        _PIPELINE = pytest.StashKey[dict]()
+    stash = request.config.stash.setdefault(_PIPELINE, {})
+    if "result" in stash:
+        return stash["result"]
+    if "error" in stash:
+        raise RuntimeError(f"the shared pipeline on a tracking server failed earlier: {stash['error']}")
+    base = tmp_path_factory.mktemp("mlflow-server")
+    server = start_server(base / "server")
+    request.config.add_cleanup(lambda: stop_server(server))
+    try:
+        stash["result"] = _run_tiny_pipeline(server, base)
+    except BaseException as exc:
+        stash["error"] = f"{type(exc).__name__}: {str(exc)[:2000]}"
+        raise
+    return stash["result"]
+
+
+def _run_tiny_pipeline(server: MlflowServer, base: Path) -> PipelineOnServer:
+    import io
+    from contextlib import redirect_stdout
+
+    import mlflow
+
+    from cnn_apps.cli import main
+    from conftest import set_args, tiny_overrides
+
+    client_dir = base / "client"
+    client_dir.mkdir()
+    data_root = base / "work"
+    # tiny_overrides points tracking.uri at a SQLite file: point it at the server instead
+    sets = set_args(tiny_overrides(data_root, **{"tracking.uri": server.url}))
+    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
+    saved_uri, saved_cwd = mlflow.get_tracking_uri(), os.getcwd()
+    out = io.StringIO()
+    os.environ["MLFLOW_TRACKING_URI"] = server.url
+    t0 = time.monotonic()
+    try:
+        os.chdir(client_dir)
+        with redirect_stdout(out):
+            rc = main(["all", *sets])
+    finally:
+        os.chdir(saved_cwd)
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
+        mlflow.set_tracking_uri(saved_uri)
+    seconds = time.monotonic() - t0
+    text = out.getvalue()
+    if rc != 0:
+        raise RuntimeError(f"cnn-apps all exited {rc}; stdout:\n{text[-3000:]}\nserver log:\n{server.log()}")
+    values = dict(line.split(": ", 1) for line in text.strip().splitlines() if ": " in line)
+    runs = {"prepare": values["prepare_run"], "train": values["train_run"],
+            "evaluate": values["evaluate_run"], "export": values["run_id"]}
+    return PipelineOnServer(server=server, runs=runs, client_dir=client_dir, exports_dir=data_root / "exports",
+                            stdout=text, seconds=seconds)

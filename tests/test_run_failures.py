@@ -1,0 +1,129 @@
+"""Runs that end badly are recorded as such: an exception marks the stage's MLflow run FAILED,
+Ctrl-C and SIGTERM KILLED, each with the reason as a tag (never left RUNNING); a NaN loss
+stops training with an error naming the epoch; an unreachable tracking server fails in
+seconds before any work; secrets never reach the logged params or config."""
+
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+import yaml
+from conftest import set_args, tiny_overrides
+
+from cnn_apps import tracking
+from cnn_apps.cli import main
+from cnn_apps.config import load_config, mask_secrets
+from cnn_apps.errors import TrainingError
+from cnn_apps.training.callbacks import FailOnNaN
+
+
+@pytest.fixture
+def config(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return load_config(None, tiny_overrides(tmp_path))
+
+
+def _runs(config):
+    client = mlflow.MlflowClient(config.tracking.uri)
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+@pytest.mark.parametrize("error, status, reason", [
+    (ValueError("bad pixel\nsecond line"), "FAILED", "ValueError: bad pixel"),
+    (KeyboardInterrupt(), "KILLED", "interrupted (Ctrl-C)"),
+    (tracking.Terminated(), "KILLED", "terminated (SIGTERM)"),
+])
+def test_a_stage_that_ends_badly_says_how_and_why(config, error, status, reason):
+    with pytest.raises(type(error)):
+        with tracking.stage_run(config, "train", model="m", dataset="d"):
+            raise error
+    (run,) = _runs(config)
+    assert run.info.status == status and run.data.tags["failure_reason"] == reason
+    assert mlflow.active_run() is None
+
+
+def test_a_failed_child_leaves_its_parent_running_until_the_parent_ends(config):
+    with tracking.stage_run(config, "study", model="m", dataset="d") as parent:
+        with pytest.raises(RuntimeError):
+            with tracking.stage_run(config, "train", model="m", dataset="d", nested=True):
+                raise RuntimeError("one setting diverged")
+        assert mlflow.active_run().info.run_id == parent.info.run_id
+    runs = {r.data.tags["stage"]: r for r in _runs(config)}
+    assert runs["train"].info.status == "FAILED" and runs["study"].info.status == "FINISHED"
+
+
+def test_nan_loss_stops_training_with_an_error_naming_the_batch():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.ones((8, 3), np.float32)
+    y = np.ones((8, 1), np.float32)
+    y[5] = np.nan  # the second batch of 4
+    with pytest.raises(TrainingError, match=r"became nan at epoch 1, batch 2: lower training.learning_rate"):
+        model.fit(x, y, batch_size=4, epochs=2, callbacks=[FailOnNaN()], verbose=0)
+
+
+def test_an_unreachable_tracking_server_fails_fast(tmp_path, monkeypatch, capsys):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    start = time.monotonic()
+    assert main(["train", *set_args(tiny_overrides(tmp_path))]) == 2
+    assert time.monotonic() - start < 10
+    err = capsys.readouterr().err
+    assert f"cannot reach the tracking server http://127.0.0.1:{port}" in err
+    assert not (tmp_path / "data").exists()  # nothing was prepared
+
+
+def test_secrets_are_masked_in_params_and_the_logged_config(config):
+    assert mask_secrets({"db.password": "hunter2", "api_key": "k", "token": "", "keep_difficult": True,
+                         "uri": "postgresql://mlflow:hunter2@db:5432/mlflow", "nested": {"secret": "s"}}) == {
+        "db.password": "***", "api_key": "***", "token": "", "keep_difficult": True,
+        "uri": "postgresql://mlflow:***@db:5432/mlflow", "nested": {"secret": "***"}}
+    config = dataclasses.replace(config, data=dataclasses.replace(
+        config.data, path="https://reader:hunter2@data.example.com/shapes.zip"))
+    with tracking.stage_run(config, "prepare", model="m", dataset="d") as run:
+        pass
+    logged = mlflow.MlflowClient(config.tracking.uri).get_run(run.info.run_id)
+    assert logged.data.params["data.path"] == "https://reader:***@data.example.com/shapes.zip"
+    text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/config.yaml")
+    assert "hunter2" not in text and yaml.safe_load(text)["data"]["path"].startswith("https://reader:***@")
+
+
+@pytest.mark.slow
+def test_sigterm_marks_the_training_run_killed(tmp_path):
+    sets = set_args(tiny_overrides(tmp_path, **{"training.epochs": 200, "data.train_size": 256}))
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen([sys.executable, "-m", "cnn_apps.cli", "train", *sets], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:  # wait for the train run to be under way
+            time.sleep(2)
+            assert proc.poll() is None, proc.stdout.read()
+            if (tmp_path / "mlruns" / "mlflow.db").exists():
+                client = mlflow.MlflowClient(uri)
+                runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                          filter_string="tags.stage = 'train'")
+                if runs and client.get_metric_history(runs[0].info.run_id, "train_loss"):
+                    break
+        else:
+            pytest.fail("the train run did not start within 240 s")
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, output
+    run = client.get_run(runs[0].info.run_id)
+    assert run.info.status == "KILLED" and run.data.tags["failure_reason"] == "terminated (SIGTERM)"
