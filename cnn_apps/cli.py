@@ -2,6 +2,7 @@
 
     cnn-apps prepare  --config C [--set k=v ...]
     cnn-apps train    --config C [--set k=v ...] [--from-run PREPARE_RUN]
+    cnn-apps train    --resume TRAIN_RUN                (continue a killed run)
     cnn-apps finetune [--config C] [--set k=v ...] --from-run TRAIN_RUN
     cnn-apps evaluate [--config C] [--set k=v ...] --from-run TRAIN_RUN
     cnn-apps export   [--config C] [--set k=v ...] --from-run TRAIN_RUN
@@ -80,17 +81,21 @@ def add_stage_arguments(p: argparse.ArgumentParser, stage: str) -> None:
     if stage in ("train", "study", *NEEDS_RUN):
         p.add_argument("--from-run", dest="from_run", required=stage in ("evaluate", "export"), metavar="RUN_ID",
                        help="the MLflow run whose output this stage consumes")
+    if stage == "train":
+        p.add_argument("--resume", metavar="RUN_ID", help="continue a killed train run from its last finished "
+                       "epoch (same MLflow run, same config; the result equals an uninterrupted run's)")
 
 
 def resolve_config(stage: str, config_path: str | None, overrides: list[str], from_run: str | None):
     """The config file, or (for stages reading a run) the source run's config; then overrides."""
     from cnn_apps import config as cfg
 
-    if config_path is None and from_run and stage in NEEDS_RUN:
+    if config_path is None and from_run and stage in (*NEEDS_RUN, "resume"):
         from cnn_apps import tracking
 
         current = cfg.load_config(None, overrides)  # the tracking URI may come from overrides
         tracking.setup(current)
+        tracking.get_run(from_run)  # "run X not found in <store>" before looking for its config
         values = tracking.load_run_config(from_run)
         # the store that holds the run is the one to use (the logged config has secrets masked)
         values.setdefault("tracking", {})["uri"] = current.tracking.uri
@@ -113,24 +118,28 @@ def split_overrides(values: list[str]) -> list[str]:
 
 
 def run_stage(stage: str, config_path: str | None, overrides: list[str], from_run: str | None = None,
-              kind: str | None = None):
+              kind: str | None = None, resume: str | None = None):
     from cnn_apps import stages
+    from cnn_apps.errors import ConfigError
 
     config_path = config_path or None  # "" (an MLproject default) means none
     from_run = from_run or None
     overrides = split_overrides(overrides)
     if stage in ("evaluate", "export") and from_run is None:
-        from cnn_apps.errors import ConfigError
-
         raise ConfigError(f"{stage} needs --from-run RUN_ID (a train or finetune run)")
-    config = resolve_config(stage, config_path, overrides, from_run)
+    if resume:
+        if from_run or config_path:
+            raise ConfigError("--resume takes the killed run's own config and input; drop --from-run/--config")
+        config = resolve_config("resume", None, overrides, resume)
+    else:
+        config = resolve_config(stage, config_path, overrides, from_run)
     from cnn_apps import tracking
 
     tracking.setup(config)  # an unreachable tracking server fails here, before any work
     if stage == "prepare":
         return stages.prepare(config)
     if stage == "train":
-        return stages.train(config, from_run=from_run)
+        return stages.train(config, from_run=from_run, resume=resume)
     if stage == "all":
         return stages.run_all(config)
     if stage == "study":
@@ -191,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             print(promote(args.name, args.version, alias=args.alias, tracking_uri=args.tracking_uri))
             return 0
         result = run_stage(args.command, args.config, args.overrides, getattr(args, "from_run", None),
-                           getattr(args, "kind", None))
+                           getattr(args, "kind", None), getattr(args, "resume", None))
     except CnnAppsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

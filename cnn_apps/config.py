@@ -59,6 +59,9 @@ class DataConfig:
     test_fraction: float = 0.1  # folder without a test/ sub-folder, voc and masks without test.txt, coco
     max_train_examples: Optional[int] = None  # use a stratified subset of train
     seed: int = 0
+    # prepare skips bad records (unreadable images, broken boxes or masks), counts them in the
+    # skipped_records metric and names each in skipped_records.csv; false: any bad record fails prepare
+    skip_bad_records: bool = True
 
 
 @dataclass
@@ -154,6 +157,8 @@ class TrainingConfig:
     early_stopping_patience: int = 4  # epochs without val_loss improvement; 0 disables
     cache: bool = True  # cache decoded images in memory when they fit
     seed: int = 0
+    # a backup every epoch under <checkpoint_dir>/<run_id>/, for `cnn-apps train --resume RUN_ID`
+    checkpoint_dir: str = "checkpoints"
 
 
 @dataclass
@@ -257,7 +262,7 @@ class Config:
             relevant["path"] = os.path.abspath(relevant["path"])
         if relevant.get("image_dir"):
             relevant["image_dir"] = os.path.abspath(relevant["image_dir"])
-        for key, default in (("image_dir", None), ("keep_difficult", False)):
+        for key, default in (("image_dir", None), ("keep_difficult", False), ("skip_bad_records", True)):
             if relevant.get(key) == default:  # fields added later: defaults keep older fingerprints
                 relevant.pop(key, None)
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]

@@ -48,6 +48,18 @@ def tracking_uri(config: Config | None = None) -> str:
     return default_tracking_uri()
 
 
+def set_tracking_uri(uri: str) -> None:
+    """``mlflow.set_tracking_uri`` without its side effect of exporting MLFLOW_TRACKING_URI,
+    which would then outrank the next config's ``tracking.uri`` in this process."""
+    mlflow = _mlflow()
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def setup(config: Config) -> str:
     """Point MLflow at the store and make sure the task's experiment exists; returns its id."""
     mlflow = _mlflow()
@@ -56,7 +68,7 @@ def setup(config: Config) -> str:
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     if uri.startswith(("http://", "https://")):
         check_server(uri)
-    mlflow.set_tracking_uri(uri)
+    set_tracking_uri(uri)
     # a pretext task is classification on made-up labels: same experiment
     name = config.tracking.experiment or ("classification" if config.task == "pretext" else config.task)
     client = mlflow.MlflowClient()
@@ -125,10 +137,12 @@ def git_commit() -> str:
 @contextlib.contextmanager
 def stage_run(config: Config, stage: str, *, model: str, dataset: str,
               source_run: str | None = None, fingerprint: str | None = None,
-              nested: bool = False, tags: dict | None = None, run_name: str | None = None):
+              nested: bool = False, tags: dict | None = None, run_name: str | None = None,
+              resume_run: str | None = None):
     """Open the MLflow run of one stage, with the conventions above; yields the active run.
 
-    ``nested`` makes it a child of the active run (a study's setting)."""
+    ``nested`` makes it a child of the active run (a study's setting); ``resume_run``
+    reopens that (killed) run instead of starting one (``cnn-apps train --resume``)."""
     mlflow = _mlflow()
     experiment_id = setup(config)
     all_tags = {"stage": stage, "git_commit": git_commit(), "task": config.task,
@@ -137,11 +151,19 @@ def stage_run(config: Config, stage: str, *, model: str, dataset: str,
         all_tags["dataset_fingerprint"] = fingerprint
     # a stage started inside another stage's run (a study's child preparing its data) nests under it
     nested = nested or mlflow.active_run() is not None
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name or f"{stage}:{model}:{dataset}",
-                           tags=all_tags, nested=nested)
+    if resume_run:
+        run = mlflow.start_run(run_id=resume_run, nested=nested)
+        resumed = int(run.data.tags.get("resumed", "0")) + 1
+        mlflow.set_tags({"resumed": str(resumed), "git_commit": all_tags["git_commit"]})
+        if "failure_reason" in run.data.tags:  # from the interruption (Ctrl-C, SIGTERM): no longer true
+            mlflow.MlflowClient().delete_tag(resume_run, "failure_reason")
+    else:
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name or f"{stage}:{model}:{dataset}",
+                               tags=all_tags, nested=nested)
     try:
-        mlflow.log_params({k: _param(v) for k, v in mask_secrets(config.flat()).items()})
-        mlflow.log_text(config.to_yaml(masked=True), "config.yaml")
+        if not resume_run:  # params are write-once; a resumed run has them
+            mlflow.log_params({k: _param(v) for k, v in mask_secrets(config.flat()).items()})
+            mlflow.log_text(config.to_yaml(masked=True), "config.yaml")
         yield run
     except BaseException as exc:  # never leave a run RUNNING: say how it ended and why
         killed = isinstance(exc, (KeyboardInterrupt, Terminated))

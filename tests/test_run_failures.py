@@ -105,25 +105,22 @@ def test_sigterm_marks_the_training_run_killed(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.Popen([sys.executable, "-m", "cnn_apps.cli", "train", *sets], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     deadline = time.monotonic() + 240
     try:
-        while time.monotonic() < deadline:  # wait for the train run to be under way
-            time.sleep(2)
+        while time.monotonic() < deadline:  # wait for an epoch's backup: training is under way (files only:
+            time.sleep(1)                   # opening its SQLite store meanwhile would race its set-up)
             assert proc.poll() is None, proc.stdout.read()
-            if (tmp_path / "mlruns" / "mlflow.db").exists():
-                client = mlflow.MlflowClient(uri)
-                runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                          filter_string="tags.stage = 'train'")
-                if runs and client.get_metric_history(runs[0].info.run_id, "train_loss"):
-                    break
+            if backups := list((tmp_path / "checkpoints").glob("*/progress.json")):
+                run_id = backups[0].parent.name
+                break
         else:
-            pytest.fail("the train run did not start within 240 s")
+            pytest.fail("the train run did not finish an epoch within 240 s")
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     assert proc.returncode == 143, output
-    run = client.get_run(runs[0].info.run_id)
+    run = client.get_run(run_id)
     assert run.info.status == "KILLED" and run.data.tags["failure_reason"] == "terminated (SIGTERM)"

@@ -42,7 +42,8 @@ from pathlib import Path
 import numpy as np
 
 from cnn_apps.data.sources import (
-    IMAGE_EXTENSIONS, SOURCES, VOC_CLASSES, Source, _image_size, _random_split, _tf, read_manifest,
+    IMAGE_EXTENSIONS, SOURCES, VOC_CLASSES, Source, _image_size, _random_split, _tf, decode_image_file,
+    read_manifest, skipped_summary,
 )
 from cnn_apps.data.spec import SPLITS, DatasetSpec
 from cnn_apps.errors import ConfigError, DataError
@@ -254,8 +255,7 @@ class MaskFolderSource(Source):
                     kept.append(rec)
             records[split] = kept
         if not records.get("train"):
-            raise DataError(f"{root}: no usable training images with masks (see the {len(skipped)} skipped "
-                            "records in spec.skipped)")
+            raise DataError(f"{root}: no usable training images with masks{skipped_summary(skipped)}")
         records = self._complete_splits(records)
         splits = {s: records[s] for s in SPLITS if records.get(s)}
         hists = {s: np.sum([r.pop("hist") for r in v], axis=0) for s, v in splits.items()}
@@ -321,7 +321,7 @@ class MaskFolderSource(Source):
             "mask": tf.constant([r["mask"] for r in records], tf.string)})
 
         def decode(x):
-            image = tf.io.decode_image(tf.io.read_file(x["path"]), channels=channels, expand_animations=False)
+            image = decode_image_file(x["path"], channels)
             mask = tf.io.decode_png(tf.io.read_file(x["mask"]), channels=1)  # written by prepare: ids
             return {"image": image, "mask": mask}
 

@@ -123,6 +123,16 @@ def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     return stratified_split(labels, {"keep": n / len(labels)}, seed)["keep"]
 
 
+def skipped_summary(skipped: list, show: int = 3) -> str:
+    """``"; 5 records skipped: a.jpg (reason); ... and 2 more"`` for an error raised when bad
+    records left nothing to use (the skipped list is never logged then), else ``""``."""
+    if not skipped:
+        return ""
+    shown = "; ".join(f"{item['file']} ({item['reason']})" for item in skipped[:show])
+    more = f"; and {len(skipped) - show} more" if len(skipped) > show else ""
+    return f"; {len(skipped)} records skipped: {shown}{more}"
+
+
 def _class_counts(labels, class_names) -> dict:
     counts = Counter(int(v) for v in labels)
     return {name: counts.get(i, 0) for i, name in enumerate(class_names)}
@@ -264,16 +274,7 @@ class FolderSource(Source):
     @staticmethod
     def _check(path: Path):
         """None when ``path`` is an image TensorFlow can decode, else the reason."""
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            return f"not an image file (extension {path.suffix or 'none'}; use {', '.join(IMAGE_EXTENSIONS)})"
-        from PIL import Image
-
-        try:
-            with Image.open(path) as im:
-                im.load()
-        except Exception as exc:  # PIL raises many kinds for a broken file
-            return f"cannot be decoded: {exc}"
-        return None
+        return _image_size(path)[1]
 
     def prepare(self) -> DatasetSpec:
         root = self._root()
@@ -300,7 +301,7 @@ class FolderSource(Source):
                     else:
                         rows[split].append((str(p.resolve()), index[cls]))
         if not rows["train"]:
-            raise DataError(f"{root}: no readable images in the training folders")
+            raise DataError(f"{root}: no readable images in the training folders{skipped_summary(skipped)}")
         rows = self._complete_splits(rows)
         manifest = self._manifest_path(self.config.data_fingerprint())
         manifest.parent.mkdir(parents=True, exist_ok=True)
@@ -351,8 +352,7 @@ class FolderSource(Source):
         channels = spec.channels
 
         def decode(path, label):
-            image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
-            return {"image": image, "label": label}
+            return {"image": decode_image_file(path, channels), "label": label}
 
         ds = tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, np.int64)))
         return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -839,23 +839,61 @@ def _clip_box(box: list, width: int, height: int):
     return [max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))], None
 
 
+# the formats tf.io.decode_image reads, as PIL names them (MPO: a camera's multi-picture JPEG)
+_TF_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP")
+
+
 def _image_size(path: Path):
-    """``((width, height), None)`` for an image file that decodes, else ``(None, reason)``."""
+    """``((width, height), None)`` for an image file that the training pipeline can decode,
+    else ``(None, reason)``: missing, empty, not an image, corrupt or truncated, or a format
+    (or a BMP/GIF variant) TensorFlow does not read."""
     if not path.is_file():
         return None, "image file not found"
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
         return None, f"not an image file (extension {path.suffix or 'none'}; use {', '.join(IMAGE_EXTENSIONS)})"
+    if path.stat().st_size == 0:
+        return None, "empty file (0 bytes)"
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            size = im.size
-            if im.format == "JPEG":  # decode at 1/8 scale: every byte is still read, 10x faster
+            size, fmt = im.size, im.format
+            if fmt == "JPEG":  # decode at 1/8 scale: every byte is still read, 10x faster
                 im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
             im.load()
     except Exception as exc:  # PIL raises many kinds for a broken file
-        return None, f"cannot be decoded: {exc}"
+        return None, f"cannot be decoded ({exc}): corrupt or truncated; re-save or remove it"
+    if fmt not in _TF_FORMATS:
+        return None, f"a {fmt} file: TensorFlow reads JPEG, PNG, GIF and BMP; convert it to PNG"
+    if fmt in ("GIF", "BMP"):  # variants PIL reads and TensorFlow does not (1-bit, RLE BMPs)
+        tf = _tf()
+        try:
+            tf.io.decode_image(tf.io.read_file(str(path)), channels=3, expand_animations=False)
+        except tf.errors.OpError as exc:
+            why = re.sub(r"\{\{.*?\}\}|\[Op:.*|name:.*", "", str(exc.message).strip().splitlines()[0]).strip()
+            return None, f"TensorFlow cannot decode this {fmt} ({why}); convert it to PNG"
     return (int(size[0]), int(size[1])), None
+
+
+def decode_image_file(path, channels: int):
+    """The tf.data decoder of every file source: (H, W, ``channels``) uint8 from a JPEG, PNG,
+    GIF or BMP file; grey, palette, grey+alpha and RGBA images are converted, 16-bit PNGs
+    scaled to 8 bits. TensorFlow's BMP and GIF decoders give no single channel: those are
+    decoded as RGB and made grey here."""
+    tf = _tf()
+    contents = tf.io.read_file(path)
+    if channels != 1:
+        return tf.io.decode_image(contents, channels=channels, expand_animations=False)
+    rgb_only = tf.logical_or(tf.equal(tf.strings.substr(contents, 0, 2), "BM"),
+                             tf.equal(tf.strings.substr(contents, 0, 3), "GIF"))
+
+    def grey_from_rgb():
+        rgb = tf.io.decode_image(contents, channels=3, expand_animations=False)
+        return tf.cast(tf.round(tf.image.rgb_to_grayscale(tf.cast(rgb, tf.float32))), tf.uint8)
+
+    image = tf.cond(rgb_only, grey_from_rgb,
+                    lambda: tf.io.decode_image(contents, channels=1, expand_animations=False))
+    return tf.ensure_shape(image, [None, None, 1])
 
 
 def _random_split(records: list, fractions: dict, seed: int) -> dict:
@@ -926,7 +964,7 @@ class _DetectionManifestSource(Source):
         ``path, width, height, boxes (list of xyxy), labels`` (and what else the source keeps).
         ``tally``: ``{extra key: record -> int}``, summed per split into ``extra``."""
         if not records.get("train"):
-            raise DataError(f"{root}: no usable training images (see the {len(skipped)} skipped records)")
+            raise DataError(f"{root}: no usable training images{skipped_summary(skipped)}")
         records = self._complete_splits(records)
         manifest = self._manifest_path(root)
         manifest.parent.mkdir(parents=True, exist_ok=True)
@@ -958,8 +996,8 @@ class _DetectionManifestSource(Source):
             "labels": tf.RaggedTensor.from_row_lengths(labels, lengths)})
 
         def decode(x):
-            image = tf.io.decode_image(tf.io.read_file(x["path"]), channels=channels, expand_animations=False)
-            return {"image": image, "boxes": tf.reshape(x["boxes"], (-1, 4)), "labels": tf.reshape(x["labels"], (-1,))}
+            return {"image": decode_image_file(x["path"], channels), "boxes": tf.reshape(x["boxes"], (-1, 4)),
+                    "labels": tf.reshape(x["labels"], (-1,))}
 
         return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
@@ -1030,6 +1068,8 @@ class VocSource(_DetectionManifestSource):
         ``objects`` [{``name``, ``difficult``, ``box`` (xyxy pixels) or ``error``}].
         Raises DataError when the file is not VOC XML."""
         try:
+            if path.stat().st_size == 0:
+                raise DataError("empty file (0 bytes): not VOC XML; remove it or write its <annotation>")
             tree = ET.parse(path)
         except (ET.ParseError, OSError) as exc:
             raise DataError(f"not valid XML: {exc}") from exc
@@ -1041,13 +1081,16 @@ class VocSource(_DetectionManifestSource):
             text = node.findtext(tag)
             if text is None or not text.strip():
                 raise ValueError(f"no <{tag}>")
-            return float(text)
+            try:
+                return float(text)
+            except ValueError:
+                raise ValueError(f"<{tag}> {text.strip()!r} is not a number") from None
 
         size = ann.find("size")
         try:
             width, height = (int(number(size, "width")), int(number(size, "height"))) if size is not None \
                 else (None, None)
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:
             raise DataError(f"bad <size>: {exc}") from exc
         objects = []
         for k, obj in enumerate(ann.findall("object")):
@@ -1159,63 +1202,116 @@ class CocoSource(_DetectionManifestSource):
 
     def prepare(self) -> DatasetSpec:
         path = self._json_path()
+        if path.stat().st_size == 0:
+            raise DataError(f"{path}: empty file (0 bytes): give a COCO instances JSON")
         try:
             coco = json.loads(path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
             raise DataError(f"{path}: not valid JSON ({exc})") from exc
+        if not isinstance(coco, dict):
+            raise DataError(f"{path}: not a COCO instances file (the top level is a {type(coco).__name__}, not an "
+                            "object with images, annotations and categories lists)")
         missing = [k for k in ("images", "annotations", "categories") if not isinstance(coco.get(k), list)]
         if missing:
             raise DataError(f"{path}: not a COCO instances file (no {', '.join(missing)} list)")
         image_dir = Path(self.data.image_dir).expanduser() if self.data.image_dir else path.parent
-        categories = sorted(coco["categories"], key=lambda c: c["id"])
-        if not categories:
-            raise DataError(f"{path}: the categories list is empty")
+        categories = self._categories(path, coco["categories"])
         index = {c["id"]: i for i, c in enumerate(categories)}
         class_names = [str(c["name"]) for c in categories]
-        skipped, images = [], {}
-        for im in coco["images"]:
-            file = image_dir / str(im.get("file_name", ""))
+        skipped, images, known_images = [], {}, set()
+        for k, im in enumerate(coco["images"]):
+            im_id = im.get("id") if isinstance(im, dict) else None
+            where = f"images[{k}]" + (f" (id {im_id})" if _is_id(im_id) else "")
+            problem = None
+            if not isinstance(im, dict):
+                problem = f"is a {type(im).__name__}, not an object with id and file_name"
+            elif not _is_id(im_id):
+                problem = f"id {im_id!r} is not an integer or string"
+            elif im_id in known_images:
+                problem = f"id {im_id} appears again (the first one is kept)"
+            elif not isinstance(im.get("file_name"), str) or not im["file_name"].strip():
+                problem = f"file_name {im.get('file_name')!r} is not a file name"
+            if problem:
+                skipped.append({"file": str(path), "reason": f"{where}: {problem}"})
+                continue
+            known_images.add(im_id)
+            file = image_dir / im["file_name"]
             size, reason = _image_size(file)
             if reason:
-                skipped.append({"file": str(file), "reason": f"{reason} (image id {im.get('id')})"})
+                skipped.append({"file": str(file), "reason": f"{reason} (image id {im_id})"})
                 continue
             declared = (im.get("width"), im.get("height"))
-            if all(declared) and tuple(int(v) for v in declared) != size:
-                skipped.append({"file": str(file), "reason": f"{path.name} says {declared[0]}x{declared[1]}, "
-                                f"the image is {size[0]}x{size[1]} (image id {im['id']})"})
+            if all(v is not None for v in declared):
+                if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                           for v in declared):
+                    skipped.append({"file": str(path), "reason": f"{where}: width {declared[0]!r} and height "
+                                    f"{declared[1]!r} are not numbers"})
+                    continue
+                if tuple(int(v) for v in declared) != size:
+                    skipped.append({"file": str(file), "reason": f"{path.name} says {declared[0]}x{declared[1]}, "
+                                    f"the image is {size[0]}x{size[1]} (image id {im_id})"})
+                    continue
+            images[im_id] = {"path": str(file.resolve()), "width": size[0], "height": size[1],
+                             "boxes": [], "labels": [], "crowd": 0}
+        for k, ann in enumerate(coco["annotations"]):
+            if not isinstance(ann, dict):
+                skipped.append({"file": str(path), "reason": f"annotations[{k}] is a {type(ann).__name__}, not an "
+                                "object with image_id, category_id and bbox"})
                 continue
-            images[im["id"]] = {"path": str(file.resolve()), "width": size[0], "height": size[1],
-                                "boxes": [], "labels": [], "crowd": 0}
-        known_images = {im.get("id") for im in coco["images"]}
-        for ann in coco["annotations"]:
-            where = f"annotation {ann.get('id')}"
-            rec = images.get(ann.get("image_id"))
+            where = f"annotation {ann.get('id')}" if _is_id(ann.get("id")) else f"annotations[{k}]"
+            image_id = ann.get("image_id")
+            rec = images.get(image_id) if _is_id(image_id) else None
             if rec is None:
-                if ann.get("image_id") not in known_images:
-                    skipped.append({"file": str(path), "reason": f"{where}: image_id {ann.get('image_id')} "
+                if not _is_id(image_id) or image_id not in known_images:
+                    skipped.append({"file": str(path), "reason": f"{where}: image_id {image_id!r} "
                                     "is not in images"})
                 continue  # its image was skipped already, and named
             if ann.get("iscrowd"):
                 rec["crowd"] += 1
                 continue
-            if ann.get("category_id") not in index:
-                skipped.append({"file": str(path), "reason": f"{where}: category_id {ann.get('category_id')} "
-                                "is not in categories"})
+            category = ann.get("category_id")
+            if not _is_id(category) or category not in index:
+                skipped.append({"file": str(path), "reason": f"{where}: category_id {category!r} "
+                                f"is not in categories (ids {', '.join(str(c) for c in index)})"})
                 continue
             bbox = ann.get("bbox")
-            if not isinstance(bbox, list) or len(bbox) != 4:
-                skipped.append({"file": str(path), "reason": f"{where}: bbox {bbox!r} is not [x, y, w, h]"})
+            if not isinstance(bbox, list) or len(bbox) != 4 or \
+                    not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
+                skipped.append({"file": str(path), "reason": f"{where}: bbox {bbox!r} is not [x, y, w, h] numbers"})
                 continue
             box, reason = _clip_box(coco_box_to_xyxy(*bbox), rec["width"], rec["height"])
             if reason:
                 skipped.append({"file": rec["path"], "reason": f"{where}: {reason} (bbox {bbox})"})
                 continue
             rec["boxes"].append(box)
-            rec["labels"].append(index[ann["category_id"]])
+            rec["labels"].append(index[category])
         records = {"train": list(images.values())}  # in the JSON's order
         return self._finish(path, records, class_names, skipped, {"category_ids": [c["id"] for c in categories]},
                             name=path.stem, tally={"crowd_annotations": lambda rec: rec["crowd"]})
 
+    @staticmethod
+    def _categories(path: Path, categories: list) -> list:
+        """The categories sorted by id; a DataError naming the first bad entry (they are the
+        class list, so one bad entry is not skipped)."""
+        if not categories:
+            raise DataError(f"{path}: the categories list is empty")
+        seen = set()
+        for k, c in enumerate(categories):
+            if not isinstance(c, dict):
+                raise DataError(f"{path}: categories[{k}] is a {type(c).__name__}, not an object with id and name")
+            if not isinstance(c.get("id"), int) or isinstance(c.get("id"), bool):
+                raise DataError(f"{path}: categories[{k}] has id {c.get('id')!r}: category ids are integers")
+            if c["id"] in seen:
+                raise DataError(f"{path}: categories[{k}]: id {c['id']} appears twice")
+            if not isinstance(c.get("name"), str) or not c["name"].strip():
+                raise DataError(f"{path}: categories[{k}] (id {c['id']}) has no name")
+            seen.add(c["id"])
+        return sorted(categories, key=lambda c: c["id"])
+
+
+def _is_id(value) -> bool:
+    """A COCO id: an integer (or a string, as some exporters write them), never a bool or list."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
 
 SOURCES = {s.name: s for s in (ShapesSource, FolderSource, FashionMnistSource, TfdsSource,
                                  DigitsSource, OpenCvDigitsSource, VocSource, CocoSource)}

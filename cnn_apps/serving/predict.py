@@ -354,11 +354,11 @@ class ExportPredictor(Predictor):
 def _set_tracking(uri: str | None) -> str:
     from cnn_apps import tracking
 
-    mlflow = tracking._mlflow()
+    tracking._mlflow()  # quiet MLflow set-up
     uri = uri or tracking.tracking_uri(None)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise TrackingError(f"no MLflow store at {uri}; pass --tracking-uri (or set MLFLOW_TRACKING_URI)")
-    mlflow.set_tracking_uri(uri)
+    tracking.set_tracking_uri(uri)
     return uri
 
 

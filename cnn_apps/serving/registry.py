@@ -28,8 +28,10 @@ MAIN_METRIC = {"classification": "test_accuracy", "pretext": "test_accuracy", "d
 def _client(tracking_uri: str | None = None):
     import mlflow
 
+    from cnn_apps import tracking
+
     if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
+        tracking.set_tracking_uri(tracking_uri)
     return mlflow.MlflowClient()
 
 

@@ -10,6 +10,11 @@ totals them, ``images_without_objects_<split>`` counts images with no box, and t
 per-split tallies a source keeps of objects left out of the targets (``difficult_boxes``,
 ``crowd_annotations``, ``left_out_boxes``) become ``<tally>_<split>``. The sample grid
 draws the boxes with their class names.
+
+Bad records (unreadable images, bad boxes, bad masks, broken annotations) are skipped and
+counted by default. With ``data.skip_bad_records: false`` a dataset with any bad record
+fails instead: the run still logs ``skipped_records`` and ``skipped_records.csv``, then
+ends FAILED with a :class:`~cnn_apps.errors.DataError` naming the first few.
 """
 
 from __future__ import annotations
@@ -53,6 +58,13 @@ def prepare(config: Config) -> StageResult:
             w.writeheader()
             w.writerows(spec.skipped)
             mlflow.log_text(buf.getvalue(), "skipped_records.csv")
+            if not config.data.skip_bad_records:
+                from cnn_apps.data.sources import skipped_summary
+                from cnn_apps.errors import DataError
+
+                raise DataError(f"data.skip_bad_records is false and {dataset_label(spec)} has bad records"
+                                f"{skipped_summary(spec.skipped)} (all in skipped_records.csv of run "
+                                f"{run.info.run_id}); fix or remove them, or set data.skip_bad_records=true")
         tracking.log_figure(plots.class_balance(spec.class_counts, f"{dataset_label(spec)}: per class"),
                             "class_balance.png")
         images, titles, boxes, labels = _samples(source, spec, n=32)

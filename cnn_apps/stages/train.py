@@ -16,18 +16,23 @@ from cnn_apps.stages.common import (StageResult, check_task, dataset_label, inpu
 
 
 def train(config: Config, from_run: str | None = None, *, nested: bool = False, tags: dict | None = None,
-          run_name: str | None = None, train_limit: int | None = None) -> StageResult:
+          run_name: str | None = None, train_limit: int | None = None, resume: str | None = None) -> StageResult:
     """Train on the data of prepare run ``from_run`` (prepared first when None).
 
     ``nested``/``tags``/``run_name`` serve the studies (a child run per setting);
-    ``train_limit`` trains on the first N training examples only (learning curves)."""
+    ``train_limit`` trains on the first N training examples only (learning curves);
+    ``resume``: a train run that was killed, continued from its last epoch's backup
+    (:mod:`cnn_apps.training.resume`; ``config`` should be that run's)."""
     import keras
     import mlflow
 
     from cnn_apps.classification import classifier_from_config
+    from cnn_apps.training import resume as backups
     from cnn_apps.training.fit import fit_and_log
 
     check_task(config, ("classification", "pretext", "detection", "segmentation"))
+    if resume:
+        from_run = _resumable(config, resume)
     if from_run is None:
         from cnn_apps.stages.prepare import prepare
 
@@ -47,16 +52,16 @@ def train(config: Config, from_run: str | None = None, *, nested: bool = False, 
         from cnn_apps.stages.detection import train_detector
         from cnn_apps.stages.region_detectors import is_region_detector, train_region_detector
 
-        if train_limit:
-            raise ConfigError("train_limit is not supported for detection")
+        if train_limit or resume:
+            raise ConfigError("train_limit and --resume are supported for classification only")
         if is_region_detector(config.model.architecture):  # R-CNN, SPP-net: proposals and SVMs outside TF
             return train_region_detector(config, spec, from_run, nested=nested, tags=tags, run_name=run_name)
         return train_detector(config, spec, from_run, nested=nested, tags=tags, run_name=run_name)
     if config.task == "segmentation":
         from cnn_apps.stages.segmentation import train_segmenter
 
-        if train_limit:
-            raise ConfigError("train_limit is not supported for segmentation")
+        if train_limit or resume:
+            raise ConfigError("train_limit and --resume are supported for classification only")
         return train_segmenter(config, spec, from_run, nested=nested, tags=tags, run_name=run_name)
 
     keras.utils.set_random_seed(config.training.seed)
@@ -71,19 +76,39 @@ def train(config: Config, from_run: str | None = None, *, nested: bool = False, 
 
     with tracking.stage_run(config, "train", model=backbone, dataset=dataset_label(spec),
                             source_run=from_run, fingerprint=spec.fingerprint, nested=nested,
-                            tags=tags, run_name=run_name) as run:
+                            tags=tags, run_name=run_name, resume_run=resume) as run:
+        backup_dir = backups.backup_dir_for(config.training.checkpoint_dir, run.info.run_id)
+        mlflow.set_tag("backup_dir", str(backup_dir))
         mlflow.log_text(spec.to_json(), tracking.DATASET_ARTIFACT)
         mlflow.log_metrics({"params_total": model.count_params(), "params_trainable": _trainable(model),
                             "train_examples": num_train})
         summary = fit_and_log(model, train_ds, val_ds, config.training, num_train=num_train,
                               train_eval_ds=train_eval_ds, diagnosis=config.diagnosis,
-                              title=f"train: {backbone} on {dataset_label(spec)}")
+                              title=f"train: {backbone} on {dataset_label(spec)}", backup_dir=backup_dir)
         sample = next(iter(val_ds))[0][:2].numpy()
         tracking.log_keras_model(model, sample)
+        backups.remove_backup(backup_dir)
         return StageResult(run.info.run_id, "train", {
             "val_accuracy": round(summary["best_val_accuracy"], 4),
             "epochs": summary["epochs_trained"], "seconds": round(summary["train_seconds"], 1),
             "diagnosis": summary["diagnosis"].verdict}, extra={"summary": summary})
+
+
+def _resumable(config: Config, run_id: str) -> str:
+    """The prepare run of killed train run ``run_id``, after checking it can be resumed."""
+    from cnn_apps.errors import TrackingError
+    from cnn_apps.training import resume as backups
+
+    tracking.setup(config)
+    run = tracking.get_run(run_id, expect_stage=("train",))
+    if run.info.status == "FINISHED":
+        raise TrackingError(f"train run {run_id} finished; there is nothing to resume")
+    backup = run.data.tags.get("backup_dir")
+    if not backups.has_backup(backup):
+        raise TrackingError(f"train run {run_id} has no epoch backup to resume from (looked in "
+                            f"{backup or 'its backup_dir tag, which is missing'}); it stopped before its first "
+                            "epoch ended, or ran elsewhere: train again")
+    return run.data.tags["source_run"]
 
 
 def _trainable(model) -> int:

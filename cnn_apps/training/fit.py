@@ -6,6 +6,7 @@ Used by ``train``, ``finetune`` and the studies; the MLflow run must be active.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -15,6 +16,7 @@ import keras
 
 from cnn_apps import tracking
 from cnn_apps.config import DiagnosisConfig, TrainingConfig
+from cnn_apps.training import resume
 from cnn_apps.training.callbacks import FailOnNaN, InferenceErrorLogger, MlflowEpochLogger
 from cnn_apps.training.optim import build_optimizer, schedule_callbacks
 
@@ -29,10 +31,12 @@ def compile_classifier(model, cfg: TrainingConfig, steps_per_epoch: int,
 def fit_and_log(model, train_ds, val_ds, cfg: TrainingConfig, *, num_train: int,
                 train_eval_ds=None, diagnosis: DiagnosisConfig | None = None,
                 epochs: int | None = None, learning_rate: float | None = None,
-                initial_epoch: int = 0, prefix: str = "", title: str = "") -> dict:
+                initial_epoch: int = 0, prefix: str = "", title: str = "", backup_dir=None) -> dict:
     """Fit ``model`` with the stage conventions; log per-epoch metrics, curves and diagnosis.
 
     ``initial_epoch`` numbers the epochs of a later phase after the earlier ones.
+    ``backup_dir``: back up every epoch there and resume from what it holds
+    (:mod:`cnn_apps.training.resume`); the best weights are kept there too.
     ``train_eval_ds``: the training split without shuffling or augmentation, for the
     inference-mode training error (a slice of it every epoch, all of it at the end).
     Returns a summary: epochs run, best epoch, early-stopping epoch, seconds, images/s,
@@ -53,11 +57,11 @@ def fit_and_log(model, train_ds, val_ds, cfg: TrainingConfig, *, num_train: int,
         per_epoch_eval = train_eval_ds.take(max(1, math.ceil(diagnosis.train_eval_examples / cfg.batch_size)))
     errors = InferenceErrorLogger(per_epoch_eval)
     stopper = None
-    with tempfile.TemporaryDirectory(prefix="cnn-apps-ckpt-") as tmp:
-        ckpt = os.path.join(tmp, "best.weights.h5")
+    with contextlib.ExitStack() as stack:
+        folder = backup_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="cnn-apps-ckpt-"))
+        os.makedirs(folder, exist_ok=True)
+        ckpt = os.path.join(folder, resume.BEST)
         callbacks = [
-            keras.callbacks.ModelCheckpoint(ckpt, monitor="val_loss", save_best_only=True,
-                                            save_weights_only=True),
             MlflowEpochLogger(),
             FailOnNaN(),
             errors,
@@ -69,17 +73,26 @@ def fit_and_log(model, train_ds, val_ds, cfg: TrainingConfig, *, num_train: int,
             stopper = keras.callbacks.EarlyStopping(
                 monitor="val_loss", patience=cfg.early_stopping_patience, restore_best_weights=True)
             callbacks.append(stopper)
+        done, backup = 0, None
+        if backup_dir is None:
+            callbacks.insert(0, keras.callbacks.ModelCheckpoint(ckpt, monitor="val_loss", save_best_only=True,
+                                                                save_weights_only=True))
+        else:  # the backup keeps the best weights too; after the stopper, whose on_train_begin it undoes
+            backup = resume.EpochBackup(backup_dir, stopper, errors.series)
+            done = backup.restore(model)
+            callbacks.append(backup)
         start = time.perf_counter()
-        # initial_epoch: a second phase continues the first one's epoch numbers (one curve in MLflow)
+        # initial_epoch: a second phase continues the first one's epoch numbers (one curve in MLflow);
+        # a resumed run starts after the epochs its backup holds
         history = model.fit(train_ds, validation_data=val_ds, epochs=initial_epoch + epochs,
-                            initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False,
+                            initial_epoch=initial_epoch + done, callbacks=callbacks, shuffle=False,
                             verbose=2)  # the pipeline shuffles
         seconds = time.perf_counter() - start
         # Early stopping restores the best weights only when it stops early;
         # the checkpoint makes "best epoch wins" hold either way.
         if os.path.exists(ckpt):
             model.load_weights(ckpt)
-    hist = history.history
+    hist = backup.history if backup is not None else history.history  # a resumed run's whole history
     val_losses = hist.get("val_loss", [])
     best_epoch = initial_epoch + (int(min(range(len(val_losses)), key=val_losses.__getitem__))
                                   if val_losses else len(hist["loss"]) - 1)
@@ -89,7 +102,8 @@ def fit_and_log(model, train_ds, val_ds, cfg: TrainingConfig, *, num_train: int,
         "best_epoch": best_epoch,
         "early_stopping_epoch": int(stopper.stopped_epoch) if stopper and stopper.stopped_epoch else -1,
         "train_seconds": seconds,
-        "train_images_per_s": num_train * len(hist["loss"]) / seconds,
+        # this process's epochs only (a resumed run's earlier ones ran elsewhere)
+        "train_images_per_s": num_train * len(history.history.get("loss", [])) / max(seconds, 1e-9),
         "best_val_loss": float(val_loss),
         "best_val_accuracy": float(val_accuracy),
     }

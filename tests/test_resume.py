@@ -1,0 +1,105 @@
+"""``cnn-apps train --resume``: a training process killed with SIGKILL mid-training is resumed
+in the same MLflow run from its last backed-up epoch, and runs to the end."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import numpy as np
+import pytest
+from conftest import set_args, tiny_overrides
+
+from cnn_apps.cli import main
+
+pytestmark = pytest.mark.slow
+EPOCHS = 4
+_RESULTS = {}  # the first test's runs, for the exact-equality check
+
+
+def _overrides(tmp_path):
+    return set_args(tiny_overrides(tmp_path, **{"training.epochs": EPOCHS, "data.train_size": 192,
+                                                "training.checkpoint_dir": str(tmp_path / "checkpoints")}))
+
+
+def _run_id(out: str) -> str:
+    return out.strip().splitlines()[-1].split()[1]
+
+
+def _client(tmp_path):
+    return mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+
+
+def test_a_killed_training_resumes_in_the_same_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    for folder in (reference, killed):
+        folder.mkdir()
+    monkeypatch.chdir(reference)
+    assert main(["train", *_overrides(reference)]) == 0
+    expected = _client(reference).get_run(_run_id(capsys.readouterr().out))
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen([sys.executable, "-m", "cnn_apps.cli", "train", *_overrides(killed)], cwd=killed,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run_id, deadline = None, time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:  # kill it once its first epoch is backed up (files only:
+            time.sleep(0.5)                 # opening its SQLite store meanwhile would race its set-up)
+            assert proc.poll() is None, proc.stdout.read()
+            if backups := list((killed / "checkpoints").glob("*/progress.json")):
+                run_id = backups[0].parent.name
+                break
+        else:
+            pytest.fail("the first epoch did not finish within 300 s")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    client = _client(killed)
+    epochs_done = len(client.get_metric_history(run_id, "val_loss"))
+    assert 1 <= epochs_done < EPOCHS and client.get_run(run_id).info.status == "RUNNING"
+
+    monkeypatch.chdir(killed)
+    assert main(["train", "--resume", run_id, *_overrides(killed)]) == 0
+    assert _run_id(capsys.readouterr().out) == run_id  # the same MLflow run, continued
+    resumed = client.get_run(run_id)
+    assert resumed.info.status == "FINISHED" and resumed.data.tags["resumed"] == "1"
+    assert not (killed / "checkpoints" / run_id).exists()  # the backup goes once the run is done
+
+    history = client.get_metric_history(run_id, "val_loss")
+    # one value per epoch (an epoch logged just before the kill but not yet backed up is logged twice, alike)
+    got = {m.step: m.value for m in history}
+    want = {m.step: m.value for m in _client(reference).get_metric_history(expected.info.run_id, "val_loss")}
+    assert sorted(got) == list(range(EPOCHS))
+    # the epochs before the kill are the uninterrupted run's, to the bit: same seed, same data, same state
+    np.testing.assert_array_equal([got[e] for e in range(epochs_done)], [want[e] for e in range(epochs_done)])
+    assert set(resumed.data.metrics) >= {"best_val_loss", "best_val_accuracy", "best_epoch", "final_train_error"}
+    assert 0 <= resumed.data.metrics["best_epoch"] < EPOCHS
+    _RESULTS["resumed"], _RESULTS["uninterrupted"] = (got, resumed.data.metrics), (want, expected.data.metrics)
+
+
+@pytest.mark.xfail(strict=True, reason="after a resume the input pipeline's shuffle and augmentation seeds are not "
+                   "yet those the uninterrupted run used at that epoch (Keras' fit iterates its own copy of the "
+                   "dataset, so advancing ours does not carry over); the weights, optimizer, Dropout generators and "
+                   "history are restored exactly")
+def test_a_resumed_run_ends_with_the_uninterrupted_metrics():
+    if not _RESULTS:
+        pytest.skip("needs test_a_killed_training_resumes_to_the_uninterrupted_result first")
+    (got, metrics), (want, expected) = _RESULTS["resumed"], _RESULTS["uninterrupted"]
+    np.testing.assert_allclose([got[e] for e in range(EPOCHS)], [want[e] for e in range(EPOCHS)], rtol=1e-4)
+    for key in ("best_val_loss", "best_val_accuracy", "best_epoch", "final_train_error"):
+        assert metrics[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6), key
+
+
+def test_resume_refuses_a_finished_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    sets = set_args(tiny_overrides(tmp_path, **{"training.epochs": 1}))
+    assert main(["train", *sets]) == 0
+    run_id = _run_id(capsys.readouterr().out)
+    assert main(["train", "--resume", run_id, *sets]) == 2
+    assert f"train run {run_id} finished; there is nothing to resume" in capsys.readouterr().err
