@@ -171,6 +171,10 @@ def list_models() -> None:
 def main(argv: list[str] | None = None) -> int:
     _quiet_tensorflow()
     args = build_parser().parse_args(argv)
+    if os.environ.get("CNN_APPS_CPU_REPLICAS"):  # before TensorFlow starts (training.distribution on a CPU)
+        from cnn_apps.training.distribute import split_cpu
+
+        split_cpu()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("tensorflow", "h5py", "matplotlib", "alembic", "mlflow.store.db.utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

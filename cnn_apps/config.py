@@ -159,6 +159,11 @@ class TrainingConfig:
     seed: int = 0
     # a backup every epoch under <checkpoint_dir>/<run_id>/, for `cnn-apps train --resume RUN_ID`
     checkpoint_dir: str = "checkpoints"
+    # where and how training runs (cnn_apps/training/distribute.py): batch_size is the global batch
+    distribution: str = _choice("none", ("none", "mirrored", "multi_worker"))
+    lr_scaling: str = _choice("none", ("none", "linear"))  # linear: learning_rate x replicas
+    mixed_precision: str = _choice("none", ("none", "mixed_float16", "mixed_bfloat16"))
+    jit_compile: Optional[bool] = None  # None: Keras' "auto"; XLA was slower on the 2-core CPU
 
 
 @dataclass

@@ -27,6 +27,7 @@ def train(config: Config, from_run: str | None = None, *, nested: bool = False, 
     import mlflow
 
     from cnn_apps.classification import classifier_from_config
+    from cnn_apps.training import distribute
     from cnn_apps.training import resume as backups
     from cnn_apps.training.fit import fit_and_log
 
@@ -48,6 +49,10 @@ def train(config: Config, from_run: str | None = None, *, nested: bool = False, 
                     "section differs (fingerprint %s) and only its image_size is used",
                     from_run, spec.fingerprint, config.data_fingerprint())
 
+    if config.task != "classification" and (config.training.distribution != "none"
+                                            or config.training.mixed_precision != "none"):
+        raise ConfigError("training.distribution and training.mixed_precision are supported for "
+                          f"classification only so far (task is {config.task})")
     if config.task == "detection":
         from cnn_apps.stages.detection import train_detector
         from cnn_apps.stages.region_detectors import is_region_detector, train_region_detector
@@ -71,12 +76,16 @@ def train(config: Config, from_run: str | None = None, *, nested: bool = False, 
     train_ds = split_dataset(spec, config, "train", training=True, limit=train_limit)
     train_eval_ds = split_dataset(spec, config, "train", training=False, limit=train_limit)
     val_ds = split_dataset(spec, config, "validation", training=False)
-    model = classifier_from_config(config, len(class_names), input_shape(spec, config), class_names)
     backbone = config.model.backbone
 
-    with tracking.stage_run(config, "train", model=backbone, dataset=dataset_label(spec),
-                            source_run=from_run, fingerprint=spec.fingerprint, nested=nested,
-                            tags=tags, run_name=run_name, resume_run=resume) as run:
+    with distribute.training_scope(config.training) as strategy, tracking.stage_run(
+            config, "train", model=backbone, dataset=dataset_label(spec), source_run=from_run,
+            fingerprint=spec.fingerprint, nested=nested, tags=tags, run_name=run_name, resume_run=resume) as run:
+        model = classifier_from_config(config, len(class_names), input_shape(spec, config), class_names)
+        if strategy.num_replicas_in_sync > 1:  # one step on R replicas = one step on the global batch
+            distribute.synchronize_batch_norm(model)
+        mlflow.log_metric("replicas", strategy.num_replicas_in_sync)
+        mlflow.set_tag("dtype_policy", model.dtype_policy.name)  # the saved model reloads in float32
         backup_dir = backups.backup_dir_for(config.training.checkpoint_dir, run.info.run_id)
         mlflow.set_tag("backup_dir", str(backup_dir))
         mlflow.log_text(spec.to_json(), tracking.DATASET_ARTIFACT)

@@ -103,7 +103,9 @@ def classification_error(model, dataset) -> float:
 
     wrong = total = 0
     for x, y in dataset:
-        pred = np.asarray(model.predict_on_batch(x)).argmax(axis=-1)
+        # a direct call, not predict_on_batch: under a MirroredStrategy that would run the whole
+        # batch on every replica and concatenate the answers
+        pred = np.asarray(model(x, training=False)).argmax(axis=-1)
         y = np.asarray(y)
         wrong += int((pred != y).sum())
         total += int(y.size)

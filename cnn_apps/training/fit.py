@@ -23,9 +23,13 @@ from cnn_apps.training.optim import build_optimizer, schedule_callbacks
 
 def compile_classifier(model, cfg: TrainingConfig, steps_per_epoch: int,
                        learning_rate: float | None = None, epochs: int | None = None) -> None:
+    from cnn_apps.training.distribute import scaled_learning_rate
+
+    learning_rate = scaled_learning_rate(cfg, cfg.learning_rate if learning_rate is None else learning_rate)
     model.compile(optimizer=build_optimizer(cfg, steps_per_epoch, learning_rate, epochs),
                   loss=keras.losses.SparseCategoricalCrossentropy(),
-                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                  jit_compile="auto" if cfg.jit_compile is None else cfg.jit_compile)
 
 
 def fit_and_log(model, train_ds, val_ds, cfg: TrainingConfig, *, num_train: int,

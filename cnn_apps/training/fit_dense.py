@@ -33,7 +33,8 @@ def fit_dense(model, train_ds, val_ds, cfg: TrainingConfig, *, num_train: int, t
     from cnn_apps import plots
 
     steps = max(1, math.ceil(num_train / cfg.batch_size))
-    model.compile(optimizer=build_optimizer(cfg, steps), loss=loss, metrics=metrics)
+    model.compile(optimizer=build_optimizer(cfg, steps), loss=loss, metrics=metrics,
+                  jit_compile="auto" if cfg.jit_compile is None else cfg.jit_compile)
     stopper = None
     with tempfile.TemporaryDirectory(prefix="cnn-apps-ckpt-") as tmp:
         ckpt = os.path.join(tmp, "best.weights.h5")

@@ -1,0 +1,119 @@
+"""training.distribution and training.mixed_precision: MirroredStrategy over two logical CPU
+devices trains a tiny classifier to the single-device result (the global batch split in two,
+batch norm synchronized); mixed precision trains with float32 variables and a float32 head;
+multi_worker is refused with the reason."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+from conftest import set_args, tiny_overrides
+
+from cnn_apps.cli import main
+from cnn_apps.config import load_config
+from cnn_apps.errors import ConfigError
+from cnn_apps.training import distribute
+
+pytestmark = pytest.mark.slow
+
+
+def _train(tmp_path, env_extra, **overrides):
+    """`cnn-apps train` in a fresh process (logical CPU devices are fixed at TensorFlow's start)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    sets = set_args(tiny_overrides(tmp_path, **{"training.epochs": 2, "regularization.dropout": 0.0,
+                                                **overrides}))
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    out = subprocess.run([sys.executable, "-m", "cnn_apps.cli", "train", *sets], cwd=tmp_path, capture_output=True,
+                         text=True, env={**env, **env_extra}, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    run_id = out.stdout.strip().splitlines()[-1].split()[1]
+    return mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}").get_run(run_id)
+
+
+SAME_STEPS = """
+import json, sys
+import numpy as np, tensorflow as tf, keras
+from cnn_apps.classification import ImageClassifier
+from cnn_apps.config import TrainingConfig
+from cnn_apps.training import distribute
+from cnn_apps.training.fit import compile_classifier
+
+distribute.split_cpu(2)
+rng = np.random.default_rng(0)
+x = rng.integers(0, 256, (64, 32, 32, 3)).astype("float32")
+y = rng.integers(0, 3, 64)
+out = {}
+for name in ("none", "mirrored"):
+    cfg = TrainingConfig(distribution=name, optimizer="sgd", learning_rate=0.05, lr_schedule="constant")
+    keras.utils.set_random_seed(0)
+    with distribute.training_scope(cfg) as strategy:
+        model = ImageClassifier(3, (32, 32, 3), dropout=0.0,  # each replica draws its own Dropout masks
+                                backbone_args={"stage_filters": (8, 16), "blocks_per_stage": (1, 1)})
+        distribute.synchronize_batch_norm(model)
+        compile_classifier(model, cfg, steps_per_epoch=4)
+        data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)  # global batch 16: 8 per replica
+        history = model.fit(data, epochs=2, verbose=0)
+    out[name] = {"replicas": strategy.num_replicas_in_sync, "loss": history.history["loss"],
+                 "weights": float(sum(np.abs(w).sum() for w in model.get_weights()))}
+json.dump(out, sys.stdout)
+"""
+
+
+def test_mirrored_over_two_cpu_replicas_takes_the_single_device_steps():
+    """The same data in the same order: two replicas with half the global batch each (and
+    synchronized batch norm) make the steps one device makes on the whole batch."""
+    import json
+
+    env = {k: v for k, v in os.environ.items() if k != "CNN_APPS_CPU_REPLICAS"}
+    done = subprocess.run([sys.executable, "-c", SAME_STEPS], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["none"]["replicas"] == 1 and out["mirrored"]["replicas"] == 2
+    np.testing.assert_allclose(out["mirrored"]["loss"], out["none"]["loss"], rtol=1e-4)
+    assert out["mirrored"]["weights"] == pytest.approx(out["none"]["weights"], rel=1e-4)
+
+
+def test_mirrored_through_the_cli(tmp_path):
+    """`training.distribution: mirrored` end to end; the pipeline's shuffle and augmentation draw
+    other seeds in a strategy's copy of the dataset, so the result is close, not equal."""
+    single = _train(tmp_path / "one", {})
+    mirrored = _train(tmp_path / "two", {"CNN_APPS_CPU_REPLICAS": "2"}, **{"training.distribution": "mirrored"})
+    assert single.data.metrics["replicas"] == 1 and mirrored.data.metrics["replicas"] == 2
+    assert mirrored.data.params["training.distribution"] == "mirrored"
+    for key in ("best_val_loss", "final_train_error"):
+        assert mirrored.data.metrics[key] == pytest.approx(single.data.metrics[key], rel=0.1, abs=0.05), key
+
+
+def test_mixed_precision_trains_with_float32_variables_and_head(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    sets = set_args(tiny_overrides(tmp_path, **{"training.epochs": 1, "training.mixed_precision": "mixed_bfloat16"}))
+    assert main(["train", *sets]) == 0
+    run_id = capsys.readouterr().out.strip().splitlines()[-1].split()[1]
+    assert keras.config.dtype_policy().name == "float32"  # restored after the stage
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    from cnn_apps import tracking
+
+    run = mlflow.MlflowClient().get_run(run_id)
+    assert run.data.tags["dtype_policy"] == "mixed_bfloat16"  # trained in bfloat16
+    model = tracking.load_keras_model(run_id)  # float32 variables: it reloads as a float32 model
+    conv = next(layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.Conv2D))
+    assert conv.kernel.dtype == "float32"
+    probabilities = model.predict(np.zeros((2, 32, 32, 3), np.float32), verbose=0)
+    assert probabilities.dtype == np.float32 and np.allclose(probabilities.sum(-1), 1, atol=1e-3)
+    assert np.isfinite(run.data.metrics["best_val_loss"])
+
+
+def test_multi_worker_is_refused_with_the_reason(tmp_path):
+    config = load_config(None, tiny_overrides(tmp_path, **{"training.distribution": "multi_worker"}))
+    with pytest.raises(ConfigError, match="keras-team/keras#20585"):
+        distribute.strategy_for(config.training)
+
+
+def test_linear_lr_scaling_multiplies_by_the_replicas(tmp_path):
+    config = load_config(None, tiny_overrides(tmp_path, **{"training.lr_scaling": "linear"}))
+    assert distribute.scaled_learning_rate(config.training, 0.01) == 0.01  # one replica outside a strategy
