@@ -41,6 +41,8 @@ def _quiet_tensorflow() -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cnn-apps", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--unsafe-load", dest="unsafe_load", action="store_true",
+                        help="let .keras models run code they carry (Lambda layers); only for files you trust")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     helps = {
         "prepare": "build/scan a dataset and record it",
@@ -171,6 +173,8 @@ def list_models() -> None:
 def main(argv: list[str] | None = None) -> int:
     _quiet_tensorflow()
     args = build_parser().parse_args(argv)
+    if args.unsafe_load:  # read where models are loaded (cnn_apps.tracking.unsafe_load)
+        os.environ["CNN_APPS_UNSAFE_LOAD"] = "1"
     if os.environ.get("CNN_APPS_CPU_REPLICAS"):  # before TensorFlow starts (training.distribution on a CPU)
         from cnn_apps.training.distribute import split_cpu
 

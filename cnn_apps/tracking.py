@@ -283,9 +283,38 @@ def load_keras_model(uri_or_run: str):
 
     uri = uri_or_run if ":/" in uri_or_run else model_uri(uri_or_run)
     try:
-        return mlflow.tensorflow.load_model(uri)
+        return mlflow.tensorflow.load_model(uri, keras_model_kwargs={"safe_mode": not unsafe_load()})
     except Exception as exc:
+        _raise_if_unsafe(exc, uri)
         raise TrackingError(f"cannot load a Keras model from {uri}: {str(exc).splitlines()[0]}") from exc
+
+
+UNSAFE_LOAD_ENV = "CNN_APPS_UNSAFE_LOAD"  # set by `cnn-apps --unsafe-load`
+
+
+def unsafe_load() -> bool:
+    """Whether ``.keras`` files may run code they carry (Lambda layers): only when the user said
+    so (``cnn-apps --unsafe-load`` or ``CNN_APPS_UNSAFE_LOAD=1``); Keras' safe mode otherwise."""
+    return os.environ.get(UNSAFE_LOAD_ENV, "") not in ("", "0")
+
+
+def _raise_if_unsafe(exc: Exception, where) -> None:
+    if "safe_mode" in str(exc) or "unsafe" in str(exc).lower():
+        from cnn_apps.errors import ModelError
+
+        raise ModelError(f"{where} holds code (a Lambda layer or a pickled function), which Keras' safe mode "
+                         "will not run; if you trust where it came from, pass --unsafe-load") from exc
+
+
+def load_keras_file(path, **kwargs):
+    """``keras.saving.load_model`` of a file the user named, in safe mode unless :func:`unsafe_load`."""
+    import keras
+
+    try:
+        return keras.saving.load_model(path, safe_mode=not unsafe_load(), **kwargs)
+    except Exception as exc:
+        _raise_if_unsafe(exc, path)
+        raise
 
 
 def log_json(data, path: str) -> None:

@@ -21,7 +21,7 @@ from conftest import set_args, tiny_overrides
 from cnn_apps import tracking
 from cnn_apps.cli import main
 from cnn_apps.config import load_config, mask_secrets
-from cnn_apps.errors import TrainingError
+from cnn_apps.errors import DataError, ModelError, TrainingError
 from cnn_apps.training.callbacks import FailOnNaN
 
 
@@ -124,3 +124,48 @@ def test_sigterm_marks_the_training_run_killed(tmp_path):
     assert proc.returncode == 143, output
     run = client.get_run(run_id)
     assert run.info.status == "KILLED" and run.data.tags["failure_reason"] == "terminated (SIGTERM)"
+
+
+# ---------------------------------------------------------------------- loading models safely
+def _lambda_model(path):
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2.0)(inputs))
+    model.save(path)
+    return model
+
+
+def test_keras_files_with_code_load_only_with_unsafe_load(tmp_path, monkeypatch):
+    path = tmp_path / "lambda.keras"
+    _lambda_model(path)
+    monkeypatch.delenv("CNN_APPS_UNSAFE_LOAD", raising=False)
+    with pytest.raises(ModelError, match="holds code .* pass --unsafe-load"):
+        tracking.load_keras_file(path)
+    monkeypatch.setenv("CNN_APPS_UNSAFE_LOAD", "1")
+    loaded = tracking.load_keras_file(path)
+    np.testing.assert_allclose(loaded.predict(np.ones((1, 3)), verbose=0), 2.0)
+
+
+def test_mlflow_models_with_code_load_only_with_unsafe_load(config, monkeypatch):
+    monkeypatch.delenv("CNN_APPS_UNSAFE_LOAD", raising=False)
+    tracking.setup(config)
+    with mlflow.start_run():
+        uri = tracking.log_keras_model(_lambda_model(config.export.dir + ".keras"), np.ones((2, 3), np.float32))
+    with pytest.raises(ModelError, match="pass --unsafe-load"):
+        tracking.load_keras_model(uri)
+    monkeypatch.setenv("CNN_APPS_UNSAFE_LOAD", "1")
+    assert tracking.load_keras_model(uri).predict(np.ones((1, 3)), verbose=0)[0, 0] == 2.0
+
+
+def test_offline_tfds_fails_in_seconds_naming_the_local_alternative(tmp_path, monkeypatch):
+    from cnn_apps.data import sources
+
+    with socket.socket() as s:  # a closed local port stands in for an unreachable download host
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.delenv("CNN_APPS_OFFLINE", raising=False)
+    monkeypatch.setattr(sources, "_TFDS_HOST", ("127.0.0.1", port))
+    config = load_config(None, tiny_overrides(tmp_path, **{"data.source": "tfds", "data.tfds_name": "cifar10"}))
+    start = time.monotonic()
+    with pytest.raises(DataError, match="offline. Fix: .*data.source=folder"):
+        sources.get_source(config).prepare()
+    assert time.monotonic() - start < 10

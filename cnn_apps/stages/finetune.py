@@ -157,7 +157,6 @@ def _fresh_classifier(config: Config, channels: int, **overrides):
 
 
 def _from_weights_file(config: Config, path: str):
-    import keras
 
     from cnn_apps.classification import ImageClassifier
 
@@ -165,7 +164,7 @@ def _from_weights_file(config: Config, path: str):
         raise ConfigError(f"finetune.weights: no such file {path}")
     channels = config.data.channels or 3
     if path.endswith(".keras"):
-        loaded = keras.saving.load_model(path)
+        loaded = tracking.load_keras_file(path)  # safe mode unless --unsafe-load
         if isinstance(loaded, ImageClassifier):
             return loaded
         model = _fresh_classifier(config, loaded.input_shape[-1])
