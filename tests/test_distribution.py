@@ -78,14 +78,15 @@ def test_mirrored_over_two_cpu_replicas_takes_the_single_device_steps():
 
 
 def test_mirrored_through_the_cli(tmp_path):
-    """`training.distribution: mirrored` end to end; the pipeline's shuffle and augmentation draw
-    other seeds in a strategy's copy of the dataset, so the result is close, not equal."""
+    """`training.distribution: mirrored` end to end: the training stream's shuffle and
+    augmentation seeds are fixed per epoch, so the strategy's copy of the pipeline yields the
+    same batches and two replicas end where one device does."""
     single = _train(tmp_path / "one", {})
     mirrored = _train(tmp_path / "two", {"CNN_APPS_CPU_REPLICAS": "2"}, **{"training.distribution": "mirrored"})
     assert single.data.metrics["replicas"] == 1 and mirrored.data.metrics["replicas"] == 2
     assert mirrored.data.params["training.distribution"] == "mirrored"
-    for key in ("best_val_loss", "final_train_error"):
-        assert mirrored.data.metrics[key] == pytest.approx(single.data.metrics[key], rel=0.1, abs=0.05), key
+    for key in ("best_val_loss", "best_val_accuracy", "final_train_error"):
+        assert mirrored.data.metrics[key] == pytest.approx(single.data.metrics[key], rel=1e-3, abs=1e-4), key
 
 
 def test_mixed_precision_trains_with_float32_variables_and_head(tmp_path, monkeypatch, capsys):

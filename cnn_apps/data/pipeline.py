@@ -258,6 +258,11 @@ def _to_model_inputs(task: str):
     return convert
 
 
+def steps_per_epoch(num_examples: int, batch_size: int, drop_remainder: bool = False) -> int:
+    """Batches in one epoch of ``num_examples``."""
+    return num_examples // batch_size if drop_remainder else -(-num_examples // batch_size)
+
+
 def estimated_bytes(num_examples: int, size: int, channels: int) -> int:
     return num_examples * size * size * channels
 
@@ -265,7 +270,8 @@ def estimated_bytes(num_examples: int, size: int, channels: int) -> int:
 def make_pipeline(ds: tf.data.Dataset, *, task: str, image_size: int, batch_size: int,
                   training: bool, augment: AugmentConfig | None = None, seed: int = 0,
                   num_examples: int | None = None, channels: int = 3, cache: bool = True,
-                  drop_remainder: bool = False, proposals=None) -> tf.data.Dataset:
+                  drop_remainder: bool = False, proposals=None, epochs: tuple[int, int] | None = None
+                  ) -> tf.data.Dataset:
     """Turn a source's split into batches for ``fit`` / ``evaluate`` / ``predict``.
 
     ``training`` switches on shuffling and augmentation. The decoded, resized
@@ -274,6 +280,11 @@ def make_pipeline(ds: tf.data.Dataset, *, task: str, image_size: int, batch_size
     ``proposals`` (detection): (N, P, 4) float32 xyxy pixels at ``image_size`` (-1 rows
     padding), one row block per example of ``ds`` in its order; they join each example
     after the resize and travel with it (see the module docstring).
+    ``epochs`` (training): ``(first, end)`` makes one stream of the epochs first..end-1, each
+    shuffled and augmented with seeds drawn from (``seed``, its epoch number) and batched on its
+    own (feed it to ``fit`` with ``steps_per_epoch`` = :func:`steps_per_epoch`). An epoch's data
+    then depends on its number alone, so a run resumed at epoch k sees what an uninterrupted
+    run saw there. Without it, each new iterator reshuffles (Keras' fit makes one per epoch).
     """
     ds = ds.map(lambda ex: resize_example(ex, image_size), num_parallel_calls=AUTOTUNE)
     if proposals is not None:
@@ -292,19 +303,35 @@ def make_pipeline(ds: tf.data.Dataset, *, task: str, image_size: int, batch_size
     if cache and num_examples is not None and \
             estimated_bytes(num_examples, image_size, channels) <= CACHE_LIMIT_BYTES:
         ds = ds.cache()
-    if training:
-        ds = ds.shuffle(min(num_examples or 10_000, 10_000), seed=seed, reshuffle_each_iteration=True)
+    buffer = min(num_examples or 10_000, 10_000)
+
+    def shuffled(d, epoch_seed, reshuffle):
+        d = d.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=reshuffle)
         if augment is not None and augment.active:
-            seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-            ds = tf.data.Dataset.zip(ds, seeds).map(
+            seeds = tf.data.Dataset.random(seed=epoch_seed, rerandomize_each_iteration=reshuffle).batch(2)
+            d = tf.data.Dataset.zip(d, seeds).map(
                 lambda ex, s: augment_example(ex, augment, s), num_parallel_calls=AUTOTUNE)
-    if task == "detection":
-        padding = {"image": tf.constant(0, tf.uint8), "boxes": -1.0, "labels": tf.constant(-1, tf.int64)}
-        if proposals is not None:
-            padding["proposals"] = -1.0
-        ds = ds.padded_batch(batch_size, padding_values=padding, drop_remainder=drop_remainder)
+        return d
+
+    def batched(d):
+        if task == "detection":
+            padding = {"image": tf.constant(0, tf.uint8), "boxes": -1.0, "labels": tf.constant(-1, tf.int64)}
+            if proposals is not None:
+                padding["proposals"] = -1.0
+            return d.padded_batch(batch_size, padding_values=padding, drop_remainder=drop_remainder)
+        return d.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
+
+    if training and epochs is not None:
+        if num_examples is None:
+            raise ValueError("an epoch stream needs num_examples (the steps of each epoch)")
+        # one dataset per epoch with Python-int seeds (TF's seed handling rejects a seed tensor
+        # once a global seed is set), concatenated; each is iterated once, so no reshuffling
+        parts = [batched(shuffled(ds, seed * 1_000_003 + epoch, False)) for epoch in range(*epochs)]
+        ds = parts[0] if parts else batched(ds.take(0))  # nothing left: a run killed after its last epoch
+        for part in parts[1:]:
+            ds = ds.concatenate(part)
     else:
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
+        ds = batched(shuffled(ds, seed, True) if training else ds)
     ds = ds.map(_to_model_inputs(task), num_parallel_calls=AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = True  # every map above is seeded; order must not depend on timing

@@ -38,12 +38,14 @@ def check_task(config: Config, supported=("classification", "pretext")) -> None:
 
 
 def split_dataset(spec: DatasetSpec, config: Config, split: str, *, training: bool,
-                  batch_size: int | None = None, limit: int | None = None, proposals=None):
+                  batch_size: int | None = None, limit: int | None = None, proposals=None,
+                  epochs: tuple[int, int] | None = None):
     """A batched tf.data pipeline for one split of a prepared dataset (the first ``limit``
     examples only, when given). ``proposals``: a
     :class:`~cnn_apps.data.proposal_cache.ProposalSettings` (detection, Fast R-CNN): each
     image also carries its cached selective-search proposals and the inputs become
-    ``{"images", "proposals"}``."""
+    ``{"images", "proposals"}``. ``epochs``: ``(first, end)``, one stream of those training
+    epochs whose data depends on the epoch number alone (see ``make_pipeline``)."""
     from cnn_apps.data.pipeline import make_pipeline
     from cnn_apps.data.sources import get_source
 
@@ -73,7 +75,7 @@ def split_dataset(spec: DatasetSpec, config: Config, split: str, *, training: bo
         ds, task=task, image_size=config.data.image_size,
         batch_size=batch_size or config.training.batch_size, training=training,
         augment=augment, seed=config.training.seed, num_examples=count,
-        channels=spec.channels, cache=config.training.cache, proposals=boxes)
+        channels=spec.channels, cache=config.training.cache, proposals=boxes, epochs=epochs)
 
 
 def source_config(config: Config) -> Config:

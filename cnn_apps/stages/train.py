@@ -73,7 +73,6 @@ def train(config: Config, from_run: str | None = None, *, nested: bool = False, 
     class_names, num_train = training_classes(spec, config)
     if train_limit:
         num_train = min(num_train, train_limit * (4 if config.task == "pretext" else 1))
-    train_ds = split_dataset(spec, config, "train", training=True, limit=train_limit)
     train_eval_ds = split_dataset(spec, config, "train", training=False, limit=train_limit)
     val_ds = split_dataset(spec, config, "validation", training=False)
     backbone = config.model.backbone
@@ -88,12 +87,16 @@ def train(config: Config, from_run: str | None = None, *, nested: bool = False, 
         mlflow.set_tag("dtype_policy", model.dtype_policy.name)  # the saved model reloads in float32
         backup_dir = backups.backup_dir_for(config.training.checkpoint_dir, run.info.run_id)
         mlflow.set_tag("backup_dir", str(backup_dir))
+        # the epochs still to run as one stream, each epoch's data fixed by its number (resumable)
+        train_ds = split_dataset(spec, config, "train", training=True, limit=train_limit,
+                                 epochs=(backups.finished_epochs(backup_dir), config.training.epochs))
         mlflow.log_text(spec.to_json(), tracking.DATASET_ARTIFACT)
         mlflow.log_metrics({"params_total": model.count_params(), "params_trainable": _trainable(model),
                             "train_examples": num_train})
         summary = fit_and_log(model, train_ds, val_ds, config.training, num_train=num_train,
                               train_eval_ds=train_eval_ds, diagnosis=config.diagnosis,
-                              title=f"train: {backbone} on {dataset_label(spec)}", backup_dir=backup_dir)
+                              title=f"train: {backbone} on {dataset_label(spec)}", backup_dir=backup_dir,
+                              epoch_stream=True)
         sample = next(iter(val_ds))[0][:2].numpy()
         tracking.log_keras_model(model, sample)
         backups.remove_backup(backup_dir)

@@ -6,7 +6,7 @@
   the tests run it). ``training.batch_size`` is the **global** batch: each of R replicas gets
   batch_size / R examples per step and the gradients are summed across replicas, so one step
   equals one single-device step on the whole batch (batch normalization is synchronized
-  across replicas to keep that true). The learning rate is used as given; with
+  across replicas to keep that true; Dropout draws its masks per replica). The learning rate is used as given; with
   ``training.lr_scaling: linear`` it is multiplied by R (Goyal et al.'s linear scaling rule,
   for when you grow the global batch with R).
 * ``multi_worker`` (``MultiWorkerMirroredStrategy`` configured by ``TF_CONFIG``) is refused for

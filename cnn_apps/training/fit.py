@@ -35,12 +35,15 @@ def compile_classifier(model, cfg: TrainingConfig, steps_per_epoch: int,
 def fit_and_log(model, train_ds, val_ds, cfg: TrainingConfig, *, num_train: int,
                 train_eval_ds=None, diagnosis: DiagnosisConfig | None = None,
                 epochs: int | None = None, learning_rate: float | None = None,
-                initial_epoch: int = 0, prefix: str = "", title: str = "", backup_dir=None) -> dict:
+                initial_epoch: int = 0, prefix: str = "", title: str = "", backup_dir=None,
+                epoch_stream: bool = False) -> dict:
     """Fit ``model`` with the stage conventions; log per-epoch metrics, curves and diagnosis.
 
     ``initial_epoch`` numbers the epochs of a later phase after the earlier ones.
     ``backup_dir``: back up every epoch there and resume from what it holds
     (:mod:`cnn_apps.training.resume`); the best weights are kept there too.
+    ``epoch_stream``: ``train_ds`` is one stream of the epochs still to run
+    (``split_dataset(epochs=...)``), ``ceil(num_train / batch_size)`` batches each.
     ``train_eval_ds``: the training split without shuffling or augmentation, for the
     inference-mode training error (a slice of it every epoch, all of it at the end).
     Returns a summary: epochs run, best epoch, early-stopping epoch, seconds, images/s,
@@ -90,6 +93,7 @@ def fit_and_log(model, train_ds, val_ds, cfg: TrainingConfig, *, num_train: int,
         # a resumed run starts after the epochs its backup holds
         history = model.fit(train_ds, validation_data=val_ds, epochs=initial_epoch + epochs,
                             initial_epoch=initial_epoch + done, callbacks=callbacks, shuffle=False,
+                            steps_per_epoch=steps if epoch_stream else None,
                             verbose=2)  # the pipeline shuffles
         seconds = time.perf_counter() - start
         # Early stopping restores the best weights only when it stops early;

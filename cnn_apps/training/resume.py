@@ -13,10 +13,10 @@ trains, written by :class:`EpochBackup` at the end of every epoch:
 Every file is complete before ``progress.json`` names it (weights go to a new file or are
 renamed into place; ``progress.json`` itself is replaced in one rename), so a kill at any
 moment leaves the previous epoch's backup whole. ``cnn-apps train --resume RUN_ID`` reopens
-the MLflow run, restores all of it and trains the remaining epochs. Not yet restored: where
-the input pipeline's shuffle and augmentation seeds were (Keras' ``fit`` iterates its own
-copy of the dataset), so the epochs after a resume see another order than an uninterrupted
-run would, and its final metrics match that run's only statistically. The folder is
+the MLflow run, restores all of it and trains the remaining epochs. The training data comes
+as one stream of epochs whose shuffle and augmentation seeds are drawn from the epoch number
+(``make_pipeline(epochs=...)``), so the resumed epochs see exactly the data an uninterrupted
+run saw there, and with the same seed the run ends with the same metrics. The folder is
 removed when the run finishes.
 """
 
@@ -40,6 +40,13 @@ def backup_dir_for(checkpoint_dir: str, run_id: str) -> Path:
 
 def has_backup(backup_dir) -> bool:
     return backup_dir is not None and (Path(backup_dir) / PROGRESS).is_file()
+
+
+def finished_epochs(backup_dir) -> int:
+    """The epochs the backup in ``backup_dir`` holds (0 when there is none)."""
+    if not has_backup(backup_dir):
+        return 0
+    return int(json.loads((Path(backup_dir) / PROGRESS).read_text())["epochs"])
 
 
 class EpochBackup(keras.callbacks.Callback):
