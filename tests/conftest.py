@@ -67,3 +67,30 @@ def saved_model_cli_signatures(path: Path) -> dict:
         elif current is not None and (m := re.match(r"\s+shape: (.*)", line)):
             current[side][name] = (dtype, m.group(1).strip())
     return sigs
+
+
+def signal_training_after_first_epoch(folder: Path, sets: list[str], sig: int, timeout: float = 300):
+    """Run `cnn-apps train SETS` in a subprocess in ``folder``, send it ``sig`` once its first
+    epoch is backed up, and wait for it: returns (run id, exit code, output). It watches files
+    only: opening the run's SQLite store meanwhile would race the store's set-up."""
+    import os
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen([sys.executable, "-m", "cnn_apps.cli", "train", *sets], cwd=folder, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            assert proc.poll() is None, proc.stdout.read()
+            if backups := list((folder / "checkpoints").glob("*/progress.json")):
+                break
+        else:
+            pytest.fail(f"the train run did not finish an epoch within {timeout:.0f} s")
+        proc.send_signal(sig)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return backups[0].parent.name, proc.returncode, output

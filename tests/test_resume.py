@@ -2,16 +2,12 @@
 in the same MLflow run from its last backed-up epoch and ends with the metrics of a run that
 was never interrupted."""
 
-import os
 import signal
-import subprocess
-import sys
-import time
 
 import mlflow
 import numpy as np
 import pytest
-from conftest import set_args, tiny_overrides
+from conftest import set_args, signal_training_after_first_epoch, tiny_overrides
 
 from cnn_apps.cli import main
 
@@ -41,24 +37,7 @@ def test_a_killed_training_resumes_to_the_uninterrupted_result(tmp_path, capsys,
     assert main(["train", *_overrides(reference)]) == 0
     expected = _client(reference).get_run(_run_id(capsys.readouterr().out))
 
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.Popen([sys.executable, "-m", "cnn_apps.cli", "train", *_overrides(killed)], cwd=killed,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    run_id, deadline = None, time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline:  # kill it once its first epoch is backed up (files only:
-            time.sleep(0.5)                 # opening its SQLite store meanwhile would race its set-up)
-            assert proc.poll() is None, proc.stdout.read()
-            if backups := list((killed / "checkpoints").glob("*/progress.json")):
-                run_id = backups[0].parent.name
-                break
-        else:
-            pytest.fail("the first epoch did not finish within 300 s")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    run_id, _, _ = signal_training_after_first_epoch(killed, _overrides(killed), signal.SIGKILL)
     client = _client(killed)
     epochs_done = len(client.get_metric_history(run_id, "val_loss"))
     assert 1 <= epochs_done < EPOCHS and client.get_run(run_id).info.status == "RUNNING"

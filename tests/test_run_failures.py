@@ -4,11 +4,8 @@ stops training with an error naming the epoch; an unreachable tracking server fa
 seconds before any work; secrets never reach the logged params or config."""
 
 import dataclasses
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import keras
@@ -16,7 +13,7 @@ import mlflow
 import numpy as np
 import pytest
 import yaml
-from conftest import set_args, tiny_overrides
+from conftest import set_args, signal_training_after_first_epoch, tiny_overrides
 
 from cnn_apps import tracking
 from cnn_apps.cli import main
@@ -102,26 +99,9 @@ def test_secrets_are_masked_in_params_and_the_logged_config(config):
 @pytest.mark.slow
 def test_sigterm_marks_the_training_run_killed(tmp_path):
     sets = set_args(tiny_overrides(tmp_path, **{"training.epochs": 200, "data.train_size": 256}))
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.Popen([sys.executable, "-m", "cnn_apps.cli", "train", *sets], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline:  # wait for an epoch's backup: training is under way (files only:
-            time.sleep(1)                   # opening its SQLite store meanwhile would race its set-up)
-            assert proc.poll() is None, proc.stdout.read()
-            if backups := list((tmp_path / "checkpoints").glob("*/progress.json")):
-                run_id = backups[0].parent.name
-                break
-        else:
-            pytest.fail("the train run did not finish an epoch within 240 s")
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    run_id, returncode, output = signal_training_after_first_epoch(tmp_path, sets, signal.SIGTERM, timeout=240)
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
-    assert proc.returncode == 143, output
+    assert returncode == 143, output
     run = client.get_run(run_id)
     assert run.info.status == "KILLED" and run.data.tags["failure_reason"] == "terminated (SIGTERM)"
 
