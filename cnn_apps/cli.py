@@ -135,6 +135,10 @@ def run_stage(stage: str, config_path: str | None, overrides: list[str], from_ru
         config = resolve_config("resume", None, overrides, resume)
     else:
         config = resolve_config(stage, config_path, overrides, from_run)
+    if stage == "train" and config.training.distribution == "multi_worker":
+        from cnn_apps.training.distribute import start_multi_worker
+
+        start_multi_worker()  # before TensorFlow runs anything
     from cnn_apps import tracking
 
     tracking.setup(config)  # an unreachable tracking server fails here, before any work

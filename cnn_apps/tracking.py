@@ -248,7 +248,14 @@ def log_keras_model(model, sample_input) -> str:
     import mlflow.tensorflow
     from mlflow.models import infer_signature
 
-    signature = infer_signature(sample_input, model.predict(sample_input, verbose=0))
+    import tensorflow as tf
+
+    if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+        outputs = model(sample_input, training=False)  # predict cannot run under it (keras#20585)
+        outputs = {k: v.numpy() for k, v in outputs.items()} if isinstance(outputs, dict) else outputs.numpy()
+    else:
+        outputs = model.predict(sample_input, verbose=0)
+    signature = infer_signature(sample_input, outputs)
     info = mlflow.tensorflow.log_model(model, name=MODEL_ARTIFACT, signature=signature,
                                        pip_requirements=_requirements())
     mlflow.set_tag("model_uri", info.model_uri)  # MLflow 3 keeps logged models outside the run

@@ -109,10 +109,51 @@ def test_mixed_precision_trains_with_float32_variables_and_head(tmp_path, monkey
     assert np.isfinite(run.data.metrics["best_val_loss"])
 
 
-def test_multi_worker_is_refused_with_the_reason(tmp_path):
+def test_multi_worker_needs_tf_config(tmp_path, monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
     config = load_config(None, tiny_overrides(tmp_path, **{"training.distribution": "multi_worker"}))
-    with pytest.raises(ConfigError, match="keras-team/keras#20585"):
+    with pytest.raises(ConfigError, match="multi_worker needs TF_CONFIG on every worker"):
         distribute.strategy_for(config.training)
+
+
+def test_two_workers_on_loopback_train_like_one(tmp_path, capsys, monkeypatch):
+    """Two `cnn-apps train` processes joined by TF_CONFIG on 127.0.0.1 (one CPU replica each,
+    half of every global batch each) end where a single process does."""
+    import json
+    import socket
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    overrides = {"training.epochs": 2, "regularization.dropout": 0.0}
+    assert main(["prepare", *set_args(tiny_overrides(tmp_path, **overrides))]) == 0
+    prepared = capsys.readouterr().out.strip().splitlines()[-1].split()[1]
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "TF_CONFIG")}
+    command = [sys.executable, "-m", "cnn_apps.cli", "train", "--from-run", prepared]
+    workers = [subprocess.Popen(
+        [*command, *set_args(tiny_overrides(tmp_path, **overrides, **{"training.distribution": "multi_worker"}))],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**env, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})})
+        for i in range(2)]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    for worker, output in zip(workers, outputs):
+        assert worker.returncode == 0, output[-3000:]
+    single = subprocess.run([*command, *set_args(tiny_overrides(tmp_path, **overrides))], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stdout[-3000:] + single.stderr[-3000:]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    run_of = lambda out: client.get_run(out.strip().splitlines()[-1].split()[1])  # noqa: E731
+    chief, other, alone = run_of(outputs[0]), run_of(outputs[1]), run_of(single.stdout)
+    assert chief.data.tags["worker"] == "0" and other.data.tags["worker"] == "1"
+    assert chief.data.metrics["replicas"] == 2 and alone.data.metrics["replicas"] == 1
+    for key in ("best_val_loss", "best_val_accuracy", "final_train_error"):
+        assert chief.data.metrics[key] == pytest.approx(alone.data.metrics[key], rel=1e-3, abs=1e-4), key
+        assert other.data.metrics[key] == pytest.approx(chief.data.metrics[key], rel=1e-6, abs=1e-7), key
 
 
 def test_linear_lr_scaling_multiplies_by_the_replicas(tmp_path):

@@ -84,6 +84,8 @@ def train(config: Config, from_run: str | None = None, *, nested: bool = False, 
         if strategy.num_replicas_in_sync > 1:  # one step on R replicas = one step on the global batch
             distribute.synchronize_batch_norm(model)
         mlflow.log_metric("replicas", strategy.num_replicas_in_sync)
+        if config.training.distribution == "multi_worker":  # every worker records a run; 0 is the chief
+            mlflow.set_tag("worker", str(distribute.worker_index()))
         mlflow.set_tag("dtype_policy", model.dtype_policy.name)  # the saved model reloads in float32
         backup_dir = backups.backup_dir_for(config.training.checkpoint_dir, run.info.run_id)
         mlflow.set_tag("backup_dir", str(backup_dir))

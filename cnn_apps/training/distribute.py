@@ -9,9 +9,12 @@
   across replicas to keep that true; Dropout draws its masks per replica). The learning rate is used as given; with
   ``training.lr_scaling: linear`` it is multiplied by R (Goyal et al.'s linear scaling rule,
   for when you grow the global batch with R).
-* ``multi_worker`` (``MultiWorkerMirroredStrategy`` configured by ``TF_CONFIG``) is refused for
-  now with the reason: Keras 3's ``fit`` cannot consume its distributed datasets
-  (keras-team/keras#20585).
+* ``multi_worker`` is ``MultiWorkerMirroredStrategy``, configured by ``TF_CONFIG`` (the cluster's
+  workers and this process's index); every worker runs the same ``cnn-apps train`` command.
+  Keras 3's ``fit`` cannot consume its distributed datasets (keras-team/keras#20585), so
+  these runs train with :func:`fit_distributed`, a loop of ``strategy.run`` steps that drives
+  the same callbacks. Each worker records its own MLflow run (tag ``worker``); the chief's
+  (``worker: 0``) is the one to evaluate and export.
 * ``mixed_precision: mixed_float16 | mixed_bfloat16`` sets Keras' dtype policy while the
   model is built and trained: float16/bfloat16 compute, float32 variables, a float32
   softmax head, and (float16) dynamic loss scaling, which Keras' ``compile`` adds itself.
@@ -55,10 +58,120 @@ def strategy_for(cfg):
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices)
-    raise ConfigError(
-        "training.distribution: multi_worker (MultiWorkerMirroredStrategy) does not work with Keras 3's fit yet "
-        "(keras-team/keras#20585: its distributed datasets reach the model as PerReplica values); use mirrored "
-        "on one machine")
+    return start_multi_worker()
+
+
+_MULTI_WORKER = []  # the one MultiWorkerMirroredStrategy of this process
+
+
+def start_multi_worker():
+    """This process's ``MultiWorkerMirroredStrategy`` from ``TF_CONFIG``, made once: it must be
+    made before TensorFlow runs anything ("collective ops must be configured at program
+    startup"), so ``cnn-apps`` calls this as soon as it has read a config asking for it."""
+    if not _MULTI_WORKER:
+        if not os.environ.get("TF_CONFIG"):
+            raise ConfigError('training.distribution: multi_worker needs TF_CONFIG on every worker, e.g. '
+                              '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", '
+                              '"index": 0}}')
+        import tensorflow as tf
+
+        _MULTI_WORKER.append(tf.distribute.MultiWorkerMirroredStrategy())
+    return _MULTI_WORKER[0]
+
+
+def worker_index() -> int:
+    """This process's index in ``TF_CONFIG`` (0, the chief, without one)."""
+    import json
+
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    return int(config.get("task", {}).get("index", 0))
+
+
+def needs_custom_loop(cfg) -> bool:
+    """Keras 3's ``fit`` cannot train under ``multi_worker`` (see the module docstring)."""
+    return cfg.distribution == "multi_worker"
+
+
+def _per_example_loss(model, x, y):
+    import keras
+
+    probabilities = model(x, training=True)
+    return keras.losses.sparse_categorical_crossentropy(y, probabilities), probabilities
+
+
+def evaluate_local(model, dataset) -> tuple[float, float]:
+    """(loss, accuracy) of ``model`` on ``dataset``, computed on this worker alone (every worker
+    holds the same weights): the mean cross-entropy plus the regularization terms, as Keras'
+    ``evaluate`` reports it."""
+    import keras
+    import numpy as np
+
+    total = correct = count = 0.0
+    for x, y in dataset:
+        probabilities = model(x, training=False)
+        y = np.asarray(y)
+        total += float(np.sum(keras.ops.convert_to_numpy(keras.losses.sparse_categorical_crossentropy(
+            y, probabilities))))
+        correct += float(np.sum(np.argmax(keras.ops.convert_to_numpy(probabilities), -1) == y))
+        count += y.size
+    penalty = float(sum(float(keras.ops.convert_to_numpy(v)) for v in model.losses))
+    return total / count + penalty, correct / count
+
+
+def fit_distributed(model, train_ds, val_ds, *, epochs: int, initial_epoch: int, steps_per_epoch: int,
+                    global_batch: int, callbacks) -> "object":
+    """Train a compiled classifier like ``fit`` (same callbacks, same per-epoch logs ``loss``,
+    ``accuracy``, ``val_loss``, ``val_accuracy``) with the strategy in scope: each step runs
+    on every replica of every worker, losses are averaged over the global batch and the
+    optimizer's ``apply_gradients`` sums the gradients across replicas. ``train_ds``: batches
+    of ``global_batch`` examples, ``steps_per_epoch`` per epoch, each worker taking its share.
+    Returns the ``History`` callback."""
+    import keras
+    import tensorflow as tf
+
+    strategy = tf.distribute.get_strategy()
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    batches = iter(strategy.experimental_distribute_dataset(train_ds.with_options(options)))
+    model.optimizer.build(model.trainable_variables)
+
+    @tf.function
+    def train_step(x, y):
+        def replica_step(x, y):
+            with tf.GradientTape() as tape:
+                per_example, probabilities = _per_example_loss(model, x, y)
+                loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+                if model.losses:
+                    loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            grads = tape.gradient(loss, model.trainable_variables)
+            model.optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            hits = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probabilities, -1), tf.cast(y, tf.int64)), tf.float32))
+            return loss, hits, tf.cast(tf.shape(y)[0], tf.float32)
+
+        return tuple(strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                     for v in strategy.run(replica_step, args=(x, y)))
+
+    calls = keras.callbacks.CallbackList(callbacks, add_history=True, model=model, epochs=epochs,
+                                         steps=steps_per_epoch, verbose=0)
+    model.stop_training = False
+    calls.on_train_begin()
+    for epoch in range(initial_epoch, epochs):
+        calls.on_epoch_begin(epoch)
+        loss_sum = hits_sum = seen = 0.0
+        for step in range(steps_per_epoch):
+            calls.on_train_batch_begin(step)
+            x, y = next(batches)
+            loss, hits, count = train_step(x, y)
+            loss_sum, hits_sum, seen = loss_sum + float(loss), hits_sum + float(hits), seen + float(count)
+            calls.on_train_batch_end(step, {"loss": loss_sum / (step + 1)})
+        val_loss, val_accuracy = evaluate_local(model, val_ds)
+        logs = {"loss": loss_sum / steps_per_epoch, "accuracy": hits_sum / max(seen, 1.0),
+                "val_loss": val_loss, "val_accuracy": val_accuracy}
+        calls.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
+    calls.on_train_end()
+    return model.history
 
 
 @contextlib.contextmanager

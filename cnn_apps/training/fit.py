@@ -16,7 +16,8 @@ import keras
 
 from cnn_apps import tracking
 from cnn_apps.config import DiagnosisConfig, TrainingConfig
-from cnn_apps.training import resume
+from cnn_apps.errors import ConfigError
+from cnn_apps.training import distribute, resume
 from cnn_apps.training.callbacks import FailOnNaN, InferenceErrorLogger, MlflowEpochLogger
 from cnn_apps.training.optim import build_optimizer, schedule_callbacks
 
@@ -91,10 +92,17 @@ def fit_and_log(model, train_ds, val_ds, cfg: TrainingConfig, *, num_train: int,
         start = time.perf_counter()
         # initial_epoch: a second phase continues the first one's epoch numbers (one curve in MLflow);
         # a resumed run starts after the epochs its backup holds
-        history = model.fit(train_ds, validation_data=val_ds, epochs=initial_epoch + epochs,
-                            initial_epoch=initial_epoch + done, callbacks=callbacks, shuffle=False,
-                            steps_per_epoch=steps if epoch_stream else None,
-                            verbose=2)  # the pipeline shuffles
+        if distribute.needs_custom_loop(cfg):  # multi_worker: Keras' fit cannot take its datasets
+            if not epoch_stream:
+                raise ConfigError("training.distribution: multi_worker trains in the train stage only")
+            history = distribute.fit_distributed(
+                model, train_ds, val_ds, epochs=initial_epoch + epochs, initial_epoch=initial_epoch + done,
+                steps_per_epoch=steps, global_batch=cfg.batch_size, callbacks=callbacks)
+        else:
+            history = model.fit(train_ds, validation_data=val_ds, epochs=initial_epoch + epochs,
+                                initial_epoch=initial_epoch + done, callbacks=callbacks, shuffle=False,
+                                steps_per_epoch=steps if epoch_stream else None,
+                                verbose=2)  # the pipeline shuffles
         seconds = time.perf_counter() - start
         # Early stopping restores the best weights only when it stops early;
         # the checkpoint makes "best epoch wins" hold either way.
@@ -104,7 +112,10 @@ def fit_and_log(model, train_ds, val_ds, cfg: TrainingConfig, *, num_train: int,
     val_losses = hist.get("val_loss", [])
     best_epoch = initial_epoch + (int(min(range(len(val_losses)), key=val_losses.__getitem__))
                                   if val_losses else len(hist["loss"]) - 1)
-    val_loss, val_accuracy = model.evaluate(val_ds, verbose=0)
+    if distribute.needs_custom_loop(cfg):
+        val_loss, val_accuracy = distribute.evaluate_local(model, val_ds)
+    else:
+        val_loss, val_accuracy = model.evaluate(val_ds, verbose=0)
     summary = {
         "epochs_trained": len(hist["loss"]),
         "best_epoch": best_epoch,
