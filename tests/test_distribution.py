@@ -159,3 +159,44 @@ def test_two_workers_on_loopback_train_like_one(tmp_path, capsys, monkeypatch):
 def test_linear_lr_scaling_multiplies_by_the_replicas(tmp_path):
     config = load_config(None, tiny_overrides(tmp_path, **{"training.lr_scaling": "linear"}))
     assert distribute.scaled_learning_rate(config.training, 0.01) == 0.01  # one replica outside a strategy
+
+
+def _fit_tiny(cfg, steps: int = 4):
+    """A tiny classifier trained a few steps under ``cfg``'s scope: (model, per-epoch losses)."""
+    from cnn_apps.classification import ImageClassifier
+    from cnn_apps.training.fit import compile_classifier
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (steps * 8, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 3, steps * 8)
+    keras.utils.set_random_seed(0)
+    with distribute.training_scope(cfg):
+        model = ImageClassifier(3, (32, 32, 3), dropout=0.0,
+                                backbone_args={"stage_filters": (8, 16), "blocks_per_stage": (1, 1)})
+        compile_classifier(model, cfg, steps_per_epoch=steps)
+        history = model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    return model, history.history["loss"]
+
+
+def test_mixed_float16_scales_the_loss_and_keeps_a_float32_head():
+    from cnn_apps.config import TrainingConfig
+
+    model, losses = _fit_tiny(TrainingConfig(mixed_precision="mixed_float16", lr_schedule="constant"))
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)  # added by compile for float16
+    assert model.get_layer("probabilities").dtype_policy.name == "float32"
+    conv = next(layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.Conv2D))
+    assert conv.compute_dtype == "float16" and conv.kernel.dtype == "float32"
+    assert np.all(np.isfinite(losses))
+    _, reference = _fit_tiny(TrainingConfig(lr_schedule="constant"))
+    np.testing.assert_allclose(losses, reference, rtol=0.05)  # float16 compute: close, not equal
+    assert keras.config.dtype_policy().name == "float32"
+
+
+def test_jit_compile_trains_to_the_same_losses():
+    from cnn_apps.config import TrainingConfig
+
+    compiled, losses = _fit_tiny(TrainingConfig(jit_compile=True, lr_schedule="constant"))
+    assert compiled.jit_compile is True
+    plain, reference = _fit_tiny(TrainingConfig(jit_compile=False, lr_schedule="constant"))
+    assert plain.jit_compile is False
+    np.testing.assert_allclose(losses, reference, rtol=1e-3)
