@@ -51,7 +51,7 @@ def timed_steps(models: dict, x, y, steps: int, rounds: int) -> dict:
     order = list(models)
     for kind, run in kinds.items():
         for i in range(steps * rounds):
-            for who in (order if i % 2 == 0 else order[::-1]):
+            for who in order if i % 2 == 0 else order[::-1]:
                 start = time.perf_counter()
                 run(models[who])
                 times[who][kind].append(time.perf_counter() - start)
@@ -63,15 +63,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per model and kind, per round")
-    parser.add_argument("--rounds", type=int, default=2, help="repeats of --steps (more samples for the median)")
-    parser.add_argument("--models", default=",".join(PAIRS), help="comma-separated subset of " + ",".join(PAIRS))
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="repeats of --steps (more samples for the median)"
+    )
+    parser.add_argument(
+        "--models", default=",".join(PAIRS), help="comma-separated subset of " + ",".join(PAIRS)
+    )
     parser.add_argument("--no-table", action="store_true", help="skip the paper-size params/MACs table")
     parser.add_argument("--output", default=str(ROOT / "benchmarks/results/backbones.json"))
     args = parser.parse_args(argv)
 
-    import numpy as np
-
     import keras
+    import numpy as np
 
     from cnn_apps import registry
     from cnn_apps.backbones.flops import count_macs
@@ -86,17 +89,26 @@ def main(argv=None) -> dict:
     for name in args.models.split(","):
         ours_args, constructor = PAIRS[name]
         keras.utils.set_random_seed(0)
-        ours = registry.get("backbone", name)(input_shape=(size, size, 3), include_top=True, num_classes=1000,
-                                             **ours_args)
-        theirs = getattr(keras.applications, constructor)(weights=None, input_shape=(size, size, 3), classes=1000)
+        ours = registry.get("backbone", name)(
+            input_shape=(size, size, 3), include_top=True, num_classes=1000, **ours_args
+        )
+        theirs = getattr(keras.applications, constructor)(
+            weights=None, input_shape=(size, size, 3), classes=1000
+        )
         for model in (ours, theirs):
             model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
         times = timed_steps({"ours": ours, "keras": theirs}, x, y, args.steps, args.rounds)
         # images/s from the median step: robust to a busy neighbour on a shared machine
-        best = {who: {kind: batch / statistics.median(t) for kind, t in kinds.items()} for who, kinds in times.items()}
+        best = {
+            who: {kind: batch / statistics.median(t) for kind, t in kinds.items()}
+            for who, kinds in times.items()
+        }
         row = {
-            "model": name, "keras_applications": constructor, "ours_args": ours_args,
-            "params_ours": int(ours.count_params()), "params_keras": int(theirs.count_params()),
+            "model": name,
+            "keras_applications": constructor,
+            "ours_args": ours_args,
+            "params_ours": int(ours.count_params()),
+            "params_keras": int(theirs.count_params()),
             "gmacs_per_image": round(count_macs(ours) / 1e9, 3),
             "ours_infer_images_per_s": round(best["ours"]["infer"], 1),
             "keras_infer_images_per_s": round(best["keras"]["infer"], 1),
@@ -106,9 +118,12 @@ def main(argv=None) -> dict:
             "train_ratio": round(best["ours"]["train"] / best["keras"]["train"], 3),
         }
         rows.append(row)
-        print(f"{name}: inference {row['ours_infer_images_per_s']} vs {row['keras_infer_images_per_s']} img/s "
-              f"(ours/keras {row['infer_ratio']:.2f}x), training {row['ours_train_images_per_s']} vs "
-              f"{row['keras_train_images_per_s']} img/s ({row['train_ratio']:.2f}x)", flush=True)
+        print(
+            f"{name}: inference {row['ours_infer_images_per_s']} vs {row['keras_infer_images_per_s']} img/s "
+            f"(ours/keras {row['infer_ratio']:.2f}x), training {row['ours_train_images_per_s']} vs "
+            f"{row['keras_train_images_per_s']} img/s ({row['train_ratio']:.2f}x)",
+            flush=True,
+        )
         del ours, theirs
         gc.collect()
 
@@ -119,11 +134,18 @@ def main(argv=None) -> dict:
             print(f"{r['name']:<12} {r['input_size']:>5} {r['params']:>13,} {r['macs'] / 1e9:>7.2f}")
 
     result = {
-        "benchmark": "backbones", "backend": keras.backend.backend(), "keras": keras.__version__,
+        "benchmark": "backbones",
+        "backend": keras.backend.backend(),
+        "keras": keras.__version__,
         "backend_version": importlib.import_module(keras.backend.backend()).__version__,
-        "image_size": size, "batch_size": batch, "steps_timed": args.steps, "rounds": args.rounds,
-        "results": rows, "zoo_paper_size": table,
-        "cpu_count": os.cpu_count(), "machine": platform.machine(),
+        "image_size": size,
+        "batch_size": batch,
+        "steps_timed": args.steps,
+        "rounds": args.rounds,
+        "results": rows,
+        "zoo_paper_size": table,
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
     }
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

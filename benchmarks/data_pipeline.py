@@ -62,8 +62,14 @@ def main(argv=None) -> dict:
     warm = images_per_second(iter(ds.repeat()), n)
 
     m = config.model
-    model = ImageClassifier(spec.num_classes, input_shape(spec, config), backbone=m.backbone, width=m.width,
-                            dropout=m.dropout, backbone_args=m.backbone_args)
+    model = ImageClassifier(
+        spec.num_classes,
+        input_shape(spec, config),
+        backbone=m.backbone,
+        width=m.width,
+        dropout=m.dropout,
+        backbone_args=m.backbone_args,
+    )
     compile_classifier(model, config.training, steps_per_epoch)
     held = [(tf.constant(x), tf.constant(y)) for x, y in ds.take(min(n, 8))]
     model.train_on_batch(*held[0])  # trace
@@ -77,20 +83,26 @@ def main(argv=None) -> dict:
     result = {
         "benchmark": "data_pipeline",
         "config": os.path.relpath(args.config, ROOT) if args.config.startswith(str(ROOT)) else args.config,
-        "batch_size": batch, "image_size": config.data.image_size, "batches_timed": n,
+        "batch_size": batch,
+        "image_size": config.data.image_size,
+        "batches_timed": n,
         "pipeline_cold_images_per_s": round(cold, 1),
         "pipeline_warm_images_per_s": round(warm, 1),
         "train_step_images_per_s": round(train, 1),
         "ratio_pipeline_to_train": round(warm / train, 2),
-        "cpu_count": os.cpu_count(), "machine": platform.machine(),
-        "tensorflow": tf.__version__, "keras": keras.__version__,
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
     }
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    print(f"pipeline / train step = {result['ratio_pipeline_to_train']:.2f}x "
-          f"({'not the bottleneck' if result['ratio_pipeline_to_train'] > 1.5 else 'INPUT-BOUND'})")
+    print(
+        f"pipeline / train step = {result['ratio_pipeline_to_train']:.2f}x "
+        f"({'not the bottleneck' if result['ratio_pipeline_to_train'] > 1.5 else 'INPUT-BOUND'})"
+    )
     return result
 
 

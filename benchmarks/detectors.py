@@ -110,7 +110,7 @@ def time_calls(calls: dict, warmup: int, repeats: int) -> dict:
     times = {name: [] for name in calls}
     order = list(calls)
     for i in range(repeats):
-        for name in (order if i % 2 == 0 else order[::-1]):
+        for name in order if i % 2 == 0 else order[::-1]:
             start = time.perf_counter()
             calls[name]()
             times[name].append(time.perf_counter() - start)
@@ -156,18 +156,28 @@ def build_peer(peer, num_classes: int, postprocess: dict):
     torch, _, builder = peer
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    kwargs = {"score_thresh": postprocess["score_threshold"], "nms_thresh": postprocess["iou_threshold"],
-              "detections_per_img": postprocess["max_detections"], "topk_candidates": postprocess["pre_nms_top_k"]}
-    model = builder(weights=None, weights_backbone=None, num_classes=num_classes + 1, **kwargs).eval().to(device)
+    kwargs = {
+        "score_thresh": postprocess["score_threshold"],
+        "nms_thresh": postprocess["iou_threshold"],
+        "detections_per_img": postprocess["max_detections"],
+        "topk_candidates": postprocess["pre_nms_top_k"],
+    }
+    model = (
+        builder(weights=None, weights_backbone=None, num_classes=num_classes + 1, **kwargs).eval().to(device)
+    )
 
     def detect(x):  # NumPy (B, H, W, 3) 0..255 -> list of CPU dicts, as torchvision wants its input
         with torch.inference_mode():
             images = torch.from_numpy(x).to(device).permute(0, 3, 1, 2).float().div_(255.0)
             return [{k: v.cpu() for k, v in out.items()} for out in model(list(images))]
 
-    info = {"name": "torchvision.models.detection.ssd300_vgg16", "device": device,
-            "device_name": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu",
-            "params": int(sum(p.numel() for p in model.parameters())), "postprocess": kwargs}
+    info = {
+        "name": "torchvision.models.detection.ssd300_vgg16",
+        "device": device,
+        "device_name": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu",
+        "params": int(sum(p.numel() for p in model.parameters())),
+        "postprocess": kwargs,
+    }
     return detect, info
 
 
@@ -197,8 +207,10 @@ def bench_model(name: str, args, peer, impls: list[str]) -> dict:
     size, pp = model.image_size, dict(model.postprocess)
     nms_args = {k: pp[k] for k in ("max_detections", "iou_threshold", "score_threshold", "pre_nms_top_k")}
     detect = {impl: compile_fn(lambda x, impl=impl: model.detect(x, nms=impl), model) for impl in impls}
-    nms = {impl: compile_fn(lambda b, s, impl=impl: batched_nms(b, s, implementation=impl, **nms_args))
-           for impl in impls}
+    nms = {
+        impl: compile_fn(lambda b, s, impl=impl: batched_nms(b, s, implementation=impl, **nms_args))
+        for impl in impls
+    }
     peer_detect = peer_info = None
     if peer is not None and name == "ssd300_vgg16":
         peer_detect, peer_info = build_peer(peer, num_classes, pp)
@@ -231,72 +243,110 @@ def bench_model(name: str, args, peer, impls: list[str]) -> dict:
         latency, throughput = figures("detect", impl)
         nms_latency, nms_throughput = figures("nms", impl)
         per_impl[impl] = {
-            "latency_ms": latency, "images_per_s": throughput,
-            "nms_latency_ms": nms_latency, "nms_images_per_s": nms_throughput,
+            "latency_ms": latency,
+            "images_per_s": throughput,
+            "nms_latency_ms": nms_latency,
+            "nms_images_per_s": nms_throughput,
             "nms_share_latency": round(nms_latency / latency, 3),
             "nms_share_throughput": round(throughput / nms_throughput, 3),
             "mean_detections": detections[impl],
         }
     default = "tf" if "tf" in impls else impls[0]
     row = {
-        "model": name, "config": config, "num_classes": num_classes, "image_size": size,
-        "params": int(model.count_params()), "boxes_before_nms": num_boxes, "postprocess": pp,
-        "nms": default, "latency_ms": per_impl[default]["latency_ms"],
-        "images_per_s": per_impl[default]["images_per_s"], "implementations": per_impl,
+        "model": name,
+        "config": config,
+        "num_classes": num_classes,
+        "image_size": size,
+        "params": int(model.count_params()),
+        "boxes_before_nms": num_boxes,
+        "postprocess": pp,
+        "nms": default,
+        "latency_ms": per_impl[default]["latency_ms"],
+        "images_per_s": per_impl[default]["images_per_s"],
+        "implementations": per_impl,
     }
     print(f"{name} ({row['params']:,} params, {size} px, {num_boxes} boxes before NMS):")
     for impl, r in per_impl.items():
-        print(f"  nms={impl:<8} detect {r['latency_ms']:8.2f} ms/image (batch 1), {r['images_per_s']:7.2f} img/s "
-              f"(batch {args.batch}); NMS alone {r['nms_latency_ms']:7.2f} ms, {r['nms_images_per_s']:7.2f} img/s "
-              f"({100 * r['nms_share_latency']:.0f}% / {100 * r['nms_share_throughput']:.0f}% of detect); "
-              f"{r['mean_detections']:.1f} detections/image", flush=True)
+        print(
+            f"  nms={impl:<8} detect {r['latency_ms']:8.2f} ms/image (batch 1), {r['images_per_s']:7.2f} img/s "
+            f"(batch {args.batch}); NMS alone {r['nms_latency_ms']:7.2f} ms, {r['nms_images_per_s']:7.2f} img/s "
+            f"({100 * r['nms_share_latency']:.0f}% / {100 * r['nms_share_throughput']:.0f}% of detect); "
+            f"{r['mean_detections']:.1f} detections/image",
+            flush=True,
+        )
     if "tf" in impls and "portable" in impls:
-        ratio = {f"{part}_batch{b}": round(medians[b][(part, "portable")] / medians[b][(part, "tf")], 3)
-                 for part in ("nms", "detect") for b in (1, args.batch)}
+        ratio = {
+            f"{part}_batch{b}": round(medians[b][(part, "portable")] / medians[b][(part, "tf")], 3)
+            for part in ("nms", "detect")
+            for b in (1, args.batch)
+        }
         row["time_ratio_portable_over_tf"] = ratio
-        print(f"  portable / tf time: NMS alone {ratio['nms_batch1']:.2f}x (batch 1), "
-              f"{ratio[f'nms_batch{args.batch}']:.2f}x (batch {args.batch}); whole detect "
-              f"{ratio['detect_batch1']:.2f}x, {ratio[f'detect_batch{args.batch}']:.2f}x", flush=True)
+        print(
+            f"  portable / tf time: NMS alone {ratio['nms_batch1']:.2f}x (batch 1), "
+            f"{ratio[f'nms_batch{args.batch}']:.2f}x (batch {args.batch}); whole detect "
+            f"{ratio['detect_batch1']:.2f}x, {ratio[f'detect_batch{args.batch}']:.2f}x",
+            flush=True,
+        )
     row["peer"] = None
     if peer_info is not None:
         latency, throughput = figures("detect", "torchvision")
-        peer_info.update(latency_ms=latency, images_per_s=throughput, mean_detections=detections["torchvision"],
-                         ratio_images_per_s_ours_over_peer=round(row["images_per_s"] / throughput, 3),
-                         ratio_latency_ours_over_peer=round(row["latency_ms"] / latency, 3))
+        peer_info.update(
+            latency_ms=latency,
+            images_per_s=throughput,
+            mean_detections=detections["torchvision"],
+            ratio_images_per_s_ours_over_peer=round(row["images_per_s"] / throughput, 3),
+            ratio_latency_ours_over_peer=round(row["latency_ms"] / latency, 3),
+        )
         row["peer"] = peer_info
-        print(f"  torchvision ssd300_vgg16 ({peer_info['device']}, {peer_info['params']:,} params): "
-              f"{latency:.2f} ms/image, {throughput:.2f} img/s; ours (nms={default}) / torchvision images/s "
-              f"{peer_info['ratio_images_per_s_ours_over_peer']:.2f}x, latency "
-              f"{peer_info['ratio_latency_ours_over_peer']:.2f}x", flush=True)
+        print(
+            f"  torchvision ssd300_vgg16 ({peer_info['device']}, {peer_info['params']:,} params): "
+            f"{latency:.2f} ms/image, {throughput:.2f} img/s; ours (nms={default}) / torchvision images/s "
+            f"{peer_info['ratio_images_per_s_ours_over_peer']:.2f}x, latency "
+            f"{peer_info['ratio_latency_ours_over_peer']:.2f}x",
+            flush=True,
+        )
     return row
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backend", help="Keras backend; must match KERAS_BACKEND if Keras is already imported "
-                                          "(default: KERAS_BACKEND, else Keras' default)")
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ",".join(MODELS))
+    parser.add_argument(
+        "--backend",
+        help="Keras backend; must match KERAS_BACKEND if Keras is already imported "
+        "(default: KERAS_BACKEND, else Keras' default)",
+    )
+    parser.add_argument(
+        "--models", default=",".join(MODELS), help="comma-separated subset of " + ",".join(MODELS)
+    )
     parser.add_argument("--skip-ssd300", action="store_true", help="leave out ssd300_vgg16 (slow on CPU)")
     parser.add_argument("--batch", type=int, default=16, help="batch size of the throughput measurement")
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per measurement (median counts)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls first (the first one compiles)")
-    parser.add_argument("--nms", help="comma-separated NMS implementations (default: tf,portable under "
-                                      "TensorFlow, portable elsewhere)")
-    parser.add_argument("--ssd300-classes", type=int, default=20, help="object classes of the SSD300s (VOC: 20)")
+    parser.add_argument(
+        "--nms",
+        help="comma-separated NMS implementations (default: tf,portable under "
+        "TensorFlow, portable elsewhere)",
+    )
+    parser.add_argument(
+        "--ssd300-classes", type=int, default=20, help="object classes of the SSD300s (VOC: 20)"
+    )
     parser.add_argument("--no-peer", action="store_true", help="do not time torchvision even if installed")
-    parser.add_argument("--out", "--output", dest="out", default=str(ROOT / "benchmarks/results/detectors.json"))
+    parser.add_argument(
+        "--out", "--output", dest="out", default=str(ROOT / "benchmarks/results/detectors.json")
+    )
     args = parser.parse_args(argv)
 
     if args.backend:
         loaded = sys.modules.get("keras")
         if loaded is not None and loaded.backend.backend() != args.backend:
-            parser.error(f"--backend {args.backend}: Keras is already imported with {loaded.backend.backend()}; "
-                         "set KERAS_BACKEND before importing")
+            parser.error(
+                f"--backend {args.backend}: Keras is already imported with {loaded.backend.backend()}; "
+                "set KERAS_BACKEND before importing"
+            )
         os.environ["KERAS_BACKEND"] = args.backend
 
-    import numpy as np
-
     import keras
+    import numpy as np
 
     backend = keras.backend.backend()
     if backend == "tensorflow":
@@ -305,7 +355,9 @@ def main(argv=None) -> dict:
         # Each compiled function traces once per batch shape (checked); TF's retracing warning
         # counts traces per code object, so compile_fn's lambdas look like one retracing function.
         tf.get_logger().addFilter(lambda record: "triggered tf.function retracing" not in record.getMessage())
-    impls = args.nms.split(",") if args.nms else (["tf", "portable"] if backend == "tensorflow" else ["portable"])
+    impls = (
+        args.nms.split(",") if args.nms else (["tf", "portable"] if backend == "tensorflow" else ["portable"])
+    )
     if "tf" in impls and backend != "tensorflow":
         parser.error("--nms tf needs KERAS_BACKEND=tensorflow")
     models = [m for m in args.models.split(",") if m and not (args.skip_ssd300 and m == "ssd300_vgg16")]
@@ -314,8 +366,11 @@ def main(argv=None) -> dict:
         parser.error(f"unknown models {sorted(unknown)}; choose from {', '.join(MODELS)}")
     peer = None if args.no_peer else load_peer()
     device = device_description()
-    print(f"backend {backend} on {device}; NMS {', '.join(impls)}; peer "
-          f"{'torchvision ' + peer[1].__version__ if peer else 'none (torchvision not importable)'}", flush=True)
+    print(
+        f"backend {backend} on {device}; NMS {', '.join(impls)}; peer "
+        f"{'torchvision ' + peer[1].__version__ if peer else 'none (torchvision not importable)'}",
+        flush=True,
+    )
 
     rows = []
     for name in models:
@@ -323,15 +378,28 @@ def main(argv=None) -> dict:
         gc.collect()  # the previous model's graphs and weights
 
     result = {
-        "benchmark": "detectors", "backend": backend, "device": device,
-        "versions": {"keras": keras.__version__, backend: importlib.import_module(backend).__version__,
-                     "numpy": np.__version__, "python": platform.python_version(),
-                     "torch": peer[0].__version__ if peer else None,
-                     "torchvision": peer[1].__version__ if peer else None},
-        "compilation": {"tensorflow": "tf.function(detect), no XLA",
-                        "jax": "jax.jit(stateless detect), weights as arguments"}.get(backend, "eager"),
-        "batch_size": args.batch, "repeats": args.repeats, "warmup": args.warmup, "nms_implementations": impls,
-        "results": rows, "cpu_count": os.cpu_count(), "machine": platform.machine(),
+        "benchmark": "detectors",
+        "backend": backend,
+        "device": device,
+        "versions": {
+            "keras": keras.__version__,
+            backend: importlib.import_module(backend).__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+            "torch": peer[0].__version__ if peer else None,
+            "torchvision": peer[1].__version__ if peer else None,
+        },
+        "compilation": {
+            "tensorflow": "tf.function(detect), no XLA",
+            "jax": "jax.jit(stateless detect), weights as arguments",
+        }.get(backend, "eager"),
+        "batch_size": args.batch,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "nms_implementations": impls,
+        "results": rows,
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -79,8 +79,8 @@ import statistics
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # leave the card to PyTorch too
@@ -94,8 +94,14 @@ SEGMENTATION_CLASSES = 21  # PASCAL VOC with the background
 IGNORE_LABEL = 255
 LEARNING_RATE = 1e-3  # random weights, random targets: small enough to stay finite for a few steps
 MOMENTUM = 0.9
-ENV_KEYS = ("KERAS_BACKEND", "XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_FLAGS",
-            "JAX_PLATFORMS", "CUDA_VISIBLE_DEVICES")
+ENV_KEYS = (
+    "KERAS_BACKEND",
+    "XLA_PYTHON_CLIENT_PREALLOCATE",
+    "XLA_PYTHON_CLIENT_MEM_FRACTION",
+    "XLA_FLAGS",
+    "JAX_PLATFORMS",
+    "CUDA_VISIBLE_DEVICES",
+)
 
 
 @dataclasses.dataclass
@@ -112,25 +118,92 @@ class Spec:
 
 
 SPECS = {
-    "resnet50": Spec("classification", 224, 128, 32, 2, "cnn_apps resnet50 classifier (logits)", "resnet50",
-                     "same architecture", 1000),
-    "vgg16": Spec("classification", 224, 64, 32, 2, "cnn_apps vgg16 classifier (logits, dropout 0.5)", "vgg16",
-                  "same architecture", 1000),
-    "yolo": Spec("detection", 448, 32, 64, 2, "YOLO v1 on resnet50, 448 px, FC head (1x1 conv to 64, FC 4096)",
-                 None, "torchvision has no YOLO: ours alone", DETECTION_CLASSES),
-    "ssd300": Spec("detection", 300, 32, 300, 1, "ssd300_vgg16 (8732 default boxes)", "ssd300_vgg16",
-                   "same design; our post-processing thresholds on both", DETECTION_CLASSES),
-    "faster_rcnn": Spec("detection", 512, 8, 64, 2, "Faster R-CNN on resnet50 C4 (one level, RoI max pooling)",
-                        "fasterrcnn_resnet50_fpn", "different architecture: torchvision's has an FPN and RoIAlign; "
-                        "proposal counts matched", DETECTION_CLASSES),
-    "fcn8s": Spec("segmentation", 512, 8, 64, 2, "FCN-8s on VGG-16 (fc6 7x7x4096)", "fcn_resnet50",
-                  "different architecture: torchvision's FCN is a dilated ResNet-50 (stride 8)", SEGMENTATION_CLASSES),
-    "fcn32s": Spec("segmentation", 512, 8, 64, 2, "FCN-32s on VGG-16 (fc6 7x7x4096)", "fcn_resnet50",
-                   "different architecture: torchvision's FCN is a dilated ResNet-50 (stride 8)", SEGMENTATION_CLASSES),
+    "resnet50": Spec(
+        "classification",
+        224,
+        128,
+        32,
+        2,
+        "cnn_apps resnet50 classifier (logits)",
+        "resnet50",
+        "same architecture",
+        1000,
+    ),
+    "vgg16": Spec(
+        "classification",
+        224,
+        64,
+        32,
+        2,
+        "cnn_apps vgg16 classifier (logits, dropout 0.5)",
+        "vgg16",
+        "same architecture",
+        1000,
+    ),
+    "yolo": Spec(
+        "detection",
+        448,
+        32,
+        64,
+        2,
+        "YOLO v1 on resnet50, 448 px, FC head (1x1 conv to 64, FC 4096)",
+        None,
+        "torchvision has no YOLO: ours alone",
+        DETECTION_CLASSES,
+    ),
+    "ssd300": Spec(
+        "detection",
+        300,
+        32,
+        300,
+        1,
+        "ssd300_vgg16 (8732 default boxes)",
+        "ssd300_vgg16",
+        "same design; our post-processing thresholds on both",
+        DETECTION_CLASSES,
+    ),
+    "faster_rcnn": Spec(
+        "detection",
+        512,
+        8,
+        64,
+        2,
+        "Faster R-CNN on resnet50 C4 (one level, RoI max pooling)",
+        "fasterrcnn_resnet50_fpn",
+        "different architecture: torchvision's has an FPN and RoIAlign; proposal counts matched",
+        DETECTION_CLASSES,
+    ),
+    "fcn8s": Spec(
+        "segmentation",
+        512,
+        8,
+        64,
+        2,
+        "FCN-8s on VGG-16 (fc6 7x7x4096)",
+        "fcn_resnet50",
+        "different architecture: torchvision's FCN is a dilated ResNet-50 (stride 8)",
+        SEGMENTATION_CLASSES,
+    ),
+    "fcn32s": Spec(
+        "segmentation",
+        512,
+        8,
+        64,
+        2,
+        "FCN-32s on VGG-16 (fc6 7x7x4096)",
+        "fcn_resnet50",
+        "different architecture: torchvision's FCN is a dilated ResNet-50 (stride 8)",
+        SEGMENTATION_CLASSES,
+    ),
 }
 DEFAULT_MODELS = ("resnet50", "vgg16", "ssd300", "fcn8s", "faster_rcnn", "yolo")  # yolo last: no peer
 ALIASES = {"yolo_v1": "yolo", "ssd300_vgg16": "ssd300", "ssd": "ssd300", "fasterrcnn": "faster_rcnn"}
-FASTER_RCNN = {"proposals_pre_nms": 1000, "proposals_post_nms": 1000, "rois_per_image": 512, "detections": 100}
+FASTER_RCNN = {
+    "proposals_pre_nms": 1000,
+    "proposals_post_nms": 1000,
+    "rois_per_image": 512,
+    "detections": 100,
+}
 
 
 # ---------------------------------------------------------------------------------------- ours
@@ -147,43 +220,80 @@ def build_ours(name: str, spec: Spec, size: int, tiny: bool):
     np.random.seed(0)
     if spec.task == "classification":
         extra = {"width": 0.125} if tiny else {}
-        model = registry.get("backbone", name)(input_shape=(size, size, 3), include_top=True,
-                                               num_classes=spec.num_classes, classifier_activation=None, **extra)
+        model = registry.get("backbone", name)(
+            input_shape=(size, size, 3),
+            include_top=True,
+            num_classes=spec.num_classes,
+            classifier_activation=None,
+            **extra,
+        )
         return model, keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     if name == "yolo":
         from cnn_apps.detection.yolo import YOLOv1
 
         if tiny:
-            return YOLOv1(spec.num_classes, image_size=size, backbone="resnet50", backbone_args={"width": 0.125},
-                          head_filters=8, hidden_units=64), None
-        return YOLOv1(spec.num_classes, image_size=size, backbone="resnet50", head_filters=64,
-                      hidden_units=4096), None
+            return YOLOv1(
+                spec.num_classes,
+                image_size=size,
+                backbone="resnet50",
+                backbone_args={"width": 0.125},
+                head_filters=8,
+                hidden_units=64,
+            ), None
+        return YOLOv1(
+            spec.num_classes, image_size=size, backbone="resnet50", head_filters=64, hidden_units=4096
+        ), None
     if name == "ssd300":
         from cnn_apps.detection.ssd import ssd300_vgg16
 
         if tiny:  # the paper's 300 px (its extra layers need it), at 1/16 of the widths
-            return ssd300_vgg16(spec.num_classes, backbone_args={"ceil_pooling": True, "width": 0.0625},
-                                fc_units=32, extra_blocks=[32, 16, [16, 1, "valid"], [16, 1, "valid"]]), None
+            return ssd300_vgg16(
+                spec.num_classes,
+                backbone_args={"ceil_pooling": True, "width": 0.0625},
+                fc_units=32,
+                extra_blocks=[32, 16, [16, 1, "valid"], [16, 1, "valid"]],
+            ), None
         return ssd300_vgg16(spec.num_classes), None
     if name == "faster_rcnn":
         from cnn_apps.detection.faster_rcnn import FasterRCNN
 
         if tiny:
-            return FasterRCNN(spec.num_classes, image_size=size, backbone="resnet50", backbone_args={"width": 0.125},
-                              feature_level="C4", rpn_filters=16, rpn_pre_nms_top_k=64, rpn_post_nms_top_k=32,
-                              rpn_batch_per_image=32, roi_batch_per_image=16, head_units=(32, 32)), None
+            return FasterRCNN(
+                spec.num_classes,
+                image_size=size,
+                backbone="resnet50",
+                backbone_args={"width": 0.125},
+                feature_level="C4",
+                rpn_filters=16,
+                rpn_pre_nms_top_k=64,
+                rpn_post_nms_top_k=32,
+                rpn_batch_per_image=32,
+                roi_batch_per_image=16,
+                head_units=(32, 32),
+            ), None
         f = FASTER_RCNN
-        return FasterRCNN(spec.num_classes, image_size=size, backbone="resnet50", feature_level="C4",
-                          anchor_sizes=(32.0, 64.0, 128.0, 256.0, 512.0), aspect_ratios=(0.5, 1.0, 2.0),
-                          rpn_filters=512, rpn_pre_nms_top_k=f["proposals_pre_nms"],
-                          rpn_post_nms_top_k=f["proposals_post_nms"], roi_batch_per_image=f["rois_per_image"],
-                          head_units=(1024, 1024), postprocess={"max_detections": f["detections"]}), None
+        return FasterRCNN(
+            spec.num_classes,
+            image_size=size,
+            backbone="resnet50",
+            feature_level="C4",
+            anchor_sizes=(32.0, 64.0, 128.0, 256.0, 512.0),
+            aspect_ratios=(0.5, 1.0, 2.0),
+            rpn_filters=512,
+            rpn_pre_nms_top_k=f["proposals_pre_nms"],
+            rpn_post_nms_top_k=f["proposals_post_nms"],
+            roi_batch_per_image=f["rois_per_image"],
+            head_units=(1024, 1024),
+            postprocess={"max_detections": f["detections"]},
+        ), None
     if name in ("fcn8s", "fcn32s"):
         from cnn_apps.segmentation.fcn import FCN
         from cnn_apps.segmentation.segmenter import segmentation_loss
 
         args = {"backbone_args": {"width": 0.0625}, "fc_filters": 32, "fc_kernel": 3} if tiny else {}
-        return FCN(spec.num_classes, variant=name[3:], image_size=size, **args), segmentation_loss(IGNORE_LABEL)
+        return FCN(spec.num_classes, variant=name[3:], image_size=size, **args), segmentation_loss(
+            IGNORE_LABEL
+        )
     raise ValueError(name)
 
 
@@ -215,8 +325,12 @@ def ours_functions(model, loss, x, y):
 
     def train():
         if "state" not in holder:  # copies: the donated buffers must not be the model's own
-            holder["state"] = (values(model.trainable_variables), values(model.non_trainable_variables),
-                               values(model.optimizer.variables), values(model.metrics_variables))
+            holder["state"] = (
+                values(model.trainable_variables),
+                values(model.non_trainable_variables),
+                values(model.optimizer.variables),
+                values(model.metrics_variables),
+            )
         logs, holder["state"] = train_step(holder["state"], (x, y))
         return logs
 
@@ -259,23 +373,40 @@ def build_peer(torch, torchvision, name: str, spec: Spec, size: int, tiny: bool)
     if spec.task == "classification":
         return getattr(models, spec.peer)(weights=None, num_classes=spec.num_classes)
     if spec.task == "segmentation":
-        return models.segmentation.fcn_resnet50(weights=None, weights_backbone=None, num_classes=spec.num_classes,
-                                                aux_loss=False)
+        return models.segmentation.fcn_resnet50(
+            weights=None, weights_backbone=None, num_classes=spec.num_classes, aux_loss=False
+        )
     detection = models.detection
     if name == "ssd300":  # our thresholds (cnn_apps.detection.detector.POSTPROCESS_DEFAULTS)
         from cnn_apps.detection.detector import POSTPROCESS_DEFAULTS as p
 
-        return detection.ssd300_vgg16(weights=None, weights_backbone=None, num_classes=spec.num_classes + 1,
-                                      score_thresh=p["score_threshold"], nms_thresh=p["iou_threshold"],
-                                      detections_per_img=p["max_detections"], topk_candidates=p["pre_nms_top_k"])
+        return detection.ssd300_vgg16(
+            weights=None,
+            weights_backbone=None,
+            num_classes=spec.num_classes + 1,
+            score_thresh=p["score_threshold"],
+            nms_thresh=p["iou_threshold"],
+            detections_per_img=p["max_detections"],
+            topk_candidates=p["pre_nms_top_k"],
+        )
     if name == "faster_rcnn":
         f = FASTER_RCNN
-        pre, post, rois = (64, 32, 16) if tiny else (f["proposals_pre_nms"], f["proposals_post_nms"],
-                                                     f["rois_per_image"])
+        pre, post, rois = (
+            (64, 32, 16) if tiny else (f["proposals_pre_nms"], f["proposals_post_nms"], f["rois_per_image"])
+        )
         return detection.fasterrcnn_resnet50_fpn(
-            weights=None, weights_backbone=None, num_classes=spec.num_classes + 1, min_size=size, max_size=size,
-            rpn_pre_nms_top_n_train=pre, rpn_pre_nms_top_n_test=pre, rpn_post_nms_top_n_train=post,
-            rpn_post_nms_top_n_test=post, box_batch_size_per_image=rois, box_detections_per_img=f["detections"])
+            weights=None,
+            weights_backbone=None,
+            num_classes=spec.num_classes + 1,
+            min_size=size,
+            max_size=size,
+            rpn_pre_nms_top_n_train=pre,
+            rpn_pre_nms_top_n_test=pre,
+            rpn_post_nms_top_n_train=post,
+            rpn_post_nms_top_n_test=post,
+            box_batch_size_per_image=rois,
+            box_detections_per_img=f["detections"],
+        )
     raise ValueError(name)
 
 
@@ -296,12 +427,19 @@ def peer_functions(torch, model, spec: Spec, images, targets, args, device: str)
         y = []
         for boxes, labels in zip(targets["boxes"], targets["labels"]):
             keep = labels >= 0
-            y.append({"boxes": torch.from_numpy(boxes[keep]).to(device),
-                      "labels": torch.from_numpy(labels[keep].astype("int64") + 1).to(device)})
+            y.append(
+                {
+                    "boxes": torch.from_numpy(boxes[keep]).to(device),
+                    "labels": torch.from_numpy(labels[keep].astype("int64") + 1).to(device),
+                }
+            )
     net = torch.compile(model) if args.torch_compile else model
     optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
-    autocast = lambda: torch.autocast(device_type=device, dtype=torch.bfloat16,  # noqa: E731
-                                      enabled=args.precision == "bfloat16")
+    autocast = lambda: torch.autocast(
+        device_type=device,
+        dtype=torch.bfloat16,  # noqa: E731
+        enabled=args.precision == "bfloat16",
+    )
 
     def infer():
         model.eval()
@@ -342,8 +480,13 @@ def time_steps(step: Callable, sync: Callable, batch: int, warmup: int, steps: i
         sync(step())
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
-    return {"images_per_s": round(batch / median, 2), "median_step_ms": round(1000 * median, 3),
-            "min_step_ms": round(1000 * min(times), 3), "first_call_s": round(first, 2), "steps_timed": steps}
+    return {
+        "images_per_s": round(batch / median, 2),
+        "median_step_ms": round(1000 * median, 3),
+        "min_step_ms": round(1000 * min(times), 3),
+        "first_call_s": round(first, 2),
+        "steps_timed": steps,
+    }
 
 
 def run_side(label: str, make: Callable, modes: list[str], sync: Callable, batch: int, args) -> dict:
@@ -357,10 +500,15 @@ def run_side(label: str, make: Callable, modes: list[str], sync: Callable, batch
         return {"error": f"build: {type(exc).__name__}: {exc}"}
     for mode in modes:
         try:
-            side[mode] = time_steps(infer if mode == "inference" else train, sync, batch, args.warmup, args.steps)
+            side[mode] = time_steps(
+                infer if mode == "inference" else train, sync, batch, args.warmup, args.steps
+            )
             r = side[mode]
-            print(f"  {label:<11} {mode:<9} {r['images_per_s']:>10.1f} img/s  ({r['median_step_ms']:.1f} ms/step, "
-                  f"first call {r['first_call_s']:.1f} s)", flush=True)
+            print(
+                f"  {label:<11} {mode:<9} {r['images_per_s']:>10.1f} img/s  ({r['median_step_ms']:.1f} ms/step, "
+                f"first call {r['first_call_s']:.1f} s)",
+                flush=True,
+            )
         except Exception as exc:  # noqa: BLE001
             traceback.print_exc()
             side[mode] = {"error": f"{type(exc).__name__}: {str(exc)[:500]}"}
@@ -377,16 +525,30 @@ def bench(name: str, args, peer_mods, modes: list[str], device: str) -> dict:
     batch = args.batch or (spec.tiny_batch if args.tiny else spec.batch)
     images, targets = ours_inputs(spec, size, batch)
     print(f"{name} ({spec.task}, {size} px, batch {batch}):", flush=True)
-    row = {"model": name, "task": spec.task, "image_size": size, "batch_size": batch, "ours_description": spec.ours,
-           "peer_name": f"torchvision {spec.peer}" if spec.peer else None, "comparison": spec.peer_note}
+    row = {
+        "model": name,
+        "task": spec.task,
+        "image_size": size,
+        "batch_size": batch,
+        "ours_description": spec.ours,
+        "peer_name": f"torchvision {spec.peer}" if spec.peer else None,
+        "comparison": spec.peer_note,
+    }
 
     def make_ours():
         model, loss = build_ours(name, spec, size, args.tiny)
         x = jax.device_put(images)
         y = jax.device_put(targets)
         infer, train = ours_functions(model, loss, x, y)
-        return infer, train, {"name": model.name, "params": int(model.count_params()),
-                              "device": str(jax.devices()[0].device_kind)}
+        return (
+            infer,
+            train,
+            {
+                "name": model.name,
+                "params": int(model.count_params()),
+                "device": str(jax.devices()[0].device_kind),
+            },
+        )
 
     row["ours"] = run_side("ours", make_ours, modes, jax.block_until_ready, batch, args)
     gc.collect()
@@ -401,12 +563,20 @@ def bench(name: str, args, peer_mods, modes: list[str], device: str) -> dict:
     elif torch is None:
         row["peer"], row["peer_skipped"] = None, why
     else:
+
         def make_peer():
             torch.manual_seed(0)
             model = build_peer(torch, torchvision, name, spec, size, args.tiny)
             infer, train = peer_functions(torch, model, spec, images, targets, args, device)
-            return infer, train, {"name": f"torchvision.models.{spec.peer}", "device": device,
-                                  "params": int(sum(p.numel() for p in model.parameters()))}
+            return (
+                infer,
+                train,
+                {
+                    "name": f"torchvision.models.{spec.peer}",
+                    "device": device,
+                    "params": int(sum(p.numel() for p in model.parameters())),
+                },
+            )
 
         sync = (lambda _: torch.cuda.synchronize()) if device == "cuda" else (lambda _: None)
         row["peer"] = run_side("torchvision", make_peer, modes, sync, batch, args)
@@ -423,8 +593,12 @@ def bench(name: str, args, peer_mods, modes: list[str], device: str) -> dict:
     if row["ratio_ours_over_peer"] and args.tiny:
         row["ratio_note"] = "--tiny: ours narrowed, the peer at full width; the ratio means nothing"
     if row["ratio_ours_over_peer"]:
-        print("  ours / torchvision images/s: " + ", ".join(f"{m} {r:.2f}x" for m, r in row["ratio_ours_over_peer"].items())
-              + (" (--tiny: ours narrowed, not comparable)" if args.tiny else ""), flush=True)
+        print(
+            "  ours / torchvision images/s: "
+            + ", ".join(f"{m} {r:.2f}x" for m, r in row["ratio_ours_over_peer"].items())
+            + (" (--tiny: ours narrowed, not comparable)" if args.tiny else ""),
+            flush=True,
+        )
     elif row.get("peer_skipped"):
         print(f"  no peer: {row['peer_skipped']}", flush=True)
     return row
@@ -444,29 +618,45 @@ def table(rows: list[dict], modes: list[str]) -> str:
         line = f"{row['model']:<12} {row['image_size']:>4} {row['batch_size']:>5}"
         for mode in modes:
             ratio = row["ratio_ours_over_peer"].get(mode)
-            line += (f" | {cell(row['ours'], mode):>15} {cell(row['peer'], mode):>11} "
-                     f"{(f'{ratio:.2f}x' if ratio else '-'):>6}")
+            line += (
+                f" | {cell(row['ours'], mode):>15} {cell(row['peer'], mode):>11} "
+                f"{(f'{ratio:.2f}x' if ratio else '-'):>6}"
+            )
         lines.append(line)
     return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
-                        help="comma-separated subset of " + ",".join(SPECS))
+    parser.add_argument(
+        "--models", default=",".join(DEFAULT_MODELS), help="comma-separated subset of " + ",".join(SPECS)
+    )
     parser.add_argument("--batch", type=int, help="batch size of every row (default: per model, see SPECS)")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per model and mode (median counts)")
+    parser.add_argument(
+        "--steps", type=int, default=20, help="timed steps per model and mode (median counts)"
+    )
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (the first one compiles)")
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--mode", choices=("inference", "train", "both"), default="both")
-    parser.add_argument("--no-tf32", dest="tf32", action="store_false", help="full float32 matmuls/convs on both")
-    parser.add_argument("--no-channels-last", dest="channels_last", action="store_false",
-                        help="torchvision classifiers/segmenters in NCHW (default: channels-last)")
+    parser.add_argument(
+        "--no-tf32", dest="tf32", action="store_false", help="full float32 matmuls/convs on both"
+    )
+    parser.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        help="torchvision classifiers/segmenters in NCHW (default: channels-last)",
+    )
     parser.add_argument("--torch-compile", action="store_true", help="torch.compile the torchvision models")
     parser.add_argument("--no-peer", action="store_true", help="do not time torchvision even if installed")
-    parser.add_argument("--budget-s", type=float, help="start no new row after this many seconds (the JSON "
-                                                      "lists the rows left out)")
-    parser.add_argument("--tiny", action="store_true", help="small inputs and narrow models: a CPU smoke test")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        help="start no new row after this many seconds (the JSON lists the rows left out)",
+    )
+    parser.add_argument(
+        "--tiny", action="store_true", help="small inputs and narrow models: a CPU smoke test"
+    )
     parser.add_argument("--out", "--output", dest="out", default=str(ROOT / "benchmarks/results/gpu.json"))
     args = parser.parse_args(argv)
 
@@ -477,13 +667,14 @@ def main(argv=None) -> dict:
     loaded = sys.modules.get("keras")
     backend = loaded.backend.backend() if loaded is not None else os.environ.get("KERAS_BACKEND")
     if backend != "jax":
-        parser.error(f"this benchmark runs Keras on JAX next to PyTorch; KERAS_BACKEND is {backend!r}. "
-                     "Run it with KERAS_BACKEND=jax (in a fresh process)")
+        parser.error(
+            f"this benchmark runs Keras on JAX next to PyTorch; KERAS_BACKEND is {backend!r}. "
+            "Run it with KERAS_BACKEND=jax (in a fresh process)"
+        )
 
     import jax
-    import numpy as np
-
     import keras
+    import numpy as np
 
     if not args.tf32:
         jax.config.update("jax_default_matmul_precision", "highest")
@@ -500,41 +691,75 @@ def main(argv=None) -> dict:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = args.tf32
         torch.backends.cudnn.allow_tf32 = args.tf32
-    devices = {"jax": f"{jax_device.platform}: {jax_device.device_kind}",
-               "torch": (torch.cuda.get_device_name(0) if device == "cuda" else "cpu") if torch is not None else None}
-    print(f"Keras {keras.__version__} on JAX {jax.__version__} ({devices['jax']}); peer: "
-          + (f"torch {torch.__version__}, torchvision {torchvision.__version__} ({devices['torch']})"
-             if torch is not None else f"none ({why})"), flush=True)
+    devices = {
+        "jax": f"{jax_device.platform}: {jax_device.device_kind}",
+        "torch": (torch.cuda.get_device_name(0) if device == "cuda" else "cpu")
+        if torch is not None
+        else None,
+    }
+    print(
+        f"Keras {keras.__version__} on JAX {jax.__version__} ({devices['jax']}); peer: "
+        + (
+            f"torch {torch.__version__}, torchvision {torchvision.__version__} ({devices['torch']})"
+            if torch is not None
+            else f"none ({why})"
+        ),
+        flush=True,
+    )
     if jax_device.platform != "gpu" and not args.tiny:
-        print("warning: JAX sees no GPU; full-size rows on a CPU take very long (use --tiny for a smoke test)",
-              flush=True)
+        print(
+            "warning: JAX sees no GPU; full-size rows on a CPU take very long (use --tiny for a smoke test)",
+            flush=True,
+        )
 
     def versions():
-        v = {"python": platform.python_version(), "keras": keras.__version__, "jax": jax.__version__,
-             "numpy": np.__version__}
+        v = {
+            "python": platform.python_version(),
+            "keras": keras.__version__,
+            "jax": jax.__version__,
+            "numpy": np.__version__,
+        }
         try:
             v["jaxlib"] = importlib.import_module("jaxlib").__version__
         except Exception:  # noqa: BLE001
             v["jaxlib"] = None
         if torch is not None:
-            v.update(torch=torch.__version__, torchvision=torchvision.__version__, cuda=torch.version.cuda,
-                     cudnn=torch.backends.cudnn.version() if device == "cuda" else None)
+            v.update(
+                torch=torch.__version__,
+                torchvision=torchvision.__version__,
+                cuda=torch.version.cuda,
+                cudnn=torch.backends.cudnn.version() if device == "cuda" else None,
+            )
         return v
 
     result = {
-        "benchmark": "gpu", "backend": "jax", "devices": devices, "versions": versions(),
-        "settings": {"precision": args.precision,
-                     "keras_dtype_policy": keras.config.dtype_policy().name,
-                     "torch_autocast": "bfloat16" if args.precision == "bfloat16" else None,
-                     "tf32": args.tf32, "jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
-                     "cudnn_benchmark": torch is not None, "torch_channels_last": args.channels_last,
-                     "torch_compile": args.torch_compile, "optimizer": f"SGD lr {LEARNING_RATE}, momentum {MOMENTUM}",
-                     "modes": modes, "warmup": args.warmup, "steps": args.steps, "tiny": args.tiny,
-                     "timing": "per-step synchronised, median; inputs resident on the device",
-                     "ours_compilation": "jax.jit(model.predict_step) / jax.jit(model.train_step, donated state)"},
+        "benchmark": "gpu",
+        "backend": "jax",
+        "devices": devices,
+        "versions": versions(),
+        "settings": {
+            "precision": args.precision,
+            "keras_dtype_policy": keras.config.dtype_policy().name,
+            "torch_autocast": "bfloat16" if args.precision == "bfloat16" else None,
+            "tf32": args.tf32,
+            "jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
+            "cudnn_benchmark": torch is not None,
+            "torch_channels_last": args.channels_last,
+            "torch_compile": args.torch_compile,
+            "optimizer": f"SGD lr {LEARNING_RATE}, momentum {MOMENTUM}",
+            "modes": modes,
+            "warmup": args.warmup,
+            "steps": args.steps,
+            "tiny": args.tiny,
+            "timing": "per-step synchronised, median; inputs resident on the device",
+            "ours_compilation": "jax.jit(model.predict_step) / jax.jit(model.train_step, donated state)",
+        },
         "env": {k: os.environ.get(k) for k in ENV_KEYS},
-        "peer_available": torch is not None, "peer_unavailable_reason": None if torch is not None else why,
-        "results": [], "cpu_count": os.cpu_count(), "machine": platform.machine(),
+        "peer_available": torch is not None,
+        "peer_unavailable_reason": None if torch is not None else why,
+        "results": [],
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -549,9 +774,11 @@ def main(argv=None) -> dict:
         gc.collect()
     result["wall_s"] = round(time.perf_counter() - started, 1)
     print("\n" + table(result["results"], modes))
-    print(f"(images/s, median step; ratio = ours / torchvision, > 1: ours faster; {args.precision}, "
-          f"TF32 {'on' if args.tf32 else 'off'}" + ("; --tiny: ours narrowed, ratios not comparable)" if args.tiny
-                                                    else ")"))
+    print(
+        f"(images/s, median step; ratio = ours / torchvision, > 1: ours faster; {args.precision}, "
+        f"TF32 {'on' if args.tf32 else 'off'}"
+        + ("; --tiny: ours narrowed, ratios not comparable)" if args.tiny else ")")
+    )
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {out}")
     return result

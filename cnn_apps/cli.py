@@ -39,10 +39,17 @@ def _quiet_tensorflow() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cnn-apps", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--unsafe-load", dest="unsafe_load", action="store_true",
-                        help="let .keras models run code they carry (Lambda layers); only for files you trust")
+    parser = argparse.ArgumentParser(
+        prog="cnn-apps",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--unsafe-load",
+        dest="unsafe_load",
+        action="store_true",
+        help="let .keras models run code they carry (Lambda layers); only for files you trust",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     helps = {
         "prepare": "build/scan a dataset and record it",
@@ -58,34 +65,60 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("study", help="nested runs comparing settings: " + ", ".join(STUDY_KINDS))
     p.add_argument("kind", choices=STUDY_KINDS)
     add_stage_arguments(p, "study")
-    sub.add_parser("models", help="list the registered backbones (parameters, FLOPs), detectors and segmenters")
+    sub.add_parser(
+        "models", help="list the registered backbones (parameters, FLOPs), detectors and segmenters"
+    )
     from cnn_apps.serving.predict import add_predict_arguments
 
-    add_predict_arguments(sub.add_parser(
-        "predict", help="predict image files with an export, an MLflow model or a TF Serving URL"))
+    add_predict_arguments(
+        sub.add_parser(
+            "predict", help="predict image files with an export, an MLflow model or a TF Serving URL"
+        )
+    )
     from cnn_apps.serving.model_server import add_serve_arguments
 
-    add_serve_arguments(sub.add_parser(
-        "serve", help="serve a registered model with `mlflow models serve` (--from-run: export it first)"))
+    add_serve_arguments(
+        sub.add_parser(
+            "serve", help="serve a registered model with `mlflow models serve` (--from-run: export it first)"
+        )
+    )
     p = sub.add_parser("promote", help="point a registered model's alias (champion) at a version")
     p.add_argument("name", help="the registered model (export.name)")
     p.add_argument("version", help="the version to promote")
-    p.add_argument("--alias", default="champion", help="the alias to move (default: champion; "
-                   "'latest' is MLflow's own and always the newest version)")
+    p.add_argument(
+        "--alias",
+        default="champion",
+        help="the alias to move (default: champion; 'latest' is MLflow's own and always the newest version)",
+    )
     p.add_argument("--tracking-uri", dest="tracking_uri", help="default: MLFLOW_TRACKING_URI, else ./mlruns")
     return parser
 
 
 def add_stage_arguments(p: argparse.ArgumentParser, stage: str) -> None:
     p.add_argument("--config", help="experiment YAML (pipelines/configs/*.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. training.epochs=3 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. training.epochs=3 (repeatable)",
+    )
     if stage in ("train", "study", *NEEDS_RUN):
-        p.add_argument("--from-run", dest="from_run", required=stage in ("evaluate", "export"), metavar="RUN_ID",
-                       help="the MLflow run whose output this stage consumes")
+        p.add_argument(
+            "--from-run",
+            dest="from_run",
+            required=stage in ("evaluate", "export"),
+            metavar="RUN_ID",
+            help="the MLflow run whose output this stage consumes",
+        )
     if stage == "train":
-        p.add_argument("--resume", metavar="RUN_ID", help="continue a killed train run from its last finished "
-                       "epoch (same MLflow run, same config; the result equals an uninterrupted run's)")
+        p.add_argument(
+            "--resume",
+            metavar="RUN_ID",
+            help="continue a killed train run from its last finished "
+            "epoch (same MLflow run, same config; the result equals an uninterrupted run's)",
+        )
 
 
 def resolve_config(stage: str, config_path: str | None, overrides: list[str], from_run: str | None):
@@ -119,8 +152,14 @@ def split_overrides(values: list[str]) -> list[str]:
     return out
 
 
-def run_stage(stage: str, config_path: str | None, overrides: list[str], from_run: str | None = None,
-              kind: str | None = None, resume: str | None = None):
+def run_stage(
+    stage: str,
+    config_path: str | None,
+    overrides: list[str],
+    from_run: str | None = None,
+    kind: str | None = None,
+    resume: str | None = None,
+):
     from cnn_apps import stages
     from cnn_apps.errors import ConfigError
 
@@ -131,7 +170,9 @@ def run_stage(stage: str, config_path: str | None, overrides: list[str], from_ru
         raise ConfigError(f"{stage} needs --from-run RUN_ID (a train or finetune run)")
     if resume:
         if from_run or config_path:
-            raise ConfigError("--resume takes the killed run's own config and input; drop --from-run/--config")
+            raise ConfigError(
+                "--resume takes the killed run's own config and input; drop --from-run/--config"
+            )
         config = resolve_config("resume", None, overrides, resume)
     else:
         config = resolve_config(stage, config_path, overrides, from_run)
@@ -211,8 +252,14 @@ def main(argv: list[str] | None = None) -> int:
 
             print(promote(args.name, args.version, alias=args.alias, tracking_uri=args.tracking_uri))
             return 0
-        result = run_stage(args.command, args.config, args.overrides, getattr(args, "from_run", None),
-                           getattr(args, "kind", None), getattr(args, "resume", None))
+        result = run_stage(
+            args.command,
+            args.config,
+            args.overrides,
+            getattr(args, "from_run", None),
+            getattr(args, "kind", None),
+            getattr(args, "resume", None),
+        )
     except CnnAppsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

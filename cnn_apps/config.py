@@ -20,7 +20,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -42,22 +42,30 @@ class DataConfig:
     # fashion_mnist: idx files (Debian dataset-fashion-mnist) or TFDS; tfds: any catalog name;
     # voc: a VOC-style folder (detection); coco: a COCO instances JSON (detection);
     # masks: images/ + masks/ folders or a VOC2012 folder (segmentation).
-    source: str = _choice("shapes", ("shapes", "folder", "fashion_mnist", "tfds", "digits", "opencv_digits",
-                                     "voc", "coco", "masks"))
-    path: Optional[str] = None  # folder root, the idx directory for fashion_mnist, VOC root, COCO JSON, masks root
-    image_dir: Optional[str] = None  # coco: folder the JSON's file_name paths are relative to (default: its folder)
+    source: str = _choice(
+        "shapes",
+        ("shapes", "folder", "fashion_mnist", "tfds", "digits", "opencv_digits", "voc", "coco", "masks"),
+    )
+    path: str | None = (
+        None  # folder root, the idx directory for fashion_mnist, VOC root, COCO JSON, masks root
+    )
+    image_dir: str | None = (
+        None  # coco: folder the JSON's file_name paths are relative to (default: its folder)
+    )
     keep_difficult: bool = False  # voc (and TFDS voc/*): keep objects marked difficult in the targets
-    tfds_name: Optional[str] = None  # for source=tfds, e.g. "cifar10", "voc/2007", "coco/2017"
+    tfds_name: str | None = None  # for source=tfds, e.g. "cifar10", "voc/2007", "coco/2017"
     data_dir: str = "./data"  # where prepared datasets live
     image_size: int = 64  # model input side (and the generated side for shapes)
-    channels: Optional[int] = None  # None keeps the source's own (3 for shapes, 1 for fashion_mnist)
+    channels: int | None = None  # None keeps the source's own (3 for shapes, 1 for fashion_mnist)
     train_size: int = 4000  # shapes only: examples per split
     val_size: int = 500
     test_size: int = 500
     max_objects: int = 4  # shapes detection / segmentation: objects per image (1..max)
-    val_fraction: float = 0.1  # folder / fashion_mnist / tfds / voc / coco / masks: held out of train for validation
+    val_fraction: float = (
+        0.1  # folder / fashion_mnist / tfds / voc / coco / masks: held out of train for validation
+    )
     test_fraction: float = 0.1  # folder without a test/ sub-folder, voc and masks without test.txt, coco
-    max_train_examples: Optional[int] = None  # use a stratified subset of train
+    max_train_examples: int | None = None  # use a stratified subset of train
     seed: int = 0
     # prepare skips bad records (unreadable images, broken boxes or masks), counts them in the
     # skipped_records metric and names each in skipped_records.csv; false: any bad record fails prepare
@@ -78,8 +86,9 @@ class AugmentConfig:
         if self.translate < 0:
             raise ConfigError(f"augment.translate: must be >= 0, got {self.translate}")
         if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
-            raise ConfigError(f"augment.scale: give [low, high] with 0 < low <= high (e.g. [0.8, 1.2]), "
-                              f"got {self.scale}")
+            raise ConfigError(
+                f"augment.scale: give [low, high] with 0 < low <= high (e.g. [0.8, 1.2]), got {self.scale}"
+            )
         if not 0.0 <= self.crop <= 1.0:
             raise ConfigError(f"augment.crop: a probability in [0, 1], got {self.crop}")
         if not 0.0 < self.crop_min_fraction <= 1.0:
@@ -99,7 +108,7 @@ class ModelConfig:
     backbone_args: dict = field(default_factory=dict)  # extra keyword arguments of the backbone
     # detection / segmentation: the registered model built on the backbone (`cnn-apps models`),
     # e.g. yolo_v1, ssd, ssd300_vgg16, fcn8s, segnet, unet; None means the task's plain classifier.
-    architecture: Optional[str] = None
+    architecture: str | None = None
     architecture_args: dict = field(default_factory=dict)  # keyword arguments of that model
 
 
@@ -111,14 +120,14 @@ class RegularizationConfig:
     l2: float = 0.0  # lambda of the L2 penalty (the lecture's lambda/2m * ||W||^2, folded in)
     dropout: float = 0.2  # rate; 0 disables
     dropout_placement: str = _choice("dense", ("dense", "conv", "both"))  # head, after conv blocks, both
-    batch_norm: Optional[bool] = None  # None: the backbone's own default (ResNets on, VGG/AlexNet off)
+    batch_norm: bool | None = None  # None: the backbone's own default (ResNets on, VGG/AlexNet off)
 
 
 @dataclass
 class DiagnosisConfig:
     """Bias/variance verdict after each train/finetune run (errors are fractions)."""
 
-    human_error: Optional[float] = None  # human-level or Bayes error; gives avoidable bias
+    human_error: float | None = None  # human-level or Bayes error; gives avoidable bias
     bias_threshold: float = 0.05  # (avoidable) bias above this: high bias
     variance_threshold: float = 0.05  # validation minus training error above this: high variance
     train_eval_examples: int = 2000  # training examples re-scored in inference mode each epoch
@@ -128,8 +137,9 @@ class DiagnosisConfig:
 class StudyConfig:
     """`cnn-apps study ...`: what the children vary (all share data and seed)."""
 
-    settings: list[str] = field(default_factory=lambda: [
-        "none", "l1", "l2", "dropout", "batch_norm", "batch_norm+dropout", "all"])
+    settings: list[str] = field(
+        default_factory=lambda: ["none", "l1", "l2", "dropout", "batch_norm", "batch_norm+dropout", "all"]
+    )
     train_sizes: list[int] = field(default_factory=lambda: [250, 500, 1000, 2000])
     depth_models: list[str] = field(default_factory=lambda: ["plain18", "resnet18"])
     # transfer: the modes compared, target examples per class, and the source to learn from
@@ -163,7 +173,7 @@ class TrainingConfig:
     distribution: str = _choice("none", ("none", "mirrored", "multi_worker"))
     lr_scaling: str = _choice("none", ("none", "linear"))  # linear: learning_rate x replicas
     mixed_precision: str = _choice("none", ("none", "mixed_float16", "mixed_bfloat16"))
-    jit_compile: Optional[bool] = None  # None: Keras' "auto"; XLA was slower on the 2-core CPU
+    jit_compile: bool | None = None  # None: Keras' "auto"; XLA was slower on the 2-core CPU
 
 
 @dataclass
@@ -173,8 +183,8 @@ class FinetuneConfig:
     mode: str = _choice("fine_tune", FINETUNE_MODES)
     # run: --from-run RUN_ID or from_uri; weights: a weights file; imagenet: keras.applications
     source: str = _choice("run", ("run", "weights", "imagenet"))
-    from_uri: Optional[str] = None  # runs:/<id>/model or models:/<name>@<alias> (instead of --from-run)
-    weights: Optional[str] = None  # .weights.h5 of model.backbone, or a .keras classifier/backbone
+    from_uri: str | None = None  # runs:/<id>/model or models:/<name>@<alias> (instead of --from-run)
+    weights: str | None = None  # .weights.h5 of model.backbone, or a .keras classifier/backbone
     epochs: int = 5  # the head's epochs (feature_extraction; phase 1 of fine_tune)
     learning_rate: float = 1e-3
     unfreeze_blocks: int = 2  # fine_tune phase 2: the backbone's top N blocks train (BN stays frozen)
@@ -193,7 +203,7 @@ class EvaluateConfig:
 @dataclass
 class ExportConfig:
     dir: str = "exports"  # exports/<name>/<version>/ (TF Serving layout)
-    name: Optional[str] = None  # defaults to the top-level `name`
+    name: str | None = None  # defaults to the top-level `name`
     register: bool = True  # register in the MLflow model registry with alias `latest`
     tolerance: float = 1e-4  # max |SavedModel - Keras| allowed by the self-check
 
@@ -222,8 +232,8 @@ class SegmentationConfig:
 
 @dataclass
 class TrackingConfig:
-    uri: Optional[str] = None  # MLFLOW_TRACKING_URI wins; default sqlite:///./mlruns/mlflow.db
-    experiment: Optional[str] = None  # defaults to the task name
+    uri: str | None = None  # MLFLOW_TRACKING_URI wins; default sqlite:///./mlruns/mlflow.db
+    experiment: str | None = None  # defaults to the task name
 
 
 @dataclass
@@ -286,8 +296,9 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 # ---------------------------------------------------------------------- secrets
 SECRET_KEY = re.compile(r"(^|[._])(password|passwd|token|secret|api_?key|access_?key|key)$", re.IGNORECASE)
-URI_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<password>[^@/\s]+)@",
-                          re.IGNORECASE)
+URI_PASSWORD = re.compile(
+    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<password>[^@/\s]+)@", re.IGNORECASE
+)
 
 
 def mask_secrets(values: dict) -> dict:
@@ -356,9 +367,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
     else:  # pragma: no cover - a field type this loader does not know
         raise ConfigError(f"{where}: unsupported field type {tp!r}")
-    raise ConfigError(
-        f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}"
-    )
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
 
 
 def _build(cls, values: Any, where: str):

@@ -45,8 +45,15 @@ def confusion_matrix(matrix: np.ndarray, class_names, title: str = "confusion ma
     ax.set_ylabel("true")
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, int(matrix[i, j]), ha="center", va="center",
-                    color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+            ax.text(
+                j,
+                i,
+                int(matrix[i, j]),
+                ha="center",
+                va="center",
+                color="white" if norm[i, j] > 0.5 else "black",
+                fontsize=8,
+            )
     ax.set_title(title)
     fig.tight_layout()
     return fig
@@ -70,8 +77,11 @@ def image_grid(images, titles=None, cols: int = 8, title: str = "", boxes=None):
         if boxes is not None:
             for x1, y1, x2, y2 in np.asarray(boxes[i]).reshape(-1, 4):
                 if x2 > x1 and y2 > y1:
-                    ax.add_patch(plt.Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1,
-                                               fill=False, color="yellow", lw=1))
+                    ax.add_patch(
+                        plt.Rectangle(
+                            (x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, color="yellow", lw=1
+                        )
+                    )
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -85,8 +95,12 @@ def class_balance(class_counts: dict, title: str = "examples per class"):
     fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(names) * max(1, len(splits)) / 2 + 3), 3.6))
     width = 0.8 / max(1, len(splits))
     for i, split in enumerate(splits):
-        ax.bar(np.arange(len(names)) + i * width, [class_counts[split].get(n, 0) for n in names],
-               width, label=split)
+        ax.bar(
+            np.arange(len(names)) + i * width,
+            [class_counts[split].get(n, 0) for n in names],
+            width,
+            label=split,
+        )
     ax.set_xticks(np.arange(len(names)) + width * (len(splits) - 1) / 2, names, rotation=30, ha="right")
     ax.legend()
     ax.set_title(title)
@@ -96,11 +110,17 @@ def class_balance(class_counts: dict, title: str = "examples per class"):
 
 def error_curves(series: dict, title: str = "error per epoch"):
     """Training error (inference mode) and validation error per epoch: the gap is the variance."""
-    lines = {label: series.get(key) or [] for key, label in (("train_error", "training error (inference mode)"),
-                                                               ("val_error", "validation error"))}
+    lines = {
+        label: series.get(key) or []
+        for key, label in (
+            ("train_error", "training error (inference mode)"),
+            ("val_error", "validation error"),
+        )
+    }
     longest = max((len(v) for v in lines.values()), default=0)
-    return curves(list(range(1, longest + 1)), {k: v for k, v in lines.items() if v}, title=title,
-                  xlabel="epoch")
+    return curves(
+        list(range(1, longest + 1)), {k: v for k, v in lines.items() if v}, title=title, xlabel="epoch"
+    )
 
 
 def grouped_bars(labels, groups: dict, title: str = "", ylabel: str = "error"):
@@ -119,13 +139,20 @@ def grouped_bars(labels, groups: dict, title: str = "", ylabel: str = "error"):
     return fig
 
 
-def curves(xs, series: dict, title: str = "", xlabel: str = "", ylabel: str = "error", logx: bool = False,
-           logy: bool = False):
+def curves(
+    xs,
+    series: dict,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "error",
+    logx: bool = False,
+    logy: bool = False,
+):
     """Lines sharing one x axis: ``series = {"train error": [...], ...}``; ``logy`` for losses
     whose first epoch dwarfs the rest."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for name, values in series.items():
-        ax.plot(xs[:len(values)], values, "o-", label=name)
+        ax.plot(xs[: len(values)], values, "o-", label=name)
     if logx:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
@@ -157,8 +184,12 @@ def pr_curves(curves: dict, title: str = "precision-recall at IoU 0.5"):
         recall, precision = np.asarray(recall, float), np.asarray(precision, float)
         label = f"{name} (AP {_all_point_ap(recall, precision):.3f})"
         if len(recall):
-            ax.plot(np.concatenate(([0.0], recall)), np.concatenate(([precision[0]], precision)),
-                    drawstyle="steps-post", label=label)
+            ax.plot(
+                np.concatenate(([0.0], recall)),
+                np.concatenate(([precision[0]], precision)),
+                drawstyle="steps-post",
+                label=label,
+            )
         else:  # no detections: recall stays 0
             ax.plot([], [], label=label)
     ax.set_xlim(0, 1.01)
@@ -194,30 +225,55 @@ def detection_grid(images, true, predicted, class_names, cols: int = 4, title: s
         img = images[i]
         ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)
         # pixel i covers [i, i + 1) and imshow centres it on i: shift boxes by half a pixel
-        for box, label in zip(np.asarray(true[i]["boxes"]).reshape(-1, 4), np.asarray(true[i]["labels"]).ravel()):
+        for box, label in zip(
+            np.asarray(true[i]["boxes"]).reshape(-1, 4), np.asarray(true[i]["labels"]).ravel()
+        ):
             if label < 0:
                 continue
             x1, y1, x2, y2 = box
-            ax.add_patch(plt.Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, color="lime", lw=2.5))
+            ax.add_patch(
+                plt.Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, color="lime", lw=2.5)
+            )
         pred = predicted[i]
-        for box, score, label in zip(np.asarray(pred["boxes"]).reshape(-1, 4), np.asarray(pred["scores"]).ravel(),
-                                     np.asarray(pred["labels"]).ravel()):
+        for box, score, label in zip(
+            np.asarray(pred["boxes"]).reshape(-1, 4),
+            np.asarray(pred["scores"]).ravel(),
+            np.asarray(pred["labels"]).ravel(),
+        ):
             if label < 0:
                 continue
             x1, y1, x2, y2 = box
-            ax.add_patch(plt.Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, color="red", lw=1.2))
+            ax.add_patch(
+                plt.Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, color="red", lw=1.2)
+            )
             inside = y1 < 0.08 * img.shape[0]  # no room above the box: write the label inside it
-            ax.text(x1 - 0.5, y1 - 0.5, f"{name(label)} {float(score):.2f}", color="white", fontsize=7,
-                    va="top" if inside else "bottom", ha="left", clip_on=True,
-                    bbox={"facecolor": "red", "alpha": 0.7, "pad": 1, "edgecolor": "none"})
+            ax.text(
+                x1 - 0.5,
+                y1 - 0.5,
+                f"{name(label)} {float(score):.2f}",
+                color="white",
+                fontsize=7,
+                va="top" if inside else "bottom",
+                ha="left",
+                clip_on=True,
+                bbox={"facecolor": "red", "alpha": 0.7, "pad": 1, "edgecolor": "none"},
+            )
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
-def segmentation_grid(images, truth, predicted, class_names, cols: int = 4, title: str = "",
-                      ignore_label: int = 255, max_images: int = 8):
+def segmentation_grid(
+    images,
+    truth,
+    predicted,
+    class_names,
+    cols: int = 4,
+    title: str = "",
+    ignore_label: int = 255,
+    max_images: int = 8,
+):
     """Per image three panels: the image, the truth overlay, the prediction overlay (titled with
     the image's pixel accuracy), the overlays on a dimmed grey copy of the image. Images (N, H, W, C) uint8 (or float 0..255); masks (N, h, w)
     class ids (a trailing axis of 1 allowed), stretched over the image when smaller. Class k > 0
@@ -276,7 +332,11 @@ def segmentation_grid(images, truth, predicted, class_names, cols: int = 4, titl
         else:
             valid = truth[j] != ignore_label
             same_size = predicted[j].shape == truth[j].shape
-            acc = f" (acc {np.mean(predicted[j][valid] == truth[j][valid]):.2f})" if same_size and valid.any() else ""
+            acc = (
+                f" (acc {np.mean(predicted[j][valid] == truth[j][valid]):.2f})"
+                if same_size and valid.any()
+                else ""
+            )
             ax.set_title(f"prediction{acc}", fontsize=8)
     handles = [Patch(facecolor="none", edgecolor="gray", label=f"{class_names[0]} (no overlay)")] if k else []
     handles += [Patch(facecolor=lut[c], edgecolor="none", label=str(class_names[c])) for c in range(1, k)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import inspect
 import typing
-from typing import Callable
+from collections.abc import Callable
 
 from cnn_apps.errors import ConfigError
 
@@ -52,8 +52,9 @@ def accepted_arguments(build) -> set | None:
     return names | {n for n, p in init.items() if p.kind is not p.VAR_KEYWORD and n != "self"}
 
 
-def build_from_config(kind: str, config, num_classes: int, args: dict, overrides: dict | None = None,
-                      refused=(TypeError,)):
+def build_from_config(
+    kind: str, config, num_classes: int, args: dict, overrides: dict | None = None, refused=(TypeError,)
+):
     """``get(kind, config.model.architecture)(num_classes, **args, **architecture_args,
     **overrides)``, with ``model.backbone`` / ``backbone_args`` added when the builder takes
     them (not one that fixes its own, ``fixed_backbone``); an ``architecture_args`` key the
@@ -61,8 +62,9 @@ def build_from_config(kind: str, config, num_classes: int, args: dict, overrides
     the ``refused`` types from the builder."""
     name = config.model.architecture
     if not name:
-        raise ConfigError(f"model.architecture: name the {kind} for task '{config.task}' "
-                          f"(one of: {', '.join(names(kind))})")
+        raise ConfigError(
+            f"model.architecture: name the {kind} for task '{config.task}' (one of: {', '.join(names(kind))})"
+        )
     build = get(kind, name)
     accepted = accepted_arguments(build)
     args = dict(args)
@@ -70,8 +72,10 @@ def build_from_config(kind: str, config, num_classes: int, args: dict, overrides
         args.update(backbone=config.model.backbone, backbone_args=dict(config.model.backbone_args))
     unknown = sorted(set(config.model.architecture_args) - accepted) if accepted is not None else []
     if unknown:
-        raise ConfigError(f"model.architecture_args: {', '.join(unknown)} not taken by '{name}'. "
-                          f"Valid keys: {', '.join(sorted(accepted - {'num_classes', 'name'}))}")
+        raise ConfigError(
+            f"model.architecture_args: {', '.join(unknown)} not taken by '{name}'. "
+            f"Valid keys: {', '.join(sorted(accepted - {'num_classes', 'name'}))}"
+        )
     args.update(config.model.architecture_args)
     args.update(overrides or {})
     try:

@@ -65,7 +65,7 @@ def setup(config: Config) -> str:
     mlflow = _mlflow()
     uri = tracking_uri(config)
     if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     if uri.startswith(("http://", "https://")):
         check_server(uri)
     set_tracking_uri(uri)
@@ -77,7 +77,7 @@ def setup(config: Config) -> str:
         return exp.experiment_id
     artifact_location = None
     if _is_local_sqlite(uri):  # keep artifacts beside the database, not in the cwd
-        db_dir = Path(uri[len("sqlite:///"):]).parent
+        db_dir = Path(uri[len("sqlite:///") :]).parent
         artifact_location = (db_dir / "artifacts" / name).resolve().as_uri()
     try:
         return client.create_experiment(name, artifact_location=artifact_location)
@@ -107,13 +107,17 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
         if exc.code in (401, 403):  # an authenticating proxy in front of a live server
             _CHECKED_SERVERS.add(uri)
             return
-        raise TrackingError(f"tracking server {uri} answered /health with HTTP {exc.code}; is it an MLflow "
-                            "server? (MLFLOW_TRACKING_URI or tracking.uri)") from exc
+        raise TrackingError(
+            f"tracking server {uri} answered /health with HTTP {exc.code}; is it an MLflow "
+            "server? (MLFLOW_TRACKING_URI or tracking.uri)"
+        ) from exc
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise TrackingError(f"cannot reach the tracking server {uri} ({reason}); start it (see "
-                            "mlflow/compose.yaml or `make mlflow-ui`), or unset MLFLOW_TRACKING_URI / "
-                            "tracking.uri to use the local ./mlruns store") from exc
+        raise TrackingError(
+            f"cannot reach the tracking server {uri} ({reason}); start it (see "
+            "mlflow/compose.yaml or `make mlflow-ui`), or unset MLFLOW_TRACKING_URI / "
+            "tracking.uri to use the local ./mlruns store"
+        ) from exc
     _CHECKED_SERVERS.add(uri)
 
 
@@ -125,28 +129,48 @@ def git_commit() -> str:
     """The commit of the code that ran (``-dirty`` when the tree has changes), or ``unknown``."""
     here = Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
 @contextlib.contextmanager
-def stage_run(config: Config, stage: str, *, model: str, dataset: str,
-              source_run: str | None = None, fingerprint: str | None = None,
-              nested: bool = False, tags: dict | None = None, run_name: str | None = None,
-              resume_run: str | None = None):
+def stage_run(
+    config: Config,
+    stage: str,
+    *,
+    model: str,
+    dataset: str,
+    source_run: str | None = None,
+    fingerprint: str | None = None,
+    nested: bool = False,
+    tags: dict | None = None,
+    run_name: str | None = None,
+    resume_run: str | None = None,
+):
     """Open the MLflow run of one stage, with the conventions above; yields the active run.
 
     ``nested`` makes it a child of the active run (a study's setting); ``resume_run``
     reopens that (killed) run instead of starting one (``cnn-apps train --resume``)."""
     mlflow = _mlflow()
     experiment_id = setup(config)
-    all_tags = {"stage": stage, "git_commit": git_commit(), "task": config.task,
-                "source_run": source_run or "", **(tags or {})}
+    all_tags = {
+        "stage": stage,
+        "git_commit": git_commit(),
+        "task": config.task,
+        "source_run": source_run or "",
+        **(tags or {}),
+    }
     if fingerprint:
         all_tags["dataset_fingerprint"] = fingerprint
     # a stage started inside another stage's run (a study's child preparing its data) nests under it
@@ -158,8 +182,12 @@ def stage_run(config: Config, stage: str, *, model: str, dataset: str,
         if "failure_reason" in run.data.tags:  # from the interruption (Ctrl-C, SIGTERM): no longer true
             mlflow.MlflowClient().delete_tag(resume_run, "failure_reason")
     else:
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name or f"{stage}:{model}:{dataset}",
-                               tags=all_tags, nested=nested)
+        run = mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=run_name or f"{stage}:{model}:{dataset}",
+            tags=all_tags,
+            nested=nested,
+        )
     try:
         if not resume_run:  # params are write-once; a resumed run has them
             mlflow.log_params({k: _param(v) for k, v in mask_secrets(config.flat()).items()})
@@ -215,8 +243,9 @@ def get_run(run_id: str, expect_stage: tuple[str, ...] | None = None):
         ) from exc
     stage = run.data.tags.get("stage")
     if expect_stage and stage not in expect_stage:
-        raise TrackingError(f"run {run_id} is a '{stage}' run; this stage needs a run of stage "
-                            f"{' or '.join(expect_stage)}")
+        raise TrackingError(
+            f"run {run_id} is a '{stage}' run; this stage needs a run of stage {' or '.join(expect_stage)}"
+        )
     return run
 
 
@@ -231,8 +260,9 @@ def load_text_artifact(run_id: str, path: str) -> str:
 def load_dataset_spec(run_id: str):
     from cnn_apps.data.spec import DatasetSpec
 
-    return DatasetSpec.from_json(load_text_artifact(run_id, DATASET_ARTIFACT),
-                                 where=f"runs:/{run_id}/{DATASET_ARTIFACT}")
+    return DatasetSpec.from_json(
+        load_text_artifact(run_id, DATASET_ARTIFACT), where=f"runs:/{run_id}/{DATASET_ARTIFACT}"
+    )
 
 
 def load_run_config(run_id: str) -> dict:
@@ -244,11 +274,11 @@ def load_run_config(run_id: str) -> dict:
 def log_keras_model(model, sample_input) -> str:
     """Log ``model`` as the run's MLflow model (Keras flavour, ``.keras`` inside); returns its URI."""
     _mlflow()
-    import mlflow
     import mlflow.tensorflow
+    import tensorflow as tf
     from mlflow.models import infer_signature
 
-    import tensorflow as tf
+    import mlflow
 
     if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
         outputs = model(sample_input, training=False)  # predict cannot run under it (keras#20585)
@@ -256,8 +286,9 @@ def log_keras_model(model, sample_input) -> str:
     else:
         outputs = model.predict(sample_input, verbose=0)
     signature = infer_signature(sample_input, outputs)
-    info = mlflow.tensorflow.log_model(model, name=MODEL_ARTIFACT, signature=signature,
-                                       pip_requirements=_requirements())
+    info = mlflow.tensorflow.log_model(
+        model, name=MODEL_ARTIFACT, signature=signature, pip_requirements=_requirements()
+    )
     mlflow.set_tag("model_uri", info.model_uri)  # MLflow 3 keeps logged models outside the run
     return info.model_uri
 
@@ -309,8 +340,10 @@ def _raise_if_unsafe(exc: Exception, where) -> None:
     if "safe_mode" in str(exc) or "unsafe" in str(exc).lower():
         from cnn_apps.errors import ModelError
 
-        raise ModelError(f"{where} holds code (a Lambda layer or a pickled function), which Keras' safe mode "
-                         "will not run; if you trust where it came from, pass --unsafe-load") from exc
+        raise ModelError(
+            f"{where} holds code (a Lambda layer or a pickled function), which Keras' safe mode "
+            "will not run; if you trust where it came from, pass --unsafe-load"
+        ) from exc
 
 
 def load_keras_file(path, **kwargs):

@@ -54,8 +54,9 @@ def offline(monkeypatch):
 def saved_model_cli_signatures(path: Path) -> dict:
     """{signature: {"inputs"/"outputs": {name: (dtype, shape)}}} from `saved_model_cli show --all`."""
     cli = Path(sys.executable).with_name("saved_model_cli")
-    text = subprocess.run([str(cli), "show", "--all", "--dir", str(path)], capture_output=True, text=True,
-                          check=True).stdout
+    text = subprocess.run(
+        [str(cli), "show", "--all", "--dir", str(path)], capture_output=True, text=True, check=True
+    ).stdout
     sigs, current, side = {}, None, None
     for line in text.splitlines():
         if m := re.match(r"signature_def\['(\w+)'\]:", line):
@@ -77,8 +78,14 @@ def signal_training_after_first_epoch(folder: Path, sets: list[str], sig: int, t
     import time
 
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.Popen([sys.executable, "-m", "cnn_apps.cli", "train", *sets], cwd=folder, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cnn_apps.cli", "train", *sets],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:

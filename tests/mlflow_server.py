@@ -59,14 +59,26 @@ def server_argv(workdir: Path, port: int) -> tuple[list[str], str, Path]:
     """``mlflow server`` arguments (after ``mlflow``): SQLite backend, artifacts proxied by the server."""
     backend = f"sqlite:///{workdir / 'mlflow.db'}"
     artifacts = workdir / "mlartifacts"
-    argv = ["server", "--backend-store-uri", backend,
-            "--serve-artifacts", "--artifacts-destination", str(artifacts),
-            "--host", HOST, "--port", str(port), "--workers", "1"]
+    argv = [
+        "server",
+        "--backend-store-uri",
+        backend,
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(artifacts),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     return argv, backend, artifacts
 
 
-def start_server(workdir: Path, *, argv: list[str] | None = None, port: int | None = None,
-                 timeout: float = 120.0) -> MlflowServer:
+def start_server(
+    workdir: Path, *, argv: list[str] | None = None, port: int | None = None, timeout: float = 120.0
+) -> MlflowServer:
     """Start ``python -m mlflow ARGV`` in ``workdir`` and wait until ``/health`` answers.
 
     Without ``argv``: :func:`server_argv` on a free port. With ``argv``, ``port`` must be the
@@ -84,11 +96,25 @@ def start_server(workdir: Path, *, argv: list[str] | None = None, port: int | No
     env.pop("MLFLOW_TRACKING_URI", None)  # the server's own store comes from its arguments
     log_path = workdir / f"mlflow-server-{port}.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "mlflow", *argv], cwd=workdir, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)  # its own process group: stop takes uvicorn too
-    server = MlflowServer(url=f"http://{HOST}:{port}", port=port, proc=proc, log_path=log_path,
-                          workdir=workdir, argv=argv, backend_store_uri=backend, artifacts_dir=artifacts)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", *argv],
+            cwd=workdir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # its own process group: stop takes uvicorn too
+    server = MlflowServer(
+        url=f"http://{HOST}:{port}",
+        port=port,
+        proc=proc,
+        log_path=log_path,
+        workdir=workdir,
+        argv=argv,
+        backend_store_uri=backend,
+        artifacts_dir=artifacts,
+    )
     try:
         wait_healthy(server, timeout)
     except BaseException:
@@ -102,8 +128,10 @@ def wait_healthy(server: MlflowServer, timeout: float) -> None:
     last = "no answer yet"
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with code {server.proc.returncode} before answering "
-                               f"on {server.url}; its log:\n{server.log()}")
+            raise RuntimeError(
+                f"mlflow server exited with code {server.proc.returncode} before answering "
+                f"on {server.url}; its log:\n{server.log()}"
+            )
         try:
             with urllib.request.urlopen(f"{server.url}/health", timeout=5) as resp:
                 body = resp.read().decode(errors="replace").strip()
@@ -113,8 +141,10 @@ def wait_healthy(server: MlflowServer, timeout: float) -> None:
         except (urllib.error.URLError, OSError) as exc:
             last = str(exc)
         time.sleep(0.5)
-    raise RuntimeError(f"mlflow server on {server.url} did not answer /health within {timeout:.0f} s "
-                       f"(last: {last}); its log:\n{server.log()}")
+    raise RuntimeError(
+        f"mlflow server on {server.url} did not answer /health within {timeout:.0f} s "
+        f"(last: {last}); its log:\n{server.log()}"
+    )
 
 
 def stop_server(server: MlflowServer, timeout: float = 15.0) -> int | None:
@@ -143,6 +173,7 @@ def port_is_open(port: int, host: str = HOST) -> bool:
 @dataclass
 class PipelineOnServer:
     """A server and the tiny classification pipeline (``cnn-apps all``) run once against it."""
+
     server: MlflowServer
     runs: dict[str, str]  # stage -> run id (prepare, train, evaluate, export)
     client_dir: Path  # the client's working directory while the pipeline ran
@@ -184,10 +215,10 @@ def _run_tiny_pipeline(server: MlflowServer, base: Path) -> PipelineOnServer:
     import io
     from contextlib import redirect_stdout
 
-    import mlflow
-
-    from cnn_apps.cli import main
     from conftest import set_args, tiny_overrides
+
+    import mlflow
+    from cnn_apps.cli import main
 
     client_dir = base / "client"
     client_dir.mkdir()
@@ -215,7 +246,17 @@ def _run_tiny_pipeline(server: MlflowServer, base: Path) -> PipelineOnServer:
     if rc != 0:
         raise RuntimeError(f"cnn-apps all exited {rc}; stdout:\n{text[-3000:]}\nserver log:\n{server.log()}")
     values = dict(line.split(": ", 1) for line in text.strip().splitlines() if ": " in line)
-    runs = {"prepare": values["prepare_run"], "train": values["train_run"],
-            "evaluate": values["evaluate_run"], "export": values["run_id"]}
-    return PipelineOnServer(server=server, runs=runs, client_dir=client_dir, exports_dir=data_root / "exports",
-                            stdout=text, seconds=seconds)
+    runs = {
+        "prepare": values["prepare_run"],
+        "train": values["train_run"],
+        "evaluate": values["evaluate_run"],
+        "export": values["run_id"],
+    }
+    return PipelineOnServer(
+        server=server,
+        runs=runs,
+        client_dir=client_dir,
+        exports_dir=data_root / "exports",
+        stdout=text,
+        seconds=seconds,
+    )

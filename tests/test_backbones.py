@@ -7,15 +7,14 @@ import sys
 from importlib.util import find_spec
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
-import keras
-
 from cnn_apps import registry
 from cnn_apps.backbones.flops import count_macs
-from cnn_apps.backbones.resnet import ResNet
 from cnn_apps.backbones.pretrained import from_keras_applications, load_keras_applications_weights
+from cnn_apps.backbones.resnet import ResNet
 from cnn_apps.backbones.zoo import zoo_table
 from cnn_apps.classification import ImageClassifier
 from cnn_apps.errors import ConfigError, ModelError
@@ -50,9 +49,15 @@ def test_every_zoo_name_is_registered():
 def test_vgg_matches_keras_applications_parameters_and_names(name, expected):
     model = build(name)
     assert model.count_params() == expected  # = keras.applications.VGG16/VGG19(weights=None)
-    theirs = getattr(keras.applications, name.upper())(weights=None, include_top=False, input_shape=(32, 32, 3))
+    theirs = getattr(keras.applications, name.upper())(
+        weights=None, include_top=False, input_shape=(32, 32, 3)
+    )
     ours_names = [layer.name for layer in model.layers if layer.weights]
-    assert ours_names == [layer.name for layer in theirs.layers if layer.weights] + ["fc1", "fc2", "predictions"]
+    assert ours_names == [layer.name for layer in theirs.layers if layer.weights] + [
+        "fc1",
+        "fc2",
+        "predictions",
+    ]
     assert model.pyramid_outputs == {f"pool{i}": f"block{i}_pool" for i in range(1, 6)}
 
 
@@ -60,18 +65,26 @@ def test_resnet50_matches_keras_applications_layer_for_layer():
     ours = build("resnet50", conv_bias=True)
     theirs = keras.applications.ResNet50(weights=None)
     assert ours.count_params() == theirs.count_params() == 25_636_712
-    strip = lambda m: [(type(layer).__name__, layer.name, [tuple(v.shape) for v in layer.weights])  # noqa: E731
-                       for layer in m.layers if not isinstance(layer, keras.layers.InputLayer)]
+    strip = lambda m: [
+        (type(layer).__name__, layer.name, [tuple(v.shape) for v in layer.weights])  # noqa: E731
+        for layer in m.layers
+        if not isinstance(layer, keras.layers.InputLayer)
+    ]
     assert strip(ours) == strip(theirs)
     assert ours.get_layer("conv1_bn").epsilon == pytest.approx(1.001e-5)
     assert ours.get_layer("conv3_block1_1_conv").strides == (2, 2)  # v1: stride on the first 1x1
     assert ours.get_layer("conv3_block1_2_conv").strides == (1, 1)
-    assert ours.pyramid_outputs == {"C2": "conv2_block3_out", "C3": "conv3_block4_out",
-                                    "C4": "conv4_block6_out", "C5": "conv5_block3_out"}
+    assert ours.pyramid_outputs == {
+        "C2": "conv2_block3_out",
+        "C3": "conv3_block4_out",
+        "C4": "conv4_block6_out",
+        "C5": "conv5_block3_out",
+    }
 
 
-@pytest.mark.parametrize("name, expected", [("resnet18", 11_689_512), ("resnet34", 21_797_672),
-                                            ("resnet50", 25_557_032)])
+@pytest.mark.parametrize(
+    "name, expected", [("resnet18", 11_689_512), ("resnet34", 21_797_672), ("resnet50", 25_557_032)]
+)
 def test_paper_resnets_match_torchvision_trainable_counts(name, expected):
     model = build(name)  # conv_bias=False, BN after every conv
     assert trainable(model) == expected
@@ -84,7 +97,11 @@ def test_plain_nets_are_the_resnets_without_shortcuts():
         assert not [layer for layer in plain.layers if isinstance(layer, keras.layers.Add)]
         plain_convs = {layer.name for layer in plain.layers if isinstance(layer, keras.layers.Conv2D)}
         res_convs = {layer.name for layer in res.layers if isinstance(layer, keras.layers.Conv2D)}
-        assert res_convs - plain_convs == {"conv3_block1_0_conv", "conv4_block1_0_conv", "conv5_block1_0_conv"}
+        assert res_convs - plain_convs == {
+            "conv3_block1_0_conv",
+            "conv4_block1_0_conv",
+            "conv5_block1_0_conv",
+        }
         assert plain_convs < res_convs
     assert plain.pyramid_outputs == res.pyramid_outputs
 
@@ -200,7 +217,8 @@ def test_regularization_switches():
     assert not vgg.get_layer("block1_conv1").use_bias  # BN's beta replaces the bias
     assert vgg.get_layer("block1_conv1_relu")  # conv -> BN -> ReLU
     assert [layer.name for layer in _layers(vgg, keras.layers.SpatialDropout2D)] == [
-        f"block{i}_dropout" for i in range(1, 6)]
+        f"block{i}_dropout" for i in range(1, 6)
+    ]
     convs_dense = _layers(vgg, (keras.layers.Conv2D, keras.layers.Dense))
     assert all(isinstance(layer.kernel_regularizer, keras.regularizers.L1L2) for layer in convs_dense)
     assert len(vgg.losses) == len(convs_dense) == 16
@@ -220,10 +238,14 @@ def test_regularization_switches():
 # --- keras.applications weights -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, constructor, args", [("vgg16", "VGG16", {}), ("vgg19", "VGG19", {}),
-                                                     ("resnet50", "ResNet50", {"conv_bias": True})])
+@pytest.mark.parametrize(
+    "name, constructor, args",
+    [("vgg16", "VGG16", {}), ("vgg19", "VGG19", {}), ("resnet50", "ResNet50", {"conv_bias": True})],
+)
 def test_keras_applications_weights_give_the_same_outputs(name, constructor, args):
-    theirs = getattr(keras.applications, constructor)(weights=None, include_top=False, input_shape=(64, 64, 3))
+    theirs = getattr(keras.applications, constructor)(
+        weights=None, include_top=False, input_shape=(64, 64, 3)
+    )
     ours = build(name, 64, include_top=False, **args)
     loaded = load_keras_applications_weights(ours, theirs)
     assert "block1_conv1" in loaded or "conv1_conv" in loaded
@@ -259,7 +281,10 @@ def test_weight_mapping_errors_name_the_layer_and_copy_nothing():
     # a new head on ImageNet features: skip keeps our predictions layer
     ours = build("vgg16", 32, num_classes=3)
     assert "predictions" not in load_keras_applications_weights(
-        ours, keras.applications.VGG16(weights=None, input_shape=(32, 32, 3), classes=1000), skip=("predictions",))
+        ours,
+        keras.applications.VGG16(weights=None, input_shape=(32, 32, 3), classes=1000),
+        skip=("predictions",),
+    )
 
 
 def test_from_keras_applications(monkeypatch):
@@ -268,20 +293,24 @@ def test_from_keras_applications(monkeypatch):
     monkeypatch.setenv("CNN_APPS_OFFLINE", "1")
     with pytest.raises(ModelError, match="CNN_APPS_OFFLINE"):
         from_keras_applications("vgg16")  # fails before any download
-    ours = from_keras_applications("resnet50", weights=None, input_shape=(32, 32, 3), include_top=False,
-                                   pooling="avg", l2=1e-4)
+    ours = from_keras_applications(
+        "resnet50", weights=None, input_shape=(32, 32, 3), include_top=False, pooling="avg", l2=1e-4
+    )
     assert ours.output_shape == (None, 2048) and ours.get_layer("conv1_conv").use_bias
 
 
 # --- serialization and portability ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, args", [
-    ("vgg16", {"width": 0.25, "include_top": True, "num_classes": 4, "batch_norm": True, "l2": 1e-4}),
-    ("resnet50", {"width": 0.25, "pooling": "avg", "block_dropout": 0.1, "conv_bias": True}),
-    ("plain18", {"width": 0.25, "batch_norm": False, "l1": 1e-5}),
-    ("alexnet", {"width": 0.25, "include_top": True, "num_classes": 4, "grouped": True, "dropout": 0.3}),
-])
+@pytest.mark.parametrize(
+    "name, args",
+    [
+        ("vgg16", {"width": 0.25, "include_top": True, "num_classes": 4, "batch_norm": True, "l2": 1e-4}),
+        ("resnet50", {"width": 0.25, "pooling": "avg", "block_dropout": 0.1, "conv_bias": True}),
+        ("plain18", {"width": 0.25, "batch_norm": False, "l1": 1e-5}),
+        ("alexnet", {"width": 0.25, "include_top": True, "num_classes": 4, "grouped": True, "dropout": 0.3}),
+    ],
+)
 def test_keras_save_and_load_give_the_same_outputs(tmp_path, name, args):
     args = {"include_top": False, **args}
     model = registry.get("backbone", name)(input_shape=(32, 32, 3), **args)
@@ -304,12 +333,14 @@ def test_grouped_conv_trains_on_this_backend():
 
 @pytest.mark.skipif(find_spec("jax") is None, reason="JAX not installed")
 def test_backbones_build_and_run_under_jax():
-    code = ("import numpy as np; from cnn_apps import registry\n"
-            "for n in ['alexnet', 'vgg16', 'resnet50', 'plain18']:\n"
-            "    m = registry.get('backbone', n)(input_shape=(32, 32, 3), include_top=True, num_classes=3,"
-            " width=0.25, grouped=True) if n == 'alexnet' else registry.get('backbone', n)("
-            "input_shape=(32, 32, 3), include_top=True, num_classes=3, width=0.25)\n"
-            "    assert m.predict(np.ones((2, 32, 32, 3), 'float32'), verbose=0).shape == (2, 3)\n")
+    code = (
+        "import numpy as np; from cnn_apps import registry\n"
+        "for n in ['alexnet', 'vgg16', 'resnet50', 'plain18']:\n"
+        "    m = registry.get('backbone', n)(input_shape=(32, 32, 3), include_top=True, num_classes=3,"
+        " width=0.25, grouped=True) if n == 'alexnet' else registry.get('backbone', n)("
+        "input_shape=(32, 32, 3), include_top=True, num_classes=3, width=0.25)\n"
+        "    assert m.predict(np.ones((2, 32, 32, 3), 'float32'), verbose=0).shape == (2, 3)\n"
+    )
     env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -115,8 +115,16 @@ BAD_IMAGES = {
     "notes.txt": "not an image file",
 }
 # name -> (H, W): all kept and read as (H, W, 3) uint8 (or (H, W, 1) with data.channels=1)
-CONVERTED = {"gray.png": (20, 30), "rgba.png": (24, 36), "gray16.png": (22, 18), "rgb16.png": (26, 20),
-             "palette.png": (20, 20), "gray.jpg": (18, 24), "rgb.bmp": (16, 20), "anim.gif": (12, 14)}
+CONVERTED = {
+    "gray.png": (20, 30),
+    "rgba.png": (24, 36),
+    "gray16.png": (22, 18),
+    "rgb16.png": (26, 20),
+    "palette.png": (20, 20),
+    "gray.jpg": (18, 24),
+    "rgb.bmp": (16, 20),
+    "anim.gif": (12, 14),
+}
 TINY = {"one.png": (1, 1), "three_by_five.png": (3, 5)}  # smaller than any model's stride
 
 
@@ -162,8 +170,16 @@ def _image_folder(root: Path) -> int:
 def folder(tmp_path_factory, store):
     tmp = tmp_path_factory.mktemp("folder")
     good = _image_folder(tmp / "photos")
-    run = Prepared(tmp, store, **{"data.source": "folder", "data.path": tmp / "photos", "data.val_fraction": 0.2,
-                           "data.test_fraction": 0.2})
+    run = Prepared(
+        tmp,
+        store,
+        **{
+            "data.source": "folder",
+            "data.path": tmp / "photos",
+            "data.val_fraction": 0.2,
+            "data.test_fraction": 0.2,
+        },
+    )
     run.good = good
     return run
 
@@ -211,7 +227,9 @@ def test_grey_rgba_16bit_palette_bmp_gif_images_are_converted(folder, name):
 def test_data_channels_1_reads_every_format(tmp_path, store):
     """data.channels=1: TensorFlow's BMP and GIF decoders give no grey; they are made grey."""
     _image_folder(tmp_path / "photos")
-    run = Prepared(tmp_path, store, **{"data.source": "folder", "data.path": tmp_path / "photos", "data.channels": 1})
+    run = Prepared(
+        tmp_path, store, **{"data.source": "folder", "data.path": tmp_path / "photos", "data.channels": 1}
+    )
     images = _split_images(run)
     for name, (h, w) in {**CONVERTED, **TINY}.items():
         assert images[name].shape == (h, w, 1), name
@@ -230,9 +248,16 @@ def test_image_smaller_than_the_stride_trains(folder):
     source = get_source(source_config(folder.config()))
     seen = 0
     for split in spec.counts:
-        ds = make_pipeline(source.load(spec, split), task="classification", image_size=32, batch_size=64,
-                           training=split == "train", augment=folder.config().augment, seed=0,
-                           num_examples=spec.counts[split])
+        ds = make_pipeline(
+            source.load(spec, split),
+            task="classification",
+            image_size=32,
+            batch_size=64,
+            training=split == "train",
+            augment=folder.config().augment,
+            seed=0,
+            num_examples=spec.counts[split],
+        )
         for images, labels in ds:
             assert images.shape[1:] == (32, 32, 3) and np.isfinite(images.numpy()).all()
             seen += len(labels)
@@ -249,11 +274,15 @@ def _jpg(path: Path, w=40, h=30):
 
 def _voc_xml(root: Path, stem: str, *objects, size=(40, 30)):
     (root / "Annotations").mkdir(parents=True, exist_ok=True)
-    objs = "".join(f"<object><name>{n}</name><difficult>0</difficult><bndbox><xmin>{a}</xmin><ymin>{b}</ymin>"
-                   f"<xmax>{c}</xmax><ymax>{d}</ymax></bndbox></object>" for n, a, b, c, d in objects)
+    objs = "".join(
+        f"<object><name>{n}</name><difficult>0</difficult><bndbox><xmin>{a}</xmin><ymin>{b}</ymin>"
+        f"<xmax>{c}</xmax><ymax>{d}</ymax></bndbox></object>"
+        for n, a, b, c, d in objects
+    )
     (root / "Annotations" / f"{stem}.xml").write_text(
         f"<annotation><filename>{stem}.jpg</filename><size><width>{size[0]}</width><height>{size[1]}</height>"
-        f"</size>{objs}</annotation>")
+        f"</size>{objs}</annotation>"
+    )
 
 
 # stem -> (objects, the file named, what its reason says); ``None`` objects: written below
@@ -266,7 +295,11 @@ VOC_ROWS = {
     "empty_xml": (None, "empty_xml.xml", "empty file (0 bytes)"),
     "malformed_xml": (None, "malformed_xml.xml", "not valid XML"),
     "not_voc": (None, "not_voc.xml", "root element is <foo>, not <annotation>"),
-    "image_missing": ([("cat", 1, 1, 5, 5)], "image_missing.jpg", "image file not found (annotation image_missing.xml)"),
+    "image_missing": (
+        [("cat", 1, 1, 5, 5)],
+        "image_missing.jpg",
+        "image file not found (annotation image_missing.xml)",
+    ),
     "image_truncated": ([("cat", 1, 1, 5, 5)], "image_truncated.jpg", "truncated"),
 }
 
@@ -287,8 +320,18 @@ def voc(tmp_path_factory, store):
     (root / "Annotations" / "malformed_xml.xml").write_text("<annotation><size><width>40")
     (root / "Annotations" / "not_voc.xml").write_text("<foo/>")
     _half(root / "JPEGImages" / "image_truncated.jpg", root / "JPEGImages" / "good1.jpg")
-    run = Prepared(tmp, store, task="detection", **{"data.source": "voc", "data.path": root, "data.val_fraction": 0,
-                                             "data.test_fraction": 0, "model.architecture": "ssd"})
+    run = Prepared(
+        tmp,
+        store,
+        task="detection",
+        **{
+            "data.source": "voc",
+            "data.path": root,
+            "data.val_fraction": 0,
+            "data.test_fraction": 0,
+            "model.architecture": "ssd",
+        },
+    )
     return run
 
 
@@ -306,7 +349,9 @@ def test_voc_keeps_every_good_box_and_clips_boxes_partly_outside(voc):
     assert voc.metrics["boxes_train"] == 4 * 2 + 5
     from cnn_apps.data.sources import read_manifest
 
-    good0 = next(r for r in read_manifest(voc.spec["location"])["splits"]["train"] if r["path"].endswith("good0.jpg"))
+    good0 = next(
+        r for r in read_manifest(voc.spec["location"])["splits"]["train"] if r["path"].endswith("good0.jpg")
+    )
     assert good0["boxes"][1] == [29.0, 9.0, 40.0, 25.0]  # xmax 50 clipped to the 40 px image
 
 
@@ -317,7 +362,10 @@ COCO_ROWS = {  # annotation id -> (bbox or a whole annotation, the reason's text
     4: ([float("nan"), 5, 10, 10], "non-finite coordinate"),
     5: ([5, 5, 0, 10], "empty box"),
     6: (["5", 5, 10, 10], "is not [x, y, w, h] numbers"),
-    7: ({"id": 7, "image_id": 1, "category_id": 99, "bbox": [1, 1, 5, 5]}, "category_id 99 is not in categories"),
+    7: (
+        {"id": 7, "image_id": 1, "category_id": 99, "bbox": [1, 1, 5, 5]},
+        "category_id 99 is not in categories",
+    ),
     8: ({"id": 8, "image_id": 404, "category_id": 1, "bbox": [1, 1, 5, 5]}, "image_id 404 is not in images"),
 }
 
@@ -328,19 +376,44 @@ def coco(tmp_path_factory, store):
     images = [{"id": i, "file_name": f"im{i}.jpg", "width": 40, "height": 30} for i in (1, 2, 3)]
     for i in (1, 2, 3):
         _jpg(tmp / f"im{i}.jpg")
-    images += [{"id": 4, "file_name": "missing.jpg"}, {"id": 5, "file_name": "broken.jpg"},
-               {"id": 1, "file_name": "im1.jpg"}, "im9.jpg"]
+    images += [
+        {"id": 4, "file_name": "missing.jpg"},
+        {"id": 5, "file_name": "broken.jpg"},
+        {"id": 1, "file_name": "im1.jpg"},
+        "im9.jpg",
+    ]
     (tmp / "broken.jpg").write_bytes(b"")
-    anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10]},
-            {"id": 9, "image_id": 2, "category_id": 2, "bbox": [30, 20, 20, 20]}]  # partly outside: clipped
+    anns = [
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10]},
+        {"id": 9, "image_id": 2, "category_id": 2, "bbox": [30, 20, 20, 20]},
+    ]  # partly outside: clipped
     for ann_id, (bbox, _) in COCO_ROWS.items():
-        anns.append(bbox if isinstance(bbox, dict) else {"id": ann_id, "image_id": 3, "category_id": 1, "bbox": bbox})
+        anns.append(
+            bbox if isinstance(bbox, dict) else {"id": ann_id, "image_id": 3, "category_id": 1, "bbox": bbox}
+        )
     anns.append({"id": 10, "image_id": 4, "category_id": 1, "bbox": [1, 1, 5, 5]})  # its image is missing
     path = tmp / "instances.json"
-    path.write_text(json.dumps({"images": images, "annotations": anns,
-                                "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]}))
-    run = Prepared(tmp, store, task="detection", **{"data.source": "coco", "data.path": path, "data.val_fraction": 0,
-                                             "data.test_fraction": 0, "model.architecture": "ssd"})
+    path.write_text(
+        json.dumps(
+            {
+                "images": images,
+                "annotations": anns,
+                "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+            }
+        )
+    )
+    run = Prepared(
+        tmp,
+        store,
+        task="detection",
+        **{
+            "data.source": "coco",
+            "data.path": path,
+            "data.val_fraction": 0,
+            "data.test_fraction": 0,
+            "model.architecture": "ssd",
+        },
+    )
     return run
 
 
@@ -350,12 +423,15 @@ def test_coco_bad_annotation_is_skipped_named_and_counted(coco, ann_id):
     assert len(reasons) == 1 and COCO_ROWS[ann_id][1] in reasons[0]
 
 
-@pytest.mark.parametrize("file, text", [
-    ("missing.jpg", "image file not found (image id 4)"),
-    ("broken.jpg", "empty file (0 bytes) (image id 5)"),
-    ("instances.json", "images[5] (id 1): id 1 appears again"),
-    ("instances.json", "images[6]: is a str, not an object"),
-])
+@pytest.mark.parametrize(
+    "file, text",
+    [
+        ("missing.jpg", "image file not found (image id 4)"),
+        ("broken.jpg", "empty file (0 bytes) (image id 5)"),
+        ("instances.json", "images[5] (id 1): id 1 appears again"),
+        ("instances.json", "images[6]: is a str, not an object"),
+    ],
+)
 def test_coco_bad_image_entry_is_skipped_named_and_counted(coco, file, text):
     assert any(text in reason for reason in coco.reasons(file)), coco.skipped
 
@@ -363,21 +439,35 @@ def test_coco_bad_image_entry_is_skipped_named_and_counted(coco, file, text):
 def test_coco_keeps_every_good_image_and_box(coco):
     assert coco.spec["counts"] == {"train": 3}
     assert coco.metrics["boxes_train"] == 2
-    assert coco.metrics["skipped_records"] == len(COCO_ROWS) + 4  # the annotation of a missing image is not counted twice
+    assert (
+        coco.metrics["skipped_records"] == len(COCO_ROWS) + 4
+    )  # the annotation of a missing image is not counted twice
 
 
-@pytest.mark.parametrize("text, error", [
-    ("", "empty file (0 bytes)"),
-    ('{"images": [', "not valid JSON"),
-    ("[]", "the top level is a list"),
-    ('{"images": [], "annotations": []}', "no categories list"),
-    ('{"images": [], "annotations": [], "categories": [{"name": "cat"}]}', "categories[0] has id None"),
-])
+@pytest.mark.parametrize(
+    "text, error",
+    [
+        ("", "empty file (0 bytes)"),
+        ('{"images": [', "not valid JSON"),
+        ("[]", "the top level is a list"),
+        ('{"images": [], "annotations": []}', "no categories list"),
+        ('{"images": [], "annotations": [], "categories": [{"name": "cat"}]}', "categories[0] has id None"),
+    ],
+)
 def test_empty_or_malformed_coco_json_is_an_error_naming_the_file(tmp_path, store, text, error):
     path = tmp_path / "instances.json"
     path.write_text(text)
-    rc, _, err = _cli("prepare", *set_args(_overrides(tmp_path, store, task="detection", **{
-        "data.source": "coco", "data.path": path, "model.architecture": "ssd"})))
+    rc, _, err = _cli(
+        "prepare",
+        *set_args(
+            _overrides(
+                tmp_path,
+                store,
+                task="detection",
+                **{"data.source": "coco", "data.path": path, "model.architecture": "ssd"},
+            )
+        ),
+    )
     assert rc == 2 and err.startswith(f"error: {path}: ") and error in err and "Traceback" not in err
 
 
@@ -385,10 +475,26 @@ def test_every_record_bad_is_an_error_naming_the_first_ones(tmp_path, store):
     (tmp_path / "imgs").mkdir()
     (tmp_path / "imgs" / "a.jpg").write_bytes(b"")
     path = tmp_path / "instances.json"
-    path.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [],
-                                "categories": [{"id": 1, "name": "cat"}]}))
-    rc, _, err = _cli("prepare", *set_args(_overrides(tmp_path, store, task="detection", **{
-        "data.source": "coco", "data.path": path, "data.image_dir": tmp_path / "imgs"})))
+    path.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "a.jpg"}],
+                "annotations": [],
+                "categories": [{"id": 1, "name": "cat"}],
+            }
+        )
+    )
+    rc, _, err = _cli(
+        "prepare",
+        *set_args(
+            _overrides(
+                tmp_path,
+                store,
+                task="detection",
+                **{"data.source": "coco", "data.path": path, "data.image_dir": tmp_path / "imgs"},
+            )
+        ),
+    )
     assert rc == 2 and "no usable training images; 1 records skipped" in err and "a.jpg (empty file" in err
 
 
@@ -436,8 +542,12 @@ def masks(tmp_path_factory, store):
     _half(root / "images" / "bad_image.jpg", root / "images" / "bad_image.jpg")
     mask("bad_image.png", ids)
     (root / "classes.txt").write_text("cat\ndog\n")
-    return Prepared(tmp, store, task="segmentation", **{"data.source": "masks", "data.path": root,
-                                                 "model.architecture": "unet"})
+    return Prepared(
+        tmp,
+        store,
+        task="segmentation",
+        **{"data.source": "masks", "data.path": root, "model.architecture": "unet"},
+    )
 
 
 @pytest.mark.parametrize("name", MASK_ROWS)
@@ -454,40 +564,52 @@ def test_masks_keep_every_good_record(masks):
 # ---------------------------------------------------------------------- data.skip_bad_records
 def test_skip_bad_records_false_fails_the_prepare_run_naming_them(folder, tmp_path, store, monkeypatch):
     import mlflow
-
     from cnn_apps import stages, tracking
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
-    config = load_config(None, _overrides(tmp_path, store, **{"data.source": "folder", "data.skip_bad_records": False,
-                                                              "data.path": folder.tmp / "photos"}))
+    config = load_config(
+        None,
+        _overrides(
+            tmp_path,
+            store,
+            **{"data.source": "folder", "data.skip_bad_records": False, "data.path": folder.tmp / "photos"},
+        ),
+    )
     tracking.setup(config)
     with pytest.raises(DataError, match=r"data.skip_bad_records is false .* 7 records skipped: .*corrupt"):
         stages.prepare(config)
-    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list",
-                                filter_string="attributes.status = 'FAILED'")
+    (run,) = mlflow.search_runs(
+        search_all_experiments=True, output_format="list", filter_string="attributes.status = 'FAILED'"
+    )
     assert run.data.metrics["skipped_records"] == 7
     assert "skipped_records.csv" in {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
 
 
 # ---------------------------------------------------------------------- config
-@pytest.mark.parametrize("argv, text", [
-    (["--set", "training.epocs=3"], "error: unknown config key 'training.epocs'. Did you mean 'epochs'?"),
-    (["--set", "dataa.source=folder"], "error: unknown config key 'dataa'. Did you mean 'data'?"),
-    (["--set", "training.epochs=three"], "error: training.epochs: expected int, got str 'three'"),
-    (["--set", "data.image_size=[64]"], "error: data.image_size: expected int, got list [64]"),
-    (["--set", "data.source=csv"], "error: data.source: 'csv' is not one of 'shapes'"),
-])
+@pytest.mark.parametrize(
+    "argv, text",
+    [
+        (["--set", "training.epocs=3"], "error: unknown config key 'training.epocs'. Did you mean 'epochs'?"),
+        (["--set", "dataa.source=folder"], "error: unknown config key 'dataa'. Did you mean 'data'?"),
+        (["--set", "training.epochs=three"], "error: training.epochs: expected int, got str 'three'"),
+        (["--set", "data.image_size=[64]"], "error: data.image_size: expected int, got list [64]"),
+        (["--set", "data.source=csv"], "error: data.source: 'csv' is not one of 'shapes'"),
+    ],
+)
 def test_bad_config_override_is_an_error_naming_the_key(tmp_path, env, argv, text):
     rc, _, err = _cli("prepare", *argv)
     assert rc == 2 and err.startswith(text) and "Traceback" not in err
 
 
-@pytest.mark.parametrize("yaml_text, text", [
-    ("data:\n  sorce: folder\n", "unknown config key 'data.sorce'. Did you mean 'source'?"),
-    ("training:\n  learning_rate: fast\n", "training.learning_rate: expected float, got str 'fast'"),
-    ("training: [1, 2]\n", "training: expected a mapping of keys"),
-    ("data: {source: folder\n", "is not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "yaml_text, text",
+    [
+        ("data:\n  sorce: folder\n", "unknown config key 'data.sorce'. Did you mean 'source'?"),
+        ("training:\n  learning_rate: fast\n", "training.learning_rate: expected float, got str 'fast'"),
+        ("training: [1, 2]\n", "training: expected a mapping of keys"),
+        ("data: {source: folder\n", "is not valid YAML"),
+    ],
+)
 def test_bad_config_file_is_an_error_naming_the_key_and_file(tmp_path, env, yaml_text, text):
     path = tmp_path / "exp.yaml"
     path.write_text(yaml_text)
@@ -527,8 +649,11 @@ def tiny_exports(tmp_path_factory):
     from tf_serving_stub import export, tiny_classifier, tiny_detector, tiny_segmenter
 
     base = tmp_path_factory.mktemp("exports")
-    for task, model in {"classification": tiny_classifier(), "detection": tiny_detector(),
-                        "segmentation": tiny_segmenter()}.items():
+    for task, model in {
+        "classification": tiny_classifier(),
+        "detection": tiny_detector(),
+        "segmentation": tiny_segmenter(),
+    }.items():
         export(model, base / task / "1")
     return base
 

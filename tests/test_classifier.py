@@ -1,7 +1,6 @@
+import keras
 import numpy as np
 import pytest
-
-import keras
 
 from cnn_apps import registry
 from cnn_apps.classification import ImageClassifier
@@ -9,8 +8,13 @@ from cnn_apps.errors import ConfigError
 
 
 def test_keras_save_and_load_give_the_same_outputs(tmp_path):
-    model = ImageClassifier(5, (32, 32, 3), class_names=list("abcde"), dropout=0.3,
-                            backbone_args={"stage_filters": (8, 16), "blocks_per_stage": (1, 2)})
+    model = ImageClassifier(
+        5,
+        (32, 32, 3),
+        class_names=list("abcde"),
+        dropout=0.3,
+        backbone_args={"stage_filters": (8, 16), "blocks_per_stage": (1, 2)},
+    )
     x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
     path = tmp_path / "m.keras"
     model.save(path)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from mlflow_server import free_port, start_server, stop_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,9 +85,13 @@ def test_mlflow_image_matches_the_client_and_has_a_postgres_driver(compose):
     assert f"FROM ghcr.io/mlflow/mlflow:v{mlflow.__version__}" in build
     assert "psycopg2" in build
     options = _options(compose["services"]["mlflow"]["command"])
-    assert _interpolate(options["--backend-store-uri"]).startswith("postgresql+psycopg2://mlflow:mlflow@postgres:5432/")
+    assert _interpolate(options["--backend-store-uri"]).startswith(
+        "postgresql+psycopg2://mlflow:mlflow@postgres:5432/"
+    )
     assert "--serve-artifacts" in options
-    artifacts_volume = next(v for v in compose["services"]["mlflow"]["volumes"] if v.startswith("mlflow-artifacts:"))
+    artifacts_volume = next(
+        v for v in compose["services"]["mlflow"]["volumes"] if v.startswith("mlflow-artifacts:")
+    )
     assert options["--artifacts-destination"] == artifacts_volume.split(":")[1]
     env = compose["services"]["mlflow"]["environment"]
     assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
@@ -101,8 +104,13 @@ def test_tf_serving_image_is_named_only_in_the_compose_file(compose):
     assert compose["services"]["tf-serving"]["image"].startswith(TF_SERVING_IMAGE + ":")
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, text=True, check=True).stdout.splitlines()
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
     image = re.compile(r"(?<![\w./-])" + re.escape(TF_SERVING_IMAGE) + r"(?![\w/-])")
     naming = set()
     for name in listed:
@@ -115,24 +123,38 @@ def test_tf_serving_image_is_named_only_in_the_compose_file(compose):
                 continue
     assert naming == {"mlflow/compose.yaml"}, (
         f"{sorted(naming - {'mlflow/compose.yaml'})} name TF Serving's image: start it with "
-        "`docker compose -f mlflow/compose.yaml up tf-serving` instead")
+        "`docker compose -f mlflow/compose.yaml up tf-serving` instead"
+    )
 
 
 def test_tf_serving_model_config_lists_each_export(tmp_path):
     exports = tmp_path / "exports"
-    for name, version in [("shapes-classifier", 1), ("shapes-classifier", 2), ("shapes-yolov8", 1),
-                          ("shapes-unet", 3)]:
+    for name, version in [
+        ("shapes-classifier", 1),
+        ("shapes-classifier", 2),
+        ("shapes-yolov8", 1),
+        ("shapes-unet", 3),
+    ]:
         (exports / name / str(version)).mkdir(parents=True)
         (exports / name / str(version) / "saved_model.pb").write_bytes(b"")
     (exports / "not-exported-yet").mkdir()  # no version folder: not listed (TF Serving would wait on it)
-    out = subprocess.run(["bash", str(ROOT / "mlflow" / "tf_serving.sh"), "--print-config", str(exports)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["bash", str(ROOT / "mlflow" / "tf_serving.sh"), "--print-config", str(exports)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.startswith("model_config_list {") and out.rstrip().endswith("}")
-    configs = re.findall(r'config \{\s*name: "([^"]+)"\s*base_path: "([^"]+)"\s*model_platform: "tensorflow"\s*\}',
-                         out)
+    configs = re.findall(
+        r'config \{\s*name: "([^"]+)"\s*base_path: "([^"]+)"\s*model_platform: "tensorflow"\s*\}', out
+    )
     assert configs == [(n, str(exports / n)) for n in ("shapes-classifier", "shapes-unet", "shapes-yolov8")]
-    empty = subprocess.run(["bash", str(ROOT / "mlflow" / "tf_serving.sh"), "--print-config", str(tmp_path / "none")],
-                           capture_output=True, text=True, check=True).stdout
+    empty = subprocess.run(
+        ["bash", str(ROOT / "mlflow" / "tf_serving.sh"), "--print-config", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert empty.split() == ["model_config_list", "{", "}"]
 
 
@@ -145,8 +167,12 @@ def test_the_compose_mlflow_server_command_starts_here_with_sqlite(compose, tmp_
     assert command[:2] == ["mlflow", "server"]
     port = free_port()
     artifacts = tmp_path / "mlartifacts"
-    replace = {"--backend-store-uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-               "--artifacts-destination": str(artifacts), "--host": "127.0.0.1", "--port": str(port)}
+    replace = {
+        "--backend-store-uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--artifacts-destination": str(artifacts),
+        "--host": "127.0.0.1",
+        "--port": str(port),
+    }
     argv = command[1:]
     for i, arg in enumerate(argv[:-1]):
         if arg in replace:

@@ -24,7 +24,9 @@ def test_shipped_configs_load(path):
 def test_yaml_and_overrides(tmp_path):
     path = tmp_path / "exp.yaml"
     path.write_text("name: exp\ntraining:\n  epochs: 7\n  learning_rate: 1\n")
-    cfg = load_config(path, ["training.epochs=3", "data.image_size=48", "model.backbone_args={stem_filters: 8}"])
+    cfg = load_config(
+        path, ["training.epochs=3", "data.image_size=48", "model.backbone_args={stem_filters: 8}"]
+    )
     assert cfg.name == "exp"
     assert cfg.training.epochs == 3
     assert cfg.training.learning_rate == 1.0 and isinstance(cfg.training.learning_rate, float)

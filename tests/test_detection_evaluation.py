@@ -20,8 +20,11 @@ def gt(boxes, labels, iscrowd=None):
 
 
 def det(boxes, scores, labels):
-    return {"boxes": np.asarray(boxes, np.float32).reshape(-1, 4), "scores": np.asarray(scores, np.float32),
-            "labels": np.asarray(labels, np.int32)}
+    return {
+        "boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
+        "scores": np.asarray(scores, np.float32),
+        "labels": np.asarray(labels, np.int32),
+    }
 
 
 def coco_reference(ground_truth, detections, num_classes):
@@ -40,16 +43,29 @@ def coco_reference(ground_truth, detections, num_classes):
         for box, label, c in zip(g["boxes"], g["labels"], crowd):
             if label >= 0:
                 b = xywh(box)
-                anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": int(label) + 1,
-                             "bbox": b, "area": b[2] * b[3], "iscrowd": int(c)})
-    results = [{"image_id": i + 1, "category_id": int(label) + 1, "bbox": xywh(box), "score": float(score)}
-               for i, d in enumerate(detections)
-               for box, score, label in zip(d["boxes"], d["scores"], d["labels"]) if label >= 0]
+                anns.append(
+                    {
+                        "id": len(anns) + 1,
+                        "image_id": i + 1,
+                        "category_id": int(label) + 1,
+                        "bbox": b,
+                        "area": b[2] * b[3],
+                        "iscrowd": int(c),
+                    }
+                )
+    results = [
+        {"image_id": i + 1, "category_id": int(label) + 1, "bbox": xywh(box), "score": float(score)}
+        for i, d in enumerate(detections)
+        for box, score, label in zip(d["boxes"], d["scores"], d["labels"])
+        if label >= 0
+    ]
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
-        coco_gt.dataset = {"images": [{"id": i + 1, "width": 640, "height": 640} for i in range(len(ground_truth))],
-                           "annotations": anns,
-                           "categories": [{"id": k + 1, "name": str(k)} for k in range(num_classes)]}
+        coco_gt.dataset = {
+            "images": [{"id": i + 1, "width": 640, "height": 640} for i in range(len(ground_truth))],
+            "annotations": anns,
+            "categories": [{"id": k + 1, "name": str(k)} for k in range(num_classes)],
+        }
         coco_gt.createIndex()
         coco_dt = coco_gt.loadRes(results)  # an empty list fails in loadRes: fixtures always detect something
         evaluator = COCOeval(coco_gt, coco_dt, "bbox")
@@ -74,20 +90,35 @@ def mixed_fixture():
     """4 classes: every size range, images without GT or detections, ties, a class without GT."""
     small, medium, large = [10, 10, 20, 20], [40, 40, 90, 80], [100, 100, 230, 220]
     ground_truth = [
-        gt([small, medium, large, [300, 300, 332, 332], [-1, -1, -1, -1]], [0, 1, 2, 0, -1]),  # 32x32: both small and medium
-        gt([medium, [200, 50, 260, 110]], [1, 1]),                                            # no detections
-        gt([], []),                                                                           # no GT
+        gt(
+            [small, medium, large, [300, 300, 332, 332], [-1, -1, -1, -1]], [0, 1, 2, 0, -1]
+        ),  # 32x32: both small and medium
+        gt([medium, [200, 50, 260, 110]], [1, 1]),  # no detections
+        gt([], []),  # no GT
         gt([small, [12, 11, 21, 22], large], [0, 0, 2]),
         gt([medium], [1]),
     ]
     detections = [
-        det([[11, 10, 20, 21], [40, 42, 90, 80], [41, 40, 88, 82], [105, 98, 228, 222], [301, 299, 331, 333],
-             [0, 0, 5, 5], [0, 0, 0, 0]],
-            [0.9, 0.8, 0.8, 0.7, 0.7, 0.7, 0.1], [0, 1, 1, 2, 0, 3, -1]),    # a duplicate, a tie, class 3, padding
+        det(
+            [
+                [11, 10, 20, 21],
+                [40, 42, 90, 80],
+                [41, 40, 88, 82],
+                [105, 98, 228, 222],
+                [301, 299, 331, 333],
+                [0, 0, 5, 5],
+                [0, 0, 0, 0],
+            ],
+            [0.9, 0.8, 0.8, 0.7, 0.7, 0.7, 0.1],
+            [0, 1, 1, 2, 0, 3, -1],
+        ),  # a duplicate, a tie, class 3, padding
         det([], [], []),
         det([[50, 50, 60, 60], [400, 400, 520, 520]], [0.8, 0.9], [0, 2]),  # false positives, no GT
-        det([[10, 10, 20, 20], [11, 11, 21, 21], [100, 100, 230, 220], [0, 0, 200, 200]],
-            [0.8, 0.8, 0.6, 0.8], [0, 0, 2, 3]),                          # ties across and within images
+        det(
+            [[10, 10, 20, 20], [11, 11, 21, 21], [100, 100, 230, 220], [0, 0, 200, 200]],
+            [0.8, 0.8, 0.6, 0.8],
+            [0, 0, 2, 3],
+        ),  # ties across and within images
         det([[40, 40, 90, 80]], [0.5], [1]),
     ]
     return ground_truth, detections
@@ -108,7 +139,9 @@ def random_fixture(seed=0, images=30, classes=3):
             detections.append(det([], [], []))
             continue
         keep = rng.random(n) < 0.8
-        jitter = boxes[keep] + rng.normal(0, 0.06, (int(keep.sum()), 4)) * np.repeat(wh[keep], 2, axis=0).reshape(-1, 4)
+        jitter = boxes[keep] + rng.normal(0, 0.06, (int(keep.sum()), 4)) * np.repeat(
+            wh[keep], 2, axis=0
+        ).reshape(-1, 4)
         jitter[:, 2:] = np.maximum(jitter[:, 2:], jitter[:, :2] + 1)
         det_labels = np.where(rng.random(len(jitter)) < 0.1, (labels[keep] + 1) % classes, labels[keep])
         m = int(rng.integers(0, 6)) if i != 10 else 120  # one image over maxDets=100
@@ -137,11 +170,18 @@ def test_coco_parity_random_fixture(seed):
 
 
 def test_coco_parity_crowd():
-    ground_truth = [gt([[0, 0, 100, 100], [10, 10, 40, 40], [200, 200, 240, 260]], [0, 0, 0], iscrowd=[1, 0, 0]),
-                    gt([[5, 5, 50, 50]], [0])]
-    detections = [det([[10, 10, 40, 41], [20, 20, 60, 60], [60, 60, 90, 90], [200, 200, 241, 259]],
-                      [0.9, 0.8, 0.7, 0.6], [0, 0, 0, 0]),
-                  det([[5, 5, 50, 50], [5, 6, 50, 50]], [0.7, 0.7], [0, 0])]
+    ground_truth = [
+        gt([[0, 0, 100, 100], [10, 10, 40, 40], [200, 200, 240, 260]], [0, 0, 0], iscrowd=[1, 0, 0]),
+        gt([[5, 5, 50, 50]], [0]),
+    ]
+    detections = [
+        det(
+            [[10, 10, 40, 41], [20, 20, 60, 60], [60, 60, 90, 90], [200, 200, 241, 259]],
+            [0.9, 0.8, 0.7, 0.6],
+            [0, 0, 0, 0],
+        ),
+        det([[5, 5, 50, 50], [5, 6, 50, 50]], [0.7, 0.7], [0, 0]),
+    ]
     ours, _ = assert_coco_parity(ground_truth, detections, num_classes=1)
     assert ours.per_class[0]["num_gt"] == 3
 
@@ -155,8 +195,10 @@ def test_no_detections_at_all():
 
 def voc_reference(ground_truth, detections, k):
     """A loop-by-loop transcription of py-faster-rcnn's voc_eval (continuous IoU, >= 0.5, stable sort)."""
-    records = [{"bbox": g["boxes"][g["labels"] == k].astype(float), "det": [False] * int((g["labels"] == k).sum())}
-               for g in ground_truth]
+    records = [
+        {"bbox": g["boxes"][g["labels"] == k].astype(float), "det": [False] * int((g["labels"] == k).sum())}
+        for g in ground_truth
+    ]
     npos = sum(len(r["det"]) for r in records)
     ids, conf, bbs = [], [], []
     for i, d in enumerate(detections):
@@ -250,11 +292,16 @@ def test_iou_exactly_half_is_a_match():
 
 
 def test_batched_padded_input():
-    ground_truth = {"boxes": np.array([[[0, 0, 10, 10], [-1, -1, -1, -1]], [[5, 5, 9, 9], [20, 20, 30, 30]]], np.float32),
-                    "labels": np.array([[0, -1], [1, 0]])}
-    detections = {"boxes": np.array([[[0, 0, 10, 10], [0, 0, 10, 10]], [[5, 5, 9, 9], [0, 0, 1, 1]]], np.float32),
-                  "scores": np.array([[0.9, 0.8], [0.7, 0.6]], np.float32),
-                  "labels": np.array([[0, 0], [1, 1]]), "num_detections": np.array([1, 1])}
+    ground_truth = {
+        "boxes": np.array([[[0, 0, 10, 10], [-1, -1, -1, -1]], [[5, 5, 9, 9], [20, 20, 30, 30]]], np.float32),
+        "labels": np.array([[0, -1], [1, 0]]),
+    }
+    detections = {
+        "boxes": np.array([[[0, 0, 10, 10], [0, 0, 10, 10]], [[5, 5, 9, 9], [0, 0, 1, 1]]], np.float32),
+        "scores": np.array([[0.9, 0.8], [0.7, 0.6]], np.float32),
+        "labels": np.array([[0, 0], [1, 1]]),
+        "num_detections": np.array([1, 1]),
+    }
     result = evaluate_detections(ground_truth, detections, 2)
     assert [r["num_det"] for r in result.per_class] == [1, 1]
     assert result.per_class[0]["ap50"] == pytest.approx(0.5) and result.per_class[1]["ap50"] == 1.0
@@ -262,9 +309,17 @@ def test_batched_padded_input():
 
 def test_outputs_and_errors():
     result = evaluate_detections(*mixed_fixture(), 4, class_names=["a", "b", "c", "d"])
-    assert list(result.metrics()) == ["test_map50", "test_map50_voc07", "test_coco_ap", "test_coco_ap50",
-                                      "test_coco_ap75", "test_coco_ap_small", "test_coco_ap_medium",
-                                      "test_coco_ap_large", "test_coco_ar100"]
+    assert list(result.metrics()) == [
+        "test_map50",
+        "test_map50_voc07",
+        "test_coco_ap",
+        "test_coco_ap50",
+        "test_coco_ap75",
+        "test_coco_ap_small",
+        "test_coco_ap_medium",
+        "test_coco_ap_large",
+        "test_coco_ar100",
+    ]
     assert all(isinstance(v, float) for v in result.metrics("val_").values())
     rows = list(csv.DictReader(io.StringIO(result.per_class_table())))
     assert [r["class"] for r in rows] == ["a", "b", "c", "d"] and rows[3]["ap50"] == "nan"

@@ -15,9 +15,9 @@ pytestmark = pytest.mark.slow  # two processes, two backends: ~1 min
 
 BUILD = {
     "ssd": "SSD(3, image_size=64, feature_levels=['C3', 'C4'], extra_blocks=[32], s_min=0.15, s_max=0.6, "
-           "backbone_args={'stage_filters': [8, 16, 16, 32]}, postprocess={'score_threshold': 0.2})",
+    "backbone_args={'stage_filters': [8, 16, 16, 32]}, postprocess={'score_threshold': 0.2})",
     "yolo": "YOLOv1(3, image_size=64, head_filters=8, hidden_units=32, "
-            "backbone_args={'stage_filters': [8, 16, 16, 32]}, postprocess={'score_threshold': 0.2})",
+    "backbone_args={'stage_filters': [8, 16, 16, 32]}, postprocess={'score_threshold': 0.2})",
 }
 
 SCRIPT = textwrap.dedent("""
@@ -61,8 +61,13 @@ def test_detectors_under_jax_match_tensorflow(tmp_path):
         np.testing.assert_allclose(tf_nms["scores"], portable["scores"], atol=1e-5)
         expected[name] = portable
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(BUILD), str(tmp_path)], env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, json.dumps(BUILD), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     for name in BUILD:
         got = np.load(tmp_path / f"{name}_jax.npz")

@@ -56,8 +56,12 @@ def reference_spp(features, rois, levels, scale):
     batch = features.shape[0]
     if rois is None:
         h, w = features.shape[1:3]
-        return np.stack([np.concatenate([reference_pool(features[b], 0, 0, h, w, n, n).ravel() for n in levels])
-                         for b in range(batch)])
+        return np.stack(
+            [
+                np.concatenate([reference_pool(features[b], 0, 0, h, w, n, n).ravel() for n in levels])
+                for b in range(batch)
+            ]
+        )
     out = []
     for b in range(batch):
         rows = []
@@ -87,17 +91,20 @@ def make_case(seed=0, batch=2, num=24, height=9, width=11, channels=3):
     xy = rng.uniform(-8, [img_w + 8, img_h + 8], (batch, num, 2))
     wh = rng.uniform(1, [img_w, img_h], (batch, num, 2))
     rois = np.concatenate([xy, xy + wh], -1).astype(np.float32)
-    specials = np.array([
-        [4, 4, 5, 5],  # one cell (cell 1, 1): round(1.25) = 1
-        [0, 0, 1, 1],  # one cell at the corner (rounds to cell 0)
-        [img_w - 3, img_h - 3, img_w, img_h],  # at the border: rounds past the last cell
-        [-20, -20, img_w + 20, img_h + 20],  # bigger than the image
-        [10, 10, 10, 30],  # zero width -> zeros
-        [-1, -1, -1, -1],  # padding -> zeros
-        [img_w + 10, 0, img_w + 30, 20],  # wholly outside -> empty bins -> zeros
-        [2.0, 2.0, 6.0, 6.0],  # halves round away from zero: cells 1 .. 2 (torchvision: round(0.5)=1)
-    ], np.float32)
-    rois[:, :len(specials)] = specials
+    specials = np.array(
+        [
+            [4, 4, 5, 5],  # one cell (cell 1, 1): round(1.25) = 1
+            [0, 0, 1, 1],  # one cell at the corner (rounds to cell 0)
+            [img_w - 3, img_h - 3, img_w, img_h],  # at the border: rounds past the last cell
+            [-20, -20, img_w + 20, img_h + 20],  # bigger than the image
+            [10, 10, 10, 30],  # zero width -> zeros
+            [-1, -1, -1, -1],  # padding -> zeros
+            [img_w + 10, 0, img_w + 30, 20],  # wholly outside -> empty bins -> zeros
+            [2.0, 2.0, 6.0, 6.0],  # halves round away from zero: cells 1 .. 2 (torchvision: round(0.5)=1)
+        ],
+        np.float32,
+    )
+    rois[:, : len(specials)] = specials
     return features, rois
 
 
@@ -116,8 +123,9 @@ def test_roi_pooling_matches_numpy_loops(pool):
 
 
 def test_roi_pooling_many_shapes_and_scales():
-    for seed, (height, width, scale, pool) in enumerate([(1, 1, 1 / 16, 7), (5, 17, 1 / 8, 7), (38, 38, 1 / 16, 7),
-                                                       (13, 6, 1.0, 4)]):
+    for seed, (height, width, scale, pool) in enumerate(
+        [(1, 1, 1 / 16, 7), (5, 17, 1 / 8, 7), (38, 38, 1 / 16, 7), (13, 6, 1.0, 4)]
+    ):
         rng = np.random.default_rng(seed)
         features = make_features(rng, 1, height, width, 2)
         size = np.array([width, height]) / scale
@@ -226,8 +234,13 @@ def test_same_results_under_jax(tmp_path):
     features, rois = make_case(5)
     np.savez(tmp_path / "case.npz", features=features, rois=rois, scale=SCALE)
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run([sys.executable, "-c", JAX_SCRIPT, str(tmp_path)], env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", JAX_SCRIPT, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     got = np.load(tmp_path / "jax.npz")
     np.testing.assert_array_equal(got["roi"], reference_roi_pool(features, rois, (7, 7), SCALE))

@@ -5,7 +5,12 @@ import pytest
 
 from cnn_apps.data.shapes import make_scene
 from cnn_apps.detection import proposals as proposals_mod
-from cnn_apps.detection.proposals import pad_proposals, proposal_recall, proposals_for_dataset, selective_search
+from cnn_apps.detection.proposals import (
+    pad_proposals,
+    proposal_recall,
+    proposals_for_dataset,
+    selective_search,
+)
 from cnn_apps.errors import ConfigError, DataError
 
 cv2 = pytest.importorskip("cv2")
@@ -39,8 +44,9 @@ def test_keeps_opencv_order_and_is_repeatable(scenes):
     expected = np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:]], 1)
     np.testing.assert_array_equal(boxes, expected)
     # truncation keeps the head of the ranking
-    np.testing.assert_array_equal(selective_search(image, num_threads=1, min_size=0, seed=3, max_proposals=20),
-                                  boxes[:20])
+    np.testing.assert_array_equal(
+        selective_search(image, num_threads=1, min_size=0, seed=3, max_proposals=20), boxes[:20]
+    )
 
 
 def test_scale_maps_boxes_back_and_threads_are_restored(scenes):
@@ -72,8 +78,9 @@ def test_images_of_other_types(scenes):
     gray = scenes[0].image.mean(-1)
     assert len(selective_search(gray, num_threads=1)) > 0
     as_float = scenes[0].image.astype(np.float32)
-    np.testing.assert_array_equal(selective_search(as_float, num_threads=1),
-                                  selective_search(scenes[0].image, num_threads=1))
+    np.testing.assert_array_equal(
+        selective_search(as_float, num_threads=1), selective_search(scenes[0].image, num_threads=1)
+    )
     with pytest.raises(DataError, match="RGB image"):
         selective_search(np.zeros((4, 4, 4), np.uint8))
     with pytest.raises(ConfigError, match="mode"):

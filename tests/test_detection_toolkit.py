@@ -17,8 +17,7 @@ def test_iou_hand_computed():
     a = np.array([[0, 0, 10, 10], [5, 5, 15, 15]], np.float32)
     b = np.array([[0, 0, 10, 10], [0, 0, 5, 5], [20, 20, 30, 30], [5, 0, 15, 10]], np.float32)
     iou = np_(pairwise_iou(a, b))
-    expected = np.array([[1.0, 25 / 100, 0.0, 50 / 150],
-                         [25 / 175, 0.0, 0.0, 50 / 150]])
+    expected = np.array([[1.0, 25 / 100, 0.0, 50 / 150], [25 / 175, 0.0, 0.0, 50 / 150]])
     np.testing.assert_allclose(iou, expected, rtol=1e-6)
     # padded boxes (-1) overlap nothing; batched leading axes work
     pad = -np.ones((1, 4), np.float32)
@@ -38,8 +37,9 @@ def test_coder_round_trip(weights):
     rng = np.random.default_rng(0)
     anchors = rng.uniform(0, 50, (64, 2)).astype(np.float32)
     anchors = np.concatenate([anchors, anchors + rng.uniform(4, 40, (64, 2))], 1).astype(np.float32)
-    boxes = np.concatenate([anchors[:, :2] + rng.normal(0, 3, (64, 2)),
-                            anchors[:, 2:] + rng.normal(0, 3, (64, 2))], 1).astype(np.float32)
+    boxes = np.concatenate(
+        [anchors[:, :2] + rng.normal(0, 3, (64, 2)), anchors[:, 2:] + rng.normal(0, 3, (64, 2))], 1
+    ).astype(np.float32)
     coder = BoxCoder(weights)
     deltas = coder.encode(boxes[None], anchors)
     np.testing.assert_allclose(np_(coder.decode(deltas, anchors))[0], boxes, atol=1e-3)
@@ -55,8 +55,9 @@ def test_coder_clips_huge_scales():
 
 
 def test_matcher_thresholds_and_forced_matches():
-    anchors = np.array([[0, 0, 10, 10], [0, 0, 10, 8], [0, 0, 10, 4.5], [0, 0, 10, 2], [50, 50, 60, 60]],
-                       np.float32)
+    anchors = np.array(
+        [[0, 0, 10, 10], [0, 0, 10, 8], [0, 0, 10, 4.5], [0, 0, 10, 2], [50, 50, 60, 60]], np.float32
+    )
     gt = np.array([[[0, 0, 10, 10], [-1, -1, -1, -1]]], np.float32)
     labels = np.array([[2, -1]])
     # IoUs with the object: 1.0, 0.8, 0.45, 0.2, 0
@@ -91,7 +92,7 @@ def _brute_force_nms(boxes, scores, iou_thr, score_thr, max_det):
         order = [i for i in np.argsort(-scores[:, c], kind="stable") if scores[i, c] > score_thr]
         kept = []
         for i in order:
-            if all(np_(pairwise_iou(boxes[i:i + 1], boxes[j:j + 1]))[0, 0] <= iou_thr for j in kept):
+            if all(np_(pairwise_iou(boxes[i : i + 1], boxes[j : j + 1]))[0, 0] <= iou_thr for j in kept):
                 kept.append(i)
         out += [(scores[i, c], c, tuple(boxes[i])) for i in kept]
     out.sort(key=lambda t: -t[0])
@@ -104,9 +105,18 @@ def test_nms_matches_brute_force(implementation):
     xy = rng.uniform(0, 80, (2, 60, 2))
     boxes = np.concatenate([xy, xy + rng.uniform(5, 30, (2, 60, 2))], -1).astype(np.float32)
     scores = rng.uniform(0, 1, (2, 60, 3)).astype(np.float32)
-    out = {k: np_(v) for k, v in batched_nms(boxes, scores, max_detections=20, iou_threshold=0.4,
-                                               score_threshold=0.3, pre_nms_top_k=60,
-                                               implementation=implementation).items()}
+    out = {
+        k: np_(v)
+        for k, v in batched_nms(
+            boxes,
+            scores,
+            max_detections=20,
+            iou_threshold=0.4,
+            score_threshold=0.3,
+            pre_nms_top_k=60,
+            implementation=implementation,
+        ).items()
+    }
     assert out["boxes"].shape == (2, 20, 4) and out["labels"].dtype == np.int32
     for b in range(2):
         ref = _brute_force_nms(boxes[b], scores[b], 0.4, 0.3, 20)
@@ -132,8 +142,9 @@ def test_smooth_l1():
 
 def test_ssd_default_boxes_follow_the_paper():
     ratios = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]
-    boxes = anchors_mod.ssd_default_boxes(300, [38, 19, 10, 5, 3, 1], ratios,
-                                          anchors_mod.ssd_scales(6, 0.2, 0.9, first=0.1))
+    boxes = anchors_mod.ssd_default_boxes(
+        300, [38, 19, 10, 5, 3, 1], ratios, anchors_mod.ssd_scales(6, 0.2, 0.9, first=0.1)
+    )
     assert boxes.shape == (8732, 4)
     # the first location of conv4_3: aspect 1 at scale 0.1 (30 px) centred at (300/76, 300/76)
     c = 300 / 38 / 2
@@ -152,7 +163,7 @@ def test_rpn_anchors():
     a = gen(2, 3, stride=16)
     assert a.shape == (2 * 3 * 6, 4)
     areas = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    np.testing.assert_allclose(sorted(set(np.round(areas))), [32 ** 2, 64 ** 2], rtol=1e-4)
+    np.testing.assert_allclose(sorted(set(np.round(areas))), [32**2, 64**2], rtol=1e-4)
     np.testing.assert_allclose((a[:6, :2] + a[:6, 2:]) / 2, [[8, 8]] * 6)
 
 
@@ -160,8 +171,8 @@ def _padded(boxes, labels, n=4):
     b = -np.ones((1, n, 4), np.float32)
     lab = -np.ones((1, n), np.int64)
     if len(boxes):
-        b[0, :len(boxes)] = boxes
-        lab[0, :len(labels)] = labels
+        b[0, : len(boxes)] = boxes
+        lab[0, : len(labels)] = labels
     return b, lab
 
 
@@ -172,18 +183,21 @@ def test_empty_image_gives_zero_box_loss():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(1, a, 3)).astype(np.float32)
     deltas = rng.normal(size=(1, a, 4)).astype(np.float32)
-    parts = ssd_multibox_loss(logits, deltas, anchors, empty_b, empty_l, matcher=Matcher(0.5),
-                              coder=BoxCoder((10, 10, 5, 5)))
+    parts = ssd_multibox_loss(
+        logits, deltas, anchors, empty_b, empty_l, matcher=Matcher(0.5), coder=BoxCoder((10, 10, 5, 5))
+    )
     assert float(np_(parts["box"])) == 0.0 and float(np_(parts["classification"])) == 0.0
     obj_b, obj_l = _padded([[10, 10, 30, 30]], [1])
-    parts = ssd_multibox_loss(logits, deltas, anchors, obj_b, obj_l, matcher=Matcher(0.5),
-                              coder=BoxCoder((10, 10, 5, 5)))
+    parts = ssd_multibox_loss(
+        logits, deltas, anchors, obj_b, obj_l, matcher=Matcher(0.5), coder=BoxCoder((10, 10, 5, 5))
+    )
     assert float(np_(parts["box"])) > 0
 
     offsets = anchors_mod.yolo_cell_offsets(7)
     pred = rng.uniform(size=(1, 7, 7, 5 * 2 + 3)).astype(np.float32)
-    parts = yolo_v1_loss(pred, empty_b, empty_l, image_size=112.0, grid=7, num_boxes=2, num_classes=3,
-                         offsets=offsets)
+    parts = yolo_v1_loss(
+        pred, empty_b, empty_l, image_size=112.0, grid=7, num_boxes=2, num_classes=3, offsets=offsets
+    )
     assert float(np_(parts["box"])) == 0.0 and float(np_(parts["classification"])) == 0.0
     assert float(np_(parts["no_object"])) > 0  # every predictor is told "no object"
 

@@ -19,16 +19,25 @@ def _batch(n=4, size=64, max_objects=4):
     boxes = -np.ones((n, max_objects, 4), np.float32)
     labels = -np.ones((n, max_objects), np.int64)
     for i, s in enumerate(scenes):
-        boxes[i, :len(s.boxes)] = s.boxes
-        labels[i, :len(s.labels)] = s.labels
+        boxes[i, : len(s.boxes)] = s.boxes
+        labels[i, : len(s.labels)] = s.labels
     return np.stack([s.image for s in scenes]).astype(np.float32), {"boxes": boxes, "labels": labels}
 
 
 MODELS = {
-    "ssd": lambda: SSD(4, image_size=64, feature_levels=["C3", "C4"], extra_blocks=[32], s_min=0.15, s_max=0.6,
-                       postprocess={"score_threshold": 0.0}, **TINY),
-    "yolo_v1": lambda: YOLOv1(4, image_size=64, head_filters=8, hidden_units=32,
-                              postprocess={"score_threshold": 0.0}, **TINY),
+    "ssd": lambda: SSD(
+        4,
+        image_size=64,
+        feature_levels=["C3", "C4"],
+        extra_blocks=[32],
+        s_min=0.15,
+        s_max=0.6,
+        postprocess={"score_threshold": 0.0},
+        **TINY,
+    ),
+    "yolo_v1": lambda: YOLOv1(
+        4, image_size=64, head_filters=8, hidden_units=32, postprocess={"score_threshold": 0.0}, **TINY
+    ),
 }
 
 
@@ -74,16 +83,20 @@ def test_yolo_grid_and_outputs():
 
 
 def test_detector_from_config():
-    config = load_config("pipelines/configs/shapes_ssd.yaml", ["data.image_size=64",
-                                                                "model.backbone_args={stage_filters: [8, 16, 16, 32]}"])
+    config = load_config(
+        "pipelines/configs/shapes_ssd.yaml",
+        ["data.image_size=64", "model.backbone_args={stage_filters: [8, 16, 16, 32]}"],
+    )
     model = detector_from_config(config, 4, ["circle", "square", "triangle", "star"])
     assert isinstance(model, SSD) and model.image_size == 64 and model.class_names[1] == "square"
     assert model.postprocess["max_detections"] == config.detection.max_detections
     bad = load_config("pipelines/configs/shapes_ssd.yaml", ["model.architecture_args={no_such_arg: 1}"])
     with pytest.raises(ConfigError, match="no_such_arg"):
         detector_from_config(bad, 4)
-    paper = load_config("pipelines/configs/shapes_ssd.yaml", ["model.architecture=ssd300_vgg16",
-                                                               "data.image_size=300", "model.architecture_args={}"])
+    paper = load_config(
+        "pipelines/configs/shapes_ssd.yaml",
+        ["model.architecture=ssd300_vgg16", "data.image_size=300", "model.architecture_args={}"],
+    )
     ssd300 = detector_from_config(paper, 20)  # keeps its own VGG16 whatever model.backbone says
     assert ssd300.get_config()["backbone"] == "vgg16" and ssd300.anchors.shape == (8732, 4)
     missing = load_config(None, ["task=detection"])

@@ -3,12 +3,15 @@ import pytest
 from cnn_apps.training.diagnosis import diagnose
 
 
-@pytest.mark.parametrize("train, val, verdict, bias, variance", [
-    (0.01, 0.11, "high_variance", 0.01, 0.10),   # the lecture's first example
-    (0.15, 0.16, "high_bias", 0.15, 0.01),       # second
-    (0.15, 0.30, "high_bias_and_variance", 0.15, 0.15),  # third
-    (0.005, 0.01, "good_fit", 0.005, 0.005),
-])
+@pytest.mark.parametrize(
+    "train, val, verdict, bias, variance",
+    [
+        (0.01, 0.11, "high_variance", 0.01, 0.10),  # the lecture's first example
+        (0.15, 0.16, "high_bias", 0.15, 0.01),  # second
+        (0.15, 0.30, "high_bias_and_variance", 0.15, 0.15),  # third
+        (0.005, 0.01, "good_fit", 0.005, 0.005),
+    ],
+)
 def test_the_lectures_examples(train, val, verdict, bias, variance):
     d = diagnose(train, val)
     assert d.verdict == verdict
@@ -31,7 +34,9 @@ def test_remedies_and_report_match_the_verdict():
     report = d.markdown()
     assert "`high_variance`" in report and "10.00%" in report
     both = diagnose(0.15, 0.30)
-    assert any("bigger model" in r for r in both.remedies) and any("more training data" in r for r in both.remedies)
+    assert any("bigger model" in r for r in both.remedies) and any(
+        "more training data" in r for r in both.remedies
+    )
 
 
 def test_thresholds_come_from_the_caller():

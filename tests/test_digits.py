@@ -7,12 +7,17 @@ import pytest
 
 from cnn_apps.config import load_config
 from cnn_apps.data.sources import (
-    OPENCV_DIGITS_PATH, SOURCES, DigitsSource, OpenCvDigitsSource, get_source,
+    OPENCV_DIGITS_PATH,
+    SOURCES,
+    DigitsSource,
+    OpenCvDigitsSource,
+    get_source,
 )
 from cnn_apps.errors import DataError
 
-needs_opencv_doc = pytest.mark.skipif(not Path(OPENCV_DIGITS_PATH).is_file(),
-                                      reason="Debian opencv-doc is not installed")
+needs_opencv_doc = pytest.mark.skipif(
+    not Path(OPENCV_DIGITS_PATH).is_file(), reason="Debian opencv-doc is not installed"
+)
 
 
 def _config(tmp_path, source, **sets):
@@ -136,11 +141,15 @@ def test_opencv_digits_missing_file_and_custom_path(tmp_path):
     sheet = np.repeat(np.repeat(np.arange(50, dtype=np.uint8)[:, None] * 5, 100, axis=1), 20, axis=0)
     sheet = np.repeat(sheet, 20, axis=1)
     Image.fromarray(sheet).save(tmp_path / "sheet.png")
-    source = OpenCvDigitsSource(_config(tmp_path, "opencv_digits", **{"data.path": str(tmp_path / "sheet.png")}))
+    source = OpenCvDigitsSource(
+        _config(tmp_path, "opencv_digits", **{"data.path": str(tmp_path / "sheet.png")})
+    )
     spec = source.prepare()
     images, labels = _arrays(source, spec, "train")
     assert np.array_equal(images[:, 0, 0, 0] // 5 // 5, labels)  # cell row // 5 is the class
     assert all(len(np.unique(im)) == 1 for im in images)  # every cell is one uniform 20x20 cut
     Image.fromarray(sheet[:500]).save(tmp_path / "half.png")
     with pytest.raises(DataError, match="expected a 2000x1000"):
-        OpenCvDigitsSource(_config(tmp_path, "opencv_digits", **{"data.path": str(tmp_path / "half.png")})).prepare()
+        OpenCvDigitsSource(
+            _config(tmp_path, "opencv_digits", **{"data.path": str(tmp_path / "half.png")})
+        ).prepare()

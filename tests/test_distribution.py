@@ -8,11 +8,11 @@ import subprocess
 import sys
 
 import keras
-import mlflow
 import numpy as np
 import pytest
 from conftest import set_args, tiny_overrides
 
+import mlflow
 from cnn_apps.cli import main
 from cnn_apps.config import load_config
 from cnn_apps.errors import ConfigError
@@ -24,11 +24,18 @@ pytestmark = pytest.mark.slow
 def _train(tmp_path, env_extra, **overrides):
     """`cnn-apps train` in a fresh process (logical CPU devices are fixed at TensorFlow's start)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
-    sets = set_args(tiny_overrides(tmp_path, **{"training.epochs": 2, "regularization.dropout": 0.0,
-                                                **overrides}))
+    sets = set_args(
+        tiny_overrides(tmp_path, **{"training.epochs": 2, "regularization.dropout": 0.0, **overrides})
+    )
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    out = subprocess.run([sys.executable, "-m", "cnn_apps.cli", "train", *sets], cwd=tmp_path, capture_output=True,
-                         text=True, env={**env, **env_extra}, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "cnn_apps.cli", "train", *sets],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**env, **env_extra},
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     run_id = out.stdout.strip().splitlines()[-1].split()[1]
     return mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}").get_run(run_id)
@@ -69,7 +76,9 @@ def test_mirrored_over_two_cpu_replicas_takes_the_single_device_steps():
     import json
 
     env = {k: v for k, v in os.environ.items() if k != "CNN_APPS_CPU_REPLICAS"}
-    done = subprocess.run([sys.executable, "-c", SAME_STEPS], capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", SAME_STEPS], capture_output=True, text=True, env=env, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["none"]["replicas"] == 1 and out["mirrored"]["replicas"] == 2
@@ -82,7 +91,9 @@ def test_mirrored_through_the_cli(tmp_path):
     augmentation seeds are fixed per epoch, so the strategy's copy of the pipeline yields the
     same batches and two replicas end where one device does."""
     single = _train(tmp_path / "one", {})
-    mirrored = _train(tmp_path / "two", {"CNN_APPS_CPU_REPLICAS": "2"}, **{"training.distribution": "mirrored"})
+    mirrored = _train(
+        tmp_path / "two", {"CNN_APPS_CPU_REPLICAS": "2"}, **{"training.distribution": "mirrored"}
+    )
     assert single.data.metrics["replicas"] == 1 and mirrored.data.metrics["replicas"] == 2
     assert mirrored.data.params["training.distribution"] == "mirrored"
     for key in ("best_val_loss", "best_val_accuracy", "final_train_error"):
@@ -92,7 +103,9 @@ def test_mirrored_through_the_cli(tmp_path):
 def test_mixed_precision_trains_with_float32_variables_and_head(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    sets = set_args(tiny_overrides(tmp_path, **{"training.epochs": 1, "training.mixed_precision": "mixed_bfloat16"}))
+    sets = set_args(
+        tiny_overrides(tmp_path, **{"training.epochs": 1, "training.mixed_precision": "mixed_bfloat16"})
+    )
     assert main(["train", *sets]) == 0
     run_id = capsys.readouterr().out.strip().splitlines()[-1].split()[1]
     assert keras.config.dtype_policy().name == "float32"  # restored after the stage
@@ -135,16 +148,34 @@ def test_two_workers_on_loopback_train_like_one(tmp_path, capsys, monkeypatch):
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "TF_CONFIG")}
     command = [sys.executable, "-m", "cnn_apps.cli", "train", "--from-run", prepared]
-    workers = [subprocess.Popen(
-        [*command, *set_args(tiny_overrides(tmp_path, **overrides, **{"training.distribution": "multi_worker"}))],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**env, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})})
-        for i in range(2)]
+    workers = [
+        subprocess.Popen(
+            [
+                *command,
+                *set_args(tiny_overrides(tmp_path, **overrides, **{"training.distribution": "multi_worker"})),
+            ],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={
+                **env,
+                "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+            },
+        )
+        for i in range(2)
+    ]
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     for worker, output in zip(workers, outputs):
         assert worker.returncode == 0, output[-3000:]
-    single = subprocess.run([*command, *set_args(tiny_overrides(tmp_path, **overrides))], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=600)
+    single = subprocess.run(
+        [*command, *set_args(tiny_overrides(tmp_path, **overrides))],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert single.returncode == 0, single.stdout[-3000:] + single.stderr[-3000:]
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     run_of = lambda out: client.get_run(out.strip().splitlines()[-1].split()[1])  # noqa: E731
@@ -171,8 +202,9 @@ def _fit_tiny(cfg, steps: int = 4):
     y = rng.integers(0, 3, steps * 8)
     keras.utils.set_random_seed(0)
     with distribute.training_scope(cfg):
-        model = ImageClassifier(3, (32, 32, 3), dropout=0.0,
-                                backbone_args={"stage_filters": (8, 16), "blocks_per_stage": (1, 1)})
+        model = ImageClassifier(
+            3, (32, 32, 3), dropout=0.0, backbone_args={"stage_filters": (8, 16), "blocks_per_stage": (1, 1)}
+        )
         compile_classifier(model, cfg, steps_per_epoch=steps)
         history = model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
     return model, history.history["loss"]

@@ -33,7 +33,10 @@ def test_copied_files_exist_and_the_command_is_installed():
                 assert (ROOT / source).exists(), f"Dockerfile copies {source}, which is not in the repository"
     setup = configparser.ConfigParser()
     setup.read(ROOT / "setup.cfg")
-    scripts = [line.split("=")[0].strip() for line in setup["options.entry_points"]["console_scripts"].splitlines()
-               if line.strip()]
+    scripts = [
+        line.split("=")[0].strip()
+        for line in setup["options.entry_points"]["console_scripts"].splitlines()
+        if line.strip()
+    ]
     cmd = next(arg for op, arg in _instructions() if op == "CMD")
     assert json.loads(cmd)[0] in scripts  # exec form: ["cnn-apps", ...]

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import set_args, tiny_overrides
 
 from cnn_apps.cli import main
-from conftest import set_args, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -49,7 +49,12 @@ def test_stages_link_up_in_mlflow_and_export_serves(cli, tmp_path, monkeypatch, 
 
     client = mlflow.MlflowClient(cli.uri)
     runs = {rid: client.get_run(rid) for rid in (prep, train, ev, exp)}
-    assert [runs[r].data.tags["stage"] for r in (prep, train, ev, exp)] == ["prepare", "train", "evaluate", "export"]
+    assert [runs[r].data.tags["stage"] for r in (prep, train, ev, exp)] == [
+        "prepare",
+        "train",
+        "evaluate",
+        "export",
+    ]
     assert runs[train].data.tags["source_run"] == prep
     assert runs[ev].data.tags["source_run"] == train and runs[exp].data.tags["source_run"] == train
     fingerprints = {r.data.tags["dataset_fingerprint"] for r in runs.values()}
@@ -108,8 +113,15 @@ def test_stages_link_up_in_mlflow_and_export_serves(cli, tmp_path, monkeypatch, 
     assert served_with["env"]["MLFLOW_TRACKING_URI"] == cli.uri and "5099" in served_with["cmd"]
 
     # finetune as feature extraction: backbone weights unchanged by value, head changed
-    ft = cli("finetune", "--from-run", train, "--set", "finetune.mode=feature_extraction",
-             "--set", "finetune.epochs=1")
+    ft = cli(
+        "finetune",
+        "--from-run",
+        train,
+        "--set",
+        "finetune.mode=feature_extraction",
+        "--set",
+        "finetune.epochs=1",
+    )
     tuned = tracking.load_keras_model(ft)
     for a, b in zip(model.backbone.get_weights(), tuned.backbone.get_weights()):
         np.testing.assert_array_equal(a, b)
@@ -133,8 +145,12 @@ def test_errors_are_one_line_with_exit_code_2(cli, capsys):
     assert main(["train", "--set", "training.epocs=3"]) == 2
     err = capsys.readouterr().err
     assert "unknown config key 'training.epocs'" in err and "Traceback" not in err
-    assert main(["evaluate", "--from-run", "0123456789abcdef0123456789abcdef",
-                 "--set", f"tracking.uri={cli.uri}"]) == 2
+    assert (
+        main(
+            ["evaluate", "--from-run", "0123456789abcdef0123456789abcdef", "--set", f"tracking.uri={cli.uri}"]
+        )
+        == 2
+    )
     assert "not found" in capsys.readouterr().err
     prep = cli("prepare")
     assert main(["export", "--from-run", prep, "--set", f"tracking.uri={cli.uri}"]) == 2
@@ -142,18 +158,44 @@ def test_errors_are_one_line_with_exit_code_2(cli, capsys):
 
 
 def test_pipeline_script_and_mlproject_entry_point(tmp_path):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
+    }
     sets = tiny_overrides(tmp_path)
-    out = subprocess.run([sys.executable, str(ROOT / "pipelines" / "prepare.py"),
-                          *set_args(sets)],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "pipelines" / "prepare.py"), *set_args(sets)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1].startswith("run_id: ")
 
-    out = subprocess.run([sys.executable, "-m", "mlflow", "run", str(ROOT / "mlflow"), "-e", "prepare",
-                          "--env-manager", "local", "--experiment-name", "classification",
-                          "-P", "overrides=" + " ".join(sets)],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "run",
+            str(ROOT / "mlflow"),
+            "-e",
+            "prepare",
+            "--env-manager",
+            "local",
+            "--experiment-name",
+            "classification",
+            "-P",
+            "overrides=" + " ".join(sets),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "run_id: " in out.stdout

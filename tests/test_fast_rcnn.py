@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import set_args, tiny_overrides
 
 from cnn_apps.config import AugmentConfig, load_config
 from cnn_apps.data.pipeline import flip_example, make_pipeline, translate_example
 from cnn_apps.errors import DataError
-from conftest import set_args, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 48
@@ -21,11 +21,17 @@ P = 5
 
 def _scene(rect=RECT, size=SIZE):
     image = np.full((size, size, 3), 50, np.uint8)  # grey: the padding a shift brings in is black
-    image[rect[1]:rect[3], rect[0]:rect[2]] = 255
-    proposals = np.array([rect, [0, 0, size, size], [size - 4, size - 4, size, size],
-                          [-1, -1, -1, -1], [-1, -1, -1, -1]], np.float32)
-    return {"image": tf.constant(image), "boxes": tf.constant([rect], tf.float32),
-            "labels": tf.constant([1], tf.int64), "proposals": tf.constant(proposals)}
+    image[rect[1] : rect[3], rect[0] : rect[2]] = 255
+    proposals = np.array(
+        [rect, [0, 0, size, size], [size - 4, size - 4, size, size], [-1, -1, -1, -1], [-1, -1, -1, -1]],
+        np.float32,
+    )
+    return {
+        "image": tf.constant(image),
+        "boxes": tf.constant([rect], tf.float32),
+        "labels": tf.constant([1], tf.int64),
+        "proposals": tf.constant(proposals),
+    }
 
 
 def _white_box(image, level=127):
@@ -50,7 +56,9 @@ def test_proposals_move_with_flips_and_translations_and_are_never_dropped(seed):
     props = moved["proposals"].numpy()
     assert props.shape == (P, 4)  # never dropped, order kept
     np.testing.assert_array_equal(props[0], _white_box(moved["image"]))  # shifted and clipped like the pixels
-    np.testing.assert_array_equal(props[1], _white_box(moved["image"], 0))  # the whole image: what is left of it
+    np.testing.assert_array_equal(
+        props[1], _white_box(moved["image"], 0)
+    )  # the whole image: what is left of it
     np.testing.assert_array_equal(props[3:], -1)
 
 
@@ -78,8 +86,17 @@ def _dataset(n=6):
 def test_pipeline_carries_proposals_through_every_augmentation():
     ds, proposals = _dataset()
     cfg = AugmentConfig(flip=True, translate=0.1, scale=[0.8, 1.2], crop=0.5, crop_min_fraction=0.7)
-    out = make_pipeline(ds, task="detection", image_size=SIZE, batch_size=3, training=True, augment=cfg, seed=1,
-                        num_examples=6, proposals=proposals)
+    out = make_pipeline(
+        ds,
+        task="detection",
+        image_size=SIZE,
+        batch_size=3,
+        training=True,
+        augment=cfg,
+        seed=1,
+        num_examples=6,
+        proposals=proposals,
+    )
     seen = 0
     for x, y in out:
         assert set(x) == {"images", "proposals"} and x["proposals"].shape == (3, P, 4)
@@ -93,14 +110,32 @@ def test_pipeline_carries_proposals_through_every_augmentation():
             seen += 1
     assert seen == 6
     with pytest.raises(DataError, match="proposal sets for 5 examples"):
-        make_pipeline(ds.take(5), task="detection", image_size=SIZE, batch_size=3, training=False, num_examples=5,
-                      proposals=proposals)
+        make_pipeline(
+            ds.take(5),
+            task="detection",
+            image_size=SIZE,
+            batch_size=3,
+            training=False,
+            num_examples=5,
+            proposals=proposals,
+        )
 
 
 def test_pipeline_resizes_proposals_with_their_images():
     ds, proposals = _dataset(2)
-    x, _ = next(iter(make_pipeline(ds, task="detection", image_size=SIZE, batch_size=2, training=False,
-                                   num_examples=2, proposals=proposals)))
+    x, _ = next(
+        iter(
+            make_pipeline(
+                ds,
+                task="detection",
+                image_size=SIZE,
+                batch_size=2,
+                training=False,
+                num_examples=2,
+                proposals=proposals,
+            )
+        )
+    )
     np.testing.assert_array_equal(x["proposals"].numpy(), proposals)  # already at the model's size: unchanged
     from cnn_apps.data.pipeline import resize_example
 
@@ -113,8 +148,18 @@ def test_pipeline_resizes_proposals_with_their_images():
 def _prepared(tmp_path):
     from cnn_apps.data.sources import get_source
 
-    config = load_config(None, ["task=detection", "data.source=shapes", "data.image_size=32", "data.train_size=4",
-                                "data.val_size=2", "data.test_size=3", f"data.data_dir={tmp_path / 'data'}"])
+    config = load_config(
+        None,
+        [
+            "task=detection",
+            "data.source=shapes",
+            "data.image_size=32",
+            "data.train_size=4",
+            "data.val_size=2",
+            "data.test_size=3",
+            f"data.data_dir={tmp_path / 'data'}",
+        ],
+    )
     return config, get_source(config).prepare()
 
 
@@ -152,8 +197,13 @@ def test_proposal_cache_is_computed_once_and_reused(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------- the model
-TINY = {"backbone_args": {"stage_filters": [8, 16, 16, 32]}, "head_units": [32], "max_proposals": 24,
-        "roi_batch_per_image": 16, "postprocess": {"score_threshold": 0.0}}
+TINY = {
+    "backbone_args": {"stage_filters": [8, 16, 16, 32]},
+    "head_units": [32],
+    "max_proposals": 24,
+    "roi_batch_per_image": 16,
+    "postprocess": {"score_threshold": 0.0},
+}
 
 
 def _batch(n=4, size=64, count=24):
@@ -165,8 +215,8 @@ def _batch(n=4, size=64, count=24):
     boxes = -np.ones((n, 4, 4), np.float32)
     labels = -np.ones((n, 4), np.int64)
     for i, s in enumerate(scenes):
-        boxes[i, :len(s.boxes)] = s.boxes
-        labels[i, :len(s.labels)] = s.labels
+        boxes[i, : len(s.boxes)] = s.boxes
+        labels[i, : len(s.labels)] = s.labels
     proposals, _ = propose(images, ProposalSettings(count=count))
     return {"images": images, "proposals": proposals}, {"boxes": boxes, "labels": labels}
 
@@ -219,44 +269,59 @@ def test_fast_rcnn_export_takes_proposals_in_the_callers_pixels(tmp_path):
     # fewer proposals than the model's P, in a 2x image's pixels: padded, scaled back
     big = np.repeat(np.repeat(x["images"][:1], 2, axis=1), 2, axis=2)
     props = x["proposals"][:1, :10]
-    out = loaded.signatures["serve_bytes"](images=tf.constant(encode_png(big)), proposals=tf.constant(props * 2))
+    out = loaded.signatures["serve_bytes"](
+        images=tf.constant(encode_png(big)), proposals=tf.constant(props * 2)
+    )
     resized = tf.image.resize(big, (64, 64), method="bilinear", antialias=True).numpy()
     padded = np.concatenate([props, -np.ones((1, 14, 4), np.float32)], axis=1)
     want = model.detect({"images": resized, "proposals": padded})
     n = int(want["num_detections"][0])
     assert int(out["num_detections"][0]) == n > 0
-    np.testing.assert_allclose(out["detection_boxes"].numpy()[0, :n], want["boxes"].numpy()[0, :n] * 2, atol=1e-3)
+    np.testing.assert_allclose(
+        out["detection_boxes"].numpy()[0, :n], want["boxes"].numpy()[0, :n] * 2, atol=1e-3
+    )
 
 
 # ---------------------------------------------------------------------- the CLI
 @pytest.mark.slow
 def test_fast_rcnn_through_the_cli(tmp_path, capsys, monkeypatch):
     import mlflow
-
     from cnn_apps.cli import main
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    sets = tiny_overrides(tmp_path, **{"data.image_size": 64, "detection.score_threshold": 0.01,
-                                       "training.batch_size": 8}) + [
+    sets = tiny_overrides(
+        tmp_path, **{"data.image_size": 64, "detection.score_threshold": 0.01, "training.batch_size": 8}
+    ) + [
         "model.backbone_args={stage_filters: [8, 16, 16, 32]}",
-        "model.architecture_args={max_proposals: 32, head_units: [32], roi_batch_per_image: 16}"]
+        "model.architecture_args={max_proposals: 32, head_units: [32], roi_batch_per_image: 16}",
+    ]
     args = ["all", "--config", str(ROOT / "pipelines" / "configs" / "shapes_fast_rcnn.yaml"), *set_args(sets)]
     rc = main(args)
     out = capsys.readouterr().out
     assert rc == 0, out
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
-    runs = {r.data.tags["stage"]: r for r in client.search_runs(
-        [client.get_experiment_by_name("detection").experiment_id])}
+    runs = {
+        r.data.tags["stage"]: r
+        for r in client.search_runs([client.get_experiment_by_name("detection").experiment_id])
+    }
     assert set(runs) == {"prepare", "train", "evaluate", "export"}
     train, evaluate = runs["train"], runs["evaluate"]
     assert {"train_box_loss", "train_classification_loss", "val_map50"} <= set(train.data.metrics)
     metrics = evaluate.data.metrics
-    for name in ("test_map50", "test_coco_ap", "test_images_per_s", "test_latency_ms", "test_proposal_ms",
-                 "test_network_latency_ms"):
+    for name in (
+        "test_map50",
+        "test_coco_ap",
+        "test_images_per_s",
+        "test_latency_ms",
+        "test_proposal_ms",
+        "test_network_latency_ms",
+    ):
         assert np.isfinite(metrics[name]), name
     assert metrics["test_proposal_ms"] > 0
-    assert metrics["test_latency_ms"] >= metrics["test_network_latency_ms"] + metrics["test_proposal_ms"] - 1e-6
+    assert (
+        metrics["test_latency_ms"] >= metrics["test_network_latency_ms"] + metrics["test_proposal_ms"] - 1e-6
+    )
     cached = list((tmp_path / "data" / "proposals").rglob("*.npz"))
     assert {p.name.split("-")[0] for p in cached} == {"train", "validation", "test"}
     assert all("64px-fast-32" in p.name for p in cached)

@@ -18,17 +18,22 @@ def _gt(boxes, labels, n=3):
     b = -np.ones((1, n, 4), np.float32)
     lab = -np.ones((1, n), np.int64)
     if boxes:
-        b[0, :len(boxes)] = boxes
-        lab[0, :len(labels)] = labels
+        b[0, : len(boxes)] = boxes
+        lab[0, : len(labels)] = labels
     return b, lab
 
 
 def test_rpn_anchor_labels_follow_the_paper():
-    anchors = np.array([[0, 0, 32, 32],     # IoU 1 with the object: positive
-                        [0, 0, 32, 24],     # 0.75: positive
-                        [0, 0, 32, 16],     # 0.5: ignored (between 0.3 and 0.7)
-                        [0, 0, 32, 8],      # 0.25: negative
-                        [40, 40, 50, 50]], np.float32)  # 0: negative
+    anchors = np.array(
+        [
+            [0, 0, 32, 32],  # IoU 1 with the object: positive
+            [0, 0, 32, 24],  # 0.75: positive
+            [0, 0, 32, 16],  # 0.5: ignored (between 0.3 and 0.7)
+            [0, 0, 32, 8],  # 0.25: negative
+            [40, 40, 50, 50],
+        ],
+        np.float32,
+    )  # 0: negative
     gt, labels = _gt([[0, 0, 32, 32]], [1])
     matched, _ = Matcher(0.7, 0.3, force_best=True)(anchors, gt, labels)
     assert np_(matched).tolist() == [[0, 0, IGNORE, NEGATIVE, NEGATIVE]]
@@ -45,12 +50,31 @@ def test_rpn_loss_samples_and_ignores():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(1, len(anchors))).astype(np.float32)
     deltas = rng.normal(size=(1, len(anchors), 4)).astype(np.float32)
-    parts = rpn_loss(logits, deltas, anchors, gt, labels, matcher=Matcher(0.7, 0.3), coder=BoxCoder(),
-                     batch_size_per_image=8, positive_fraction=0.5, seed=1)
+    parts = rpn_loss(
+        logits,
+        deltas,
+        anchors,
+        gt,
+        labels,
+        matcher=Matcher(0.7, 0.3),
+        coder=BoxCoder(),
+        batch_size_per_image=8,
+        positive_fraction=0.5,
+        seed=1,
+    )
     assert float(np_(parts["rpn_objectness"])) > 0 and float(np_(parts["rpn_box"])) > 0
     empty, no_labels = _gt([], [])
-    parts = rpn_loss(logits, deltas, anchors, empty, no_labels, matcher=Matcher(0.7, 0.3), coder=BoxCoder(),
-                     batch_size_per_image=8, seed=1)
+    parts = rpn_loss(
+        logits,
+        deltas,
+        anchors,
+        empty,
+        no_labels,
+        matcher=Matcher(0.7, 0.3),
+        coder=BoxCoder(),
+        batch_size_per_image=8,
+        seed=1,
+    )
     assert float(np_(parts["rpn_box"])) == 0.0 and float(np_(parts["rpn_objectness"])) > 0
 
 
@@ -76,17 +100,30 @@ def test_background_rois_contribute_no_box_loss():
 def test_roi_sampling_fixed_size_with_ground_truth_added():
     proposals = np.array([[[0, 0, 10, 10], [30, 30, 40, 40], [0, 0, 0, 0]]], np.float32)
     gt, labels = _gt([[1, 1, 11, 11]], [1])
-    rois, roi_labels, targets, weights = sample_rois(proposals, gt, labels, matcher=Matcher(0.5, force_best=False),
-                                                     batch_size_per_image=4, positive_fraction=0.5, seed=3)
+    rois, roi_labels, targets, weights = sample_rois(
+        proposals,
+        gt,
+        labels,
+        matcher=Matcher(0.5, force_best=False),
+        batch_size_per_image=4,
+        positive_fraction=0.5,
+        seed=3,
+    )
     rois, roi_labels, weights = np_(rois), np_(roi_labels), np_(weights)
     assert rois.shape == (1, 4, 4) and weights.tolist() == [[1, 1, 1, 0]]  # 3 valid candidates
     assert sorted(roi_labels[0, :3].tolist()) == [0, 2, 2]  # the GT box itself and the overlapping proposal
     assert roi_labels[0, 0] == 2  # foreground first
 
 
-TINY = {"backbone_args": {"stage_filters": [8, 16, 16, 32]}, "rpn_filters": 16, "head_units": [32],
-        "rpn_post_nms_top_k": 20, "roi_batch_per_image": 16, "anchor_sizes": [16, 32],
-        "postprocess": {"score_threshold": 0.0}}
+TINY = {
+    "backbone_args": {"stage_filters": [8, 16, 16, 32]},
+    "rpn_filters": 16,
+    "head_units": [32],
+    "rpn_post_nms_top_k": 20,
+    "roi_batch_per_image": 16,
+    "anchor_sizes": [16, 32],
+    "postprocess": {"score_threshold": 0.0},
+}
 
 
 def test_faster_rcnn_trains_detects_and_reloads(tmp_path):
@@ -100,8 +137,8 @@ def test_faster_rcnn_trains_detects_and_reloads(tmp_path):
     boxes = -np.ones((4, 4, 4), np.float32)
     labels = -np.ones((4, 4), np.int64)
     for i, s in enumerate(scenes):
-        boxes[i, :len(s.boxes)] = s.boxes
-        labels[i, :len(s.labels)] = s.labels
+        boxes[i, : len(s.boxes)] = s.boxes
+        labels[i, : len(s.labels)] = s.labels
     model = FasterRCNN(4, image_size=64, **TINY)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     history = model.fit(images, {"boxes": boxes, "labels": labels}, epochs=6, batch_size=4, verbose=0)

@@ -17,7 +17,18 @@ pytestmark = pytest.mark.slow  # one JAX process building and compiling two mode
 
 ROOT = Path(__file__).resolve().parents[1]
 # absent there (TensorFlow, cv2, MLflow), or not ours to need (Keras imports the rest only if present)
-BLOCKED = ("tensorflow", "tf_keras", "cv2", "mlflow", "yaml", "pandas", "sklearn", "matplotlib", "torch", "torchvision")
+BLOCKED = (
+    "tensorflow",
+    "tf_keras",
+    "cv2",
+    "mlflow",
+    "yaml",
+    "pandas",
+    "sklearn",
+    "matplotlib",
+    "torch",
+    "torchvision",
+)
 
 # A meta-path finder that refuses the packages absent on the device machine (not
 # sys.modules[name] = None: Keras tells a TF graph by "tensorflow" in sys.modules).
@@ -41,14 +52,21 @@ RUNNER = textwrap.dedent("""
 
 def run_benchmark(tmp_path, *args, backend="jax"):
     env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu"}
-    return subprocess.run([sys.executable, "-c", RUNNER, ",".join(BLOCKED), str(ROOT / "benchmarks/gpu.py"), *args],
-                          env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    return subprocess.run(
+        [sys.executable, "-c", RUNNER, ",".join(BLOCKED), str(ROOT / "benchmarks/gpu.py"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
 
 
 def test_tiny_run_without_tensorflow_or_torch(tmp_path):
     out = tmp_path / "gpu.json"
-    done = run_benchmark(tmp_path, "--tiny", "--models", "vgg16,fcn8s", "--steps", "2", "--warmup", "1",
-                         "--out", str(out))
+    done = run_benchmark(
+        tmp_path, "--tiny", "--models", "vgg16,fcn8s", "--steps", "2", "--warmup", "1", "--out", str(out)
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "no blocked import" in done.stdout
     result = json.loads(out.read_text())
@@ -68,7 +86,7 @@ def test_tiny_run_without_tensorflow_or_torch(tmp_path):
             assert timing["median_step_ms"] >= timing["min_step_ms"] > 0
     assert result["results"][1]["task"] == "segmentation"
     # the printed table has a row per model
-    table = done.stdout[done.stdout.index("model "):]
+    table = done.stdout[done.stdout.index("model ") :]
     assert "vgg16" in table and "fcn8s" in table
 
 

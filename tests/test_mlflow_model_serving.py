@@ -12,10 +12,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pytest
 
+import mlflow
 from cnn_apps import tracking
 from cnn_apps.classification import ImageClassifier
 from cnn_apps.segmentation.unet import UNet
@@ -32,8 +32,9 @@ def _free_port() -> int:
 
 
 def _post(url: str, body: dict, timeout: float = 60) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=timeout) as reply:
         return json.loads(reply.read())
 
@@ -76,10 +77,18 @@ def registry(tmp_path, monkeypatch):
         sample = np.zeros((2, 32, 32, 3), np.float32)
         with mlflow.start_run(experiment_id=experiment, tags={"stage": "train"}) as train:
             model_uri = tracking.log_keras_model(model, sample)
-        with mlflow.start_run(experiment_id=experiment, tags={"stage": "evaluate", "source_run": train.info.run_id}):
+        with mlflow.start_run(
+            experiment_id=experiment, tags={"stage": "evaluate", "source_run": train.info.run_id}
+        ):
             mlflow.log_metric(metric, 0.9)
-        result = register_export(name, mlflow.get_run(train.info.run_id), model_uri, task=task,
-                                 export_path=str(tmp_path / name / "1"), export_version=1)
+        result = register_export(
+            name,
+            mlflow.get_run(train.info.run_id),
+            model_uri,
+            task=task,
+            export_path=str(tmp_path / name / "1"),
+            export_version=1,
+        )
         assert result["champion"]
         return f"models:/{name}@champion"
 
@@ -92,21 +101,48 @@ def _images(n=2, size=32, seed=0):
 
 
 def test_registered_classifier_and_segmenter_are_served_over_loopback(registry, tmp_path):
-    classifier = ImageClassifier(3, (32, 32, 3), class_names=["circle", "square", "star"],
-                                 backbone_args={"stage_filters": (8, 16), "blocks_per_stage": (1, 1)})
+    classifier = ImageClassifier(
+        3,
+        (32, 32, 3),
+        class_names=["circle", "square", "star"],
+        backbone_args={"stage_filters": (8, 16), "blocks_per_stage": (1, 1)},
+    )
     segmenter = UNet(3, image_size=32, filters=4, depth=2, class_names=["background", "circle", "square"])
-    cases = [(registry("shapes-classifier", classifier, "classification", "test_accuracy"), classifier),
-             (registry("shapes-unet", segmenter, "segmentation", "test_miou"), segmenter)]
+    cases = [
+        (registry("shapes-classifier", classifier, "classification", "test_accuracy"), classifier),
+        (registry("shapes-unet", segmenter, "segmentation", "test_miou"), segmenter),
+    ]
     images = _images()
     env = serve_environment(registry.uri)
     for model_uri, model in cases:
         port = _free_port()
         if model is classifier:  # through `cnn-apps serve`, which runs the command below
-            command = [sys.executable, "-m", "cnn_apps.cli", "serve", "--model", model_uri, "--port", str(port)]
+            command = [
+                sys.executable,
+                "-m",
+                "cnn_apps.cli",
+                "serve",
+                "--model",
+                model_uri,
+                "--port",
+                str(port),
+            ]
         else:  # MLflow's own command, as the README shows it
             command = serve_command(model_uri, port=port)
-            assert command[1:] == ["models", "serve", "-m", model_uri, "--env-manager", "local",
-                                   "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+            assert command[1:] == [
+                "models",
+                "serve",
+                "-m",
+                model_uri,
+                "--env-manager",
+                "local",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ]
         proc, url = _serve(command, env, port, tmp_path / f"serve-{model.name}.log")
         try:
             # the README's request: {"inputs": (B, H, W, 3) raw pixels as nested lists}

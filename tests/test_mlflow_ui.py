@@ -10,7 +10,6 @@ import struct
 from pathlib import Path
 
 import pytest
-
 from mlflow_server import pipeline_on_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,16 +17,24 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def find_chromium() -> str | None:
     """$CHROMIUM, else Debian's chromium (apt-get install chromium), else another Chrome on PATH."""
-    candidates = [os.environ.get("CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
-                  shutil.which("chromium-browser"), shutil.which("google-chrome")]
+    candidates = [
+        os.environ.get("CHROMIUM"),
+        "/usr/bin/chromium",
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+        shutil.which("google-chrome"),
+    ]
     return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
 
 
 CHROMIUM = find_chromium()
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(CHROMIUM is None, reason="no Chromium found (apt-get install chromium, or set CHROMIUM "
-                                                "to a Chrome/Chromium binary); .ci/run installs it"),
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="no Chromium found (apt-get install chromium, or set CHROMIUM "
+        "to a Chrome/Chromium binary); .ci/run installs it",
+    ),
 ]
 
 
@@ -44,13 +51,16 @@ def on_server(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright  # the dev extra; no `playwright install`: Debian's chromium
+    from playwright.sync_api import (
+        sync_playwright,
+    )  # the dev extra; no `playwright install`: Debian's chromium
 
     with sync_playwright() as pw:
         # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start; a container's
         # /dev/shm is often too small for it
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=["--no-sandbox", "--disable-dev-shm-usage"])
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
         yield browser
         browser.close()
 
@@ -143,7 +153,9 @@ def test_ui_shows_the_evaluate_run_test_accuracy(on_server, page):
     evaluate = client.get_run(on_server.runs["evaluate"])
     open_run(page, on_server.server.url, evaluate)
     assert evaluate.info.run_name == "evaluate:resnet_mini:shapes"
-    assert metric_shown(page, "test_accuracy") == pytest.approx(evaluate.data.metrics["test_accuracy"], rel=1e-6)
+    assert metric_shown(page, "test_accuracy") == pytest.approx(
+        evaluate.data.metrics["test_accuracy"], rel=1e-6
+    )
     page.get_by_text(on_server.runs["train"][:12]).first.wait_for()  # the source_run tag: its lineage
     settle(page)
     page.screenshot(path=str(artifacts_dir() / "mlflow_ui_evaluate_run.png"))

@@ -13,8 +13,12 @@ def _scene(size=32):
     image[4:12, 18:30, 0] = 255
     mask[4:12, 18:30] = 2
     boxes = np.array([[18, 4, 30, 12]], np.float32)
-    return {"image": tf.constant(image), "mask": tf.constant(mask), "boxes": tf.constant(boxes),
-            "labels": tf.constant([1], tf.int64)}
+    return {
+        "image": tf.constant(image),
+        "mask": tf.constant(mask),
+        "boxes": tf.constant(boxes),
+        "labels": tf.constant([1], tf.int64),
+    }
 
 
 def _bbox(binary):
@@ -51,9 +55,12 @@ def test_resize_scales_boxes_and_keeps_mask_labels():
 
 def _images(n=24, size=16):
     rng = np.random.default_rng(0)
-    return tf.data.Dataset.from_tensor_slices({
-        "image": rng.integers(0, 255, (n, size, size, 3)).astype(np.uint8),
-        "label": np.arange(n, dtype=np.int64) % 3})
+    return tf.data.Dataset.from_tensor_slices(
+        {
+            "image": rng.integers(0, 255, (n, size, size, 3)).astype(np.uint8),
+            "label": np.arange(n, dtype=np.int64) % 3,
+        }
+    )
 
 
 def _epoch(ds):
@@ -61,8 +68,15 @@ def _epoch(ds):
 
 
 def test_seeded_pipeline_is_deterministic_and_epochs_differ():
-    kw = dict(task="classification", image_size=16, batch_size=8, training=True,
-              augment=AugmentConfig(flip=True, translate=0.2), seed=5, num_examples=24)
+    kw = dict(
+        task="classification",
+        image_size=16,
+        batch_size=8,
+        training=True,
+        augment=AugmentConfig(flip=True, translate=0.2),
+        seed=5,
+        num_examples=24,
+    )
     a = make_pipeline(_images(), **kw)
     b = make_pipeline(_images(), **kw)
     first_a, second_a = _epoch(a), _epoch(a)
@@ -75,8 +89,9 @@ def test_seeded_pipeline_is_deterministic_and_epochs_differ():
 
 
 def test_evaluation_pipeline_keeps_order_and_pixels():
-    ds = make_pipeline(_images(), task="classification", image_size=16, batch_size=10, training=False,
-                       num_examples=24)
+    ds = make_pipeline(
+        _images(), task="classification", image_size=16, batch_size=10, training=False, num_examples=24
+    )
     labels = np.concatenate([y for _, y in _epoch(ds)])
     assert list(labels) == [i % 3 for i in range(24)]
 
@@ -84,15 +99,21 @@ def test_evaluation_pipeline_keeps_order_and_pixels():
 def test_detection_batches_pad_with_minus_one():
     def gen():
         for n in (1, 3, 0):
-            yield {"image": np.zeros((16, 16, 3), np.uint8),
-                   "boxes": np.tile(np.array([[1, 1, 5, 5]], np.float32), (n, 1)),
-                   "labels": np.zeros(n, np.int64)}
+            yield {
+                "image": np.zeros((16, 16, 3), np.uint8),
+                "boxes": np.tile(np.array([[1, 1, 5, 5]], np.float32), (n, 1)),
+                "labels": np.zeros(n, np.int64),
+            }
 
-    sig = {"image": tf.TensorSpec((16, 16, 3), tf.uint8), "boxes": tf.TensorSpec((None, 4), tf.float32),
-           "labels": tf.TensorSpec((None,), tf.int64)}
+    sig = {
+        "image": tf.TensorSpec((16, 16, 3), tf.uint8),
+        "boxes": tf.TensorSpec((None, 4), tf.float32),
+        "labels": tf.TensorSpec((None,), tf.int64),
+    }
     ds = tf.data.Dataset.from_generator(gen, output_signature=sig)
-    images, targets = next(iter(make_pipeline(ds, task="detection", image_size=16, batch_size=3,
-                                              training=False, num_examples=3)))
+    images, targets = next(
+        iter(make_pipeline(ds, task="detection", image_size=16, batch_size=3, training=False, num_examples=3))
+    )
     assert targets["boxes"].shape == (3, 3, 4) and targets["labels"].shape == (3, 3)
     assert targets["labels"].numpy()[0].tolist() == [0, -1, -1]
     assert targets["labels"].numpy()[2].tolist() == [-1, -1, -1]  # an image without objects

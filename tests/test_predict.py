@@ -10,8 +10,17 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
-from tf_serving_stub import (CLASS_NAMES, DETECTOR_CLASSES, SEGMENTER_CLASSES, TFServingStub, export,
-                             tiny_classifier, tiny_detector, tiny_fast_rcnn, tiny_segmenter)
+from tf_serving_stub import (
+    CLASS_NAMES,
+    DETECTOR_CLASSES,
+    SEGMENTER_CLASSES,
+    TFServingStub,
+    export,
+    tiny_classifier,
+    tiny_detector,
+    tiny_fast_rcnn,
+    tiny_segmenter,
+)
 
 from cnn_apps.cli import main
 from cnn_apps.errors import DataError
@@ -41,11 +50,17 @@ def _write_images(folder: Path) -> dict:
     data = (folder / "a.png").read_bytes()
     (folder / "truncated.png").write_bytes(data[: len(data) // 2])
     (folder / "notes.txt").write_text("not an image extension: not listed\n")
-    jpeg = cv2.cvtColor(cv2.imdecode(np.frombuffer((folder / "b.jpg").read_bytes(), np.uint8), cv2.IMREAD_COLOR),
-                        cv2.COLOR_BGR2RGB)
-    return {"a.png": rgb, "b.jpg": jpeg, "c_gray.png": np.repeat(gray[..., None], 3, -1),
-            "d_rgba.png": cv2.cvtColor(rgba[..., :3], cv2.COLOR_BGR2RGB),
-            "e_16bit.png": cv2.cvtColor(np.round(deep / 257.0).astype(np.uint8), cv2.COLOR_BGR2RGB)}
+    jpeg = cv2.cvtColor(
+        cv2.imdecode(np.frombuffer((folder / "b.jpg").read_bytes(), np.uint8), cv2.IMREAD_COLOR),
+        cv2.COLOR_BGR2RGB,
+    )
+    return {
+        "a.png": rgb,
+        "b.jpg": jpeg,
+        "c_gray.png": np.repeat(gray[..., None], 3, -1),
+        "d_rgba.png": cv2.cvtColor(rgba[..., :3], cv2.COLOR_BGR2RGB),
+        "e_16bit.png": cv2.cvtColor(np.round(deep / 257.0).astype(np.uint8), cv2.COLOR_BGR2RGB),
+    }
 
 
 def _png(pixels) -> bytes:
@@ -61,7 +76,11 @@ def images(tmp_path_factory):
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     base = tmp_path_factory.mktemp("exports")
-    models = {"classification": tiny_classifier(), "detection": tiny_detector(), "segmentation": tiny_segmenter()}
+    models = {
+        "classification": tiny_classifier(),
+        "detection": tiny_detector(),
+        "segmentation": tiny_segmenter(),
+    }
     for task, model in models.items():
         export(model, base / task / "1")
     (base / "classification" / "notes").mkdir()  # not a version
@@ -73,7 +92,6 @@ def mlflow_models(exports, tmp_path_factory):
     """The three models logged to a temporary sqlite store; {task: runs:/ URI}, with the
     segmenter also registered (models:/tiny-segmenter/1)."""
     import mlflow
-
     from cnn_apps.tracking import log_keras_model
 
     _, models = exports
@@ -112,8 +130,13 @@ def _signature(path, files: list[bytes]) -> dict:
 def test_inputs_folder_glob_and_single_file(images):
     folder, _ = images
     assert [p.name for p in list_inputs(str(folder))] == sorted([*GOOD, *BAD])  # notes.txt is not an image
-    assert [p.name for p in list_inputs(str(folder / "*.png"))] == ["a.png", "c_gray.png", "d_rgba.png",
-                                                                    "e_16bit.png", "truncated.png"]
+    assert [p.name for p in list_inputs(str(folder / "*.png"))] == [
+        "a.png",
+        "c_gray.png",
+        "d_rgba.png",
+        "e_16bit.png",
+        "truncated.png",
+    ]
     assert list_inputs(str(folder / "a.png")) == [folder / "a.png"]
     with pytest.raises(DataError, match=r"--input .*\*\.gif: the pattern matches no files"):
         list_inputs(str(folder / "*.gif"))
@@ -144,7 +167,10 @@ def test_folder_with_bad_files_through_an_export(images, exports, tmp_path, caps
     folder, pixels = images
     base, _ = exports
     out = tmp_path / "out" / "results.jsonl"
-    assert _predict("--model", base / "classification", "--input", folder, "--output", out, "--batch-size", 3) == 0
+    assert (
+        _predict("--model", base / "classification", "--input", folder, "--output", out, "--batch-size", 3)
+        == 0
+    )
     err = capsys.readouterr().err
     assert f"predicted 5 files, 3 failed (see {out})" in err
     for name, message in BAD.items():
@@ -162,7 +188,9 @@ def test_folder_with_bad_files_through_an_export(images, exports, tmp_path, caps
         record = by_name[name]
         assert set(record) == {"file", "class_name", "class_id", "score", "probabilities"}
         assert list(record["probabilities"]) == CLASS_NAMES
-        np.testing.assert_allclose(list(record["probabilities"].values()), want["probabilities"][i], atol=1e-6)
+        np.testing.assert_allclose(
+            list(record["probabilities"].values()), want["probabilities"][i], atol=1e-6
+        )
         assert record["class_id"] == int(want["class_id"][i])
         assert record["class_name"] == want["class_name"][i].decode() == CLASS_NAMES[record["class_id"]]
         assert record["score"] == pytest.approx(float(want["probabilities"][i].max()), abs=1e-6)
@@ -177,18 +205,44 @@ def test_glob_and_single_file_and_every_file_failing(images, exports, tmp_path, 
     assert _predict("--model", model, "--input", folder / "b.jpg", "--output", out) == 0
     assert [Path(r["file"]).name for r in _records(out)] == ["b.jpg"]
     capsys.readouterr()
-    assert _predict("--model", model, "--input", folder / "*.jpg", "--output", out) == 0  # b.jpg among 2 bad ones
-    assert _predict("--model", model, "--input", folder / "t*", "--output", out) == 1  # text.jpg, truncated.png
+    assert (
+        _predict("--model", model, "--input", folder / "*.jpg", "--output", out) == 0
+    )  # b.jpg among 2 bad ones
+    assert (
+        _predict("--model", model, "--input", folder / "t*", "--output", out) == 1
+    )  # text.jpg, truncated.png
     assert "predicted 0 files, 2 failed" in capsys.readouterr().err
     assert _predict("--model", model, "--input", folder / "*.gif", "--output", out) == 2
     assert "error: --input" in capsys.readouterr().err
     assert _predict("--model", tmp_path / "missing", "--input", folder, "--output", out) == 2
     assert "no such export folder" in capsys.readouterr().err
-    assert _predict("--model", exports[0] / "detection" / "1", "--input", folder / "a.png", "--output", out,
-                    "--masks", tmp_path / "m") == 2
+    assert (
+        _predict(
+            "--model",
+            exports[0] / "detection" / "1",
+            "--input",
+            folder / "a.png",
+            "--output",
+            out,
+            "--masks",
+            tmp_path / "m",
+        )
+        == 2
+    )
     assert "--masks is for segmenters" in capsys.readouterr().err
-    assert _predict("--model", "runs:/0123/model", "--input", folder / "a.png", "--output", out,
-                    "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}") == 2
+    assert (
+        _predict(
+            "--model",
+            "runs:/0123/model",
+            "--input",
+            folder / "a.png",
+            "--output",
+            out,
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'none.db'}",
+        )
+        == 2
+    )
     assert "error: no MLflow store at sqlite:///" in capsys.readouterr().err
 
 
@@ -208,7 +262,9 @@ def test_a_file_the_model_refuses_is_isolated(images, exports, tmp_path, monkeyp
 
     monkeypatch.setattr(module, "read_image", read)
     out = tmp_path / "r.jsonl"
-    assert _predict("--model", exports[0] / "classification", "--input", folder / "*.*g", "--output", out) == 0
+    assert (
+        _predict("--model", exports[0] / "classification", "--input", folder / "*.*g", "--output", out) == 0
+    )
     by_name = {Path(r["file"]).name: r for r in _records(out)}
     assert "the model refused it" in by_name["b.jpg"]["error"]
     assert all("class_id" in by_name[n] for n in ("a.png", "c_gray.png", "d_rgba.png", "e_16bit.png"))
@@ -246,8 +302,12 @@ def test_every_source_gives_the_same_answers(images, exports, mlflow_models, tmp
             _same(task, run(source), reference, source)
     capsys.readouterr()
     missing = "runs:/" + "0" * 32 + "/model"
-    assert _predict("--model", missing, "--input", pattern, "--output", tmp_path / "x.jsonl",
-                    "--tracking-uri", store) == 2
+    assert (
+        _predict(
+            "--model", missing, "--input", pattern, "--output", tmp_path / "x.jsonl", "--tracking-uri", store
+        )
+        == 2
+    )
     assert f"error: cannot load a Keras model from {missing}" in capsys.readouterr().err
 
 
@@ -256,7 +316,9 @@ def _same(task, got: list[dict], want: list[dict], source: str):
     for g, w in zip(got, want):
         if task == "classification":
             assert g["class_id"] == w["class_id"] and g["class_name"] == w["class_name"], source
-            np.testing.assert_allclose(list(g["probabilities"].values()), list(w["probabilities"].values()), atol=1e-5)
+            np.testing.assert_allclose(
+                list(g["probabilities"].values()), list(w["probabilities"].values()), atol=1e-5
+            )
         elif task == "detection":
             assert len(g["detections"]) == len(w["detections"]) > 0, source
             for a, b in zip(g["detections"], w["detections"]):
@@ -266,7 +328,10 @@ def _same(task, got: list[dict], want: list[dict], source: str):
         else:
             assert (g["width"], g["height"]) == (w["width"], w["height"])
             total = g["width"] * g["height"]
-            assert sum(abs(g["class_pixels"][k] - w["class_pixels"][k]) for k in SEGMENTER_CLASSES) <= 0.01 * total
+            assert (
+                sum(abs(g["class_pixels"][k] - w["class_pixels"][k]) for k in SEGMENTER_CLASSES)
+                <= 0.01 * total
+            )
 
 
 # ---------------------------------------------------------------------- detection: COCO results
@@ -277,15 +342,38 @@ def test_coco_results_load_in_pycocotools(images, exports, tmp_path):
     base, _ = exports
     good = folder / "*.png"  # a, c_gray, d_rgba, e_16bit and the truncated one
     names = ["a.png", "c_gray.png", "d_rgba.png", "e_16bit.png"]
-    gt = {"images": [{"id": 100 + i, "file_name": f"val/{n}", "width": int(pixels[n].shape[1]),
-                      "height": int(pixels[n].shape[0])} for i, n in enumerate(names)],
-          "categories": [{"id": 10 * (i + 1), "name": n} for i, n in enumerate(DETECTOR_CLASSES)],
-          "annotations": [{"id": 1, "image_id": 100, "category_id": 10, "bbox": [2, 2, 10, 10], "area": 100,
-                           "iscrowd": 0}]}
+    gt = {
+        "images": [
+            {
+                "id": 100 + i,
+                "file_name": f"val/{n}",
+                "width": int(pixels[n].shape[1]),
+                "height": int(pixels[n].shape[0]),
+            }
+            for i, n in enumerate(names)
+        ],
+        "categories": [{"id": 10 * (i + 1), "name": n} for i, n in enumerate(DETECTOR_CLASSES)],
+        "annotations": [
+            {"id": 1, "image_id": 100, "category_id": 10, "bbox": [2, 2, 10, 10], "area": 100, "iscrowd": 0}
+        ],
+    }
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     out, coco = tmp_path / "r.jsonl", tmp_path / "coco.json"
-    assert _predict("--model", base / "detection", "--input", good, "--output", out, "--coco-json", coco,
-                    "--coco-gt", tmp_path / "gt.json") == 0
+    assert (
+        _predict(
+            "--model",
+            base / "detection",
+            "--input",
+            good,
+            "--output",
+            out,
+            "--coco-json",
+            coco,
+            "--coco-gt",
+            tmp_path / "gt.json",
+        )
+        == 0
+    )
     records = [r for r in _records(out) if "detections" in r]
     results = json.loads(coco.read_text())
     assert len(results) == sum(len(r["detections"]) for r in records) > 0
@@ -293,20 +381,30 @@ def test_coco_results_load_in_pycocotools(images, exports, tmp_path):
     assert {a["image_id"] for a in loaded.dataset["annotations"]} <= {100, 101, 102, 103}
     first = records[0]["detections"][0]
     x1, y1, x2, y2 = first["box"]
-    assert results[0] == {"image_id": 100, "category_id": 10 * (first["class_id"] + 1), "score": first["score"],
-                          "bbox": [x1, y1, pytest.approx(x2 - x1, abs=1e-3), pytest.approx(y2 - y1, abs=1e-3)]}
+    assert results[0] == {
+        "image_id": 100,
+        "category_id": 10 * (first["class_id"] + 1),
+        "score": first["score"],
+        "bbox": [x1, y1, pytest.approx(x2 - x1, abs=1e-3), pytest.approx(y2 - y1, abs=1e-3)],
+    }
     assert records[1]["width"] == 30 and records[1]["height"] == 50
     # the boxes are the SavedModel's, in each image's own pixels
     want = _signature(base / "detection" / "1", [(folder / "a.png").read_bytes(), _png(pixels["c_gray.png"])])
     for i in range(2):
         n = int(want["num_detections"][i])
-        np.testing.assert_allclose([d["box"] for d in records[i]["detections"]], want["detection_boxes"][i][:n],
-                                   atol=1e-3)
+        np.testing.assert_allclose(
+            [d["box"] for d in records[i]["detections"]], want["detection_boxes"][i][:n], atol=1e-3
+        )
     # without --coco-gt: the file's position (1-based, failed files counted) and class_id + 1
     assert _predict("--model", base / "detection", "--input", good, "--output", out, "--coco-json", coco) == 0
     results = json.loads(coco.read_text())
-    assert {r["image_id"] for r in results} <= {1, 2, 3, 4} and results[0]["category_id"] == first["class_id"] + 1
-    assert _predict("--model", base / "classification", "--input", good, "--output", out, "--coco-json", coco) == 2
+    assert {r["image_id"] for r in results} <= {1, 2, 3, 4} and results[0]["category_id"] == first[
+        "class_id"
+    ] + 1
+    assert (
+        _predict("--model", base / "classification", "--input", good, "--output", out, "--coco-json", coco)
+        == 2
+    )
 
 
 # ---------------------------------------------------------------------- segmentation: PNG masks
@@ -314,7 +412,9 @@ def test_masks_at_each_images_own_size(images, exports, tmp_path):
     folder, pixels = images
     base, _ = exports
     out, masks = tmp_path / "r.jsonl", tmp_path / "masks"
-    assert _predict("--model", base / "segmentation", "--input", folder, "--output", out, "--masks", masks) == 0
+    assert (
+        _predict("--model", base / "segmentation", "--input", folder, "--output", out, "--masks", masks) == 0
+    )
     records = {Path(r["file"]).name: r for r in _records(out)}
     assert sorted(p.name for p in masks.iterdir()) == sorted(Path(n).stem + ".png" for n in GOOD)
     files = [(folder / n).read_bytes() if n in ("a.png", "b.jpg") else _png(pixels[n]) for n in GOOD]
@@ -323,8 +423,13 @@ def test_masks_at_each_images_own_size(images, exports, tmp_path):
         record = records[name]
         assert record["mask"] == str(masks / (Path(name).stem + ".png"))
         mask = cv2.imread(record["mask"], cv2.IMREAD_UNCHANGED)
-        assert mask.dtype == np.uint8 and mask.shape == pixels[name].shape[:2] == (record["height"], record["width"])
-        expected = cv2.resize(want["class_map"][i].astype(np.int32), mask.shape[::-1], interpolation=cv2.INTER_NEAREST)
+        assert mask.dtype == np.uint8 and mask.shape == pixels[name].shape[:2] == (
+            record["height"],
+            record["width"],
+        )
+        expected = cv2.resize(
+            want["class_map"][i].astype(np.int32), mask.shape[::-1], interpolation=cv2.INTER_NEAREST
+        )
         np.testing.assert_array_equal(mask, expected)
         assert record["class_pixels"] == {k: int((mask == c).sum()) for c, k in enumerate(SEGMENTER_CLASSES)}
     assert "error" in records["empty.jpg"] and "mask" not in records["empty.jpg"]
@@ -334,7 +439,6 @@ def test_masks_at_each_images_own_size(images, exports, tmp_path):
 @pytest.mark.slow
 def test_fast_rcnn_gets_proposals_from_every_source(images, tmp_path, monkeypatch, capsys):
     import mlflow
-
     from cnn_apps.tracking import log_keras_model
 
     folder, _ = images
@@ -346,8 +450,13 @@ def test_fast_rcnn_gets_proposals_from_every_source(images, tmp_path, monkeypatc
     try:
         mlflow.set_experiment("predict-test")
         with mlflow.start_run():
-            uri = log_keras_model(model, {"images": np.zeros((1, 64, 64, 3), np.float32),
-                                          "proposals": -np.ones((1, 24, 4), np.float32)})
+            uri = log_keras_model(
+                model,
+                {
+                    "images": np.zeros((1, 64, 64, 3), np.float32),
+                    "proposals": -np.ones((1, 24, 4), np.float32),
+                },
+            )
     finally:
         mlflow.set_tracking_uri(None)
     out = tmp_path / "r.jsonl"

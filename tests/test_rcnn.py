@@ -8,8 +8,14 @@ import pytest
 from cnn_apps.config import load_config
 from cnn_apps.detection import rcnn
 from cnn_apps.detection.proposals import box_iou
-from cnn_apps.detection.rcnn import (RCNN, RegionHead, context_window, train_box_regressor,
-                                     train_linear_svm, warp_regions)
+from cnn_apps.detection.rcnn import (
+    RCNN,
+    RegionHead,
+    context_window,
+    train_box_regressor,
+    train_linear_svm,
+    warp_regions,
+)
 from cnn_apps.detection.sppnet import SPPNet
 from cnn_apps.errors import ConfigError
 
@@ -23,8 +29,11 @@ def test_context_window_leaves_p_pixels_of_context_at_the_warp_size():
     window = context_window(box, warp, p)[0]
     pad = p * warp / rcnn.PAPER_WARP  # ~4.5 px at 64
     inner = warp - 2 * pad
-    np.testing.assert_allclose(window, [20 - pad * 20 / inner, 10 - pad * 40 / inner,
-                                        40 + pad * 20 / inner, 50 + pad * 40 / inner], rtol=1e-5)
+    np.testing.assert_allclose(
+        window,
+        [20 - pad * 20 / inner, 10 - pad * 40 / inner, 40 + pad * 20 / inner, 50 + pad * 40 / inner],
+        rtol=1e-5,
+    )
     # no padding: the window is the box
     np.testing.assert_allclose(context_window(box, warp, 0)[0], box[0])
 
@@ -63,7 +72,9 @@ def test_box_regression_improves_iou():
     gt = np.array([[20, 20, 50, 60]], np.float32).repeat(300, 0)
     props = gt + rng.uniform(-6, 6, gt.shape).astype(np.float32)
     deltas = rcnn.encode_deltas(gt, props)
-    feats = np.concatenate([deltas * 10, rng.normal(0, 1, (300, 12))], 1).astype(np.float32)  # informative features
+    feats = np.concatenate([deltas * 10, rng.normal(0, 1, (300, 12))], 1).astype(
+        np.float32
+    )  # informative features
     coef, intercept = train_box_regressor(feats[:200], props[:200], gt[:200], alpha=1.0)
     moved = rcnn.decode_deltas(feats[200:] @ coef.T + intercept, props[200:])
     before = np.diag(box_iou(props[200:], gt[200:])).mean()
@@ -78,8 +89,11 @@ def test_region_head_separates_two_classes_and_nms_returns_sorted_detections():
     centres = np.eye(4, dtype=np.float32)[:2] * 3
     gt_feats = [centres + rng.normal(0, 0.1, (2, 4)).astype(np.float32) for _ in range(6)]
     props = [np.array([[0, 0, 5, 5], [50, 0, 60, 8], [10, 11, 30, 31]], np.float32)] * 6
-    prop_feats = [np.stack([np.array([0, 0, 3, 0]), np.array([0, 0, 0, 3]), centres[0]]).astype(np.float32)
-                  + rng.normal(0, 0.1, (3, 4)).astype(np.float32) for _ in range(6)]
+    prop_feats = [
+        np.stack([np.array([0, 0, 3, 0]), np.array([0, 0, 0, 3]), centres[0]]).astype(np.float32)
+        + rng.normal(0, 0.1, (3, 4)).astype(np.float32)
+        for _ in range(6)
+    ]
     head = RegionHead(2, svm_c=1.0, hard_negative_rounds=1, bbox_ridge_alpha=1.0, score_threshold=-10)
     history = head.fit(gt_feats, gt_boxes, gt_labels, prop_feats, props)
     assert history[0]["positives"] == 6 and history[1]["positives"] == 6
@@ -98,8 +112,15 @@ def _shapes(n=16, size=SIZE):
 
 
 def _tiny(cls, **kw):
-    args = dict(image_size=SIZE, backbone_args=TINY, warp_size=32, max_proposals=30, finetune_epochs=1,
-                hard_negative_rounds=1, feature_batch_size=128)
+    args = dict(
+        image_size=SIZE,
+        backbone_args=TINY,
+        warp_size=32,
+        max_proposals=30,
+        finetune_epochs=1,
+        hard_negative_rounds=1,
+        feature_batch_size=128,
+    )
     args.update(kw)
     return cls(4, ["circle", "square", "triangle", "star"], **args)
 
@@ -172,8 +193,11 @@ def test_rcnn_fit_predict_save_load(tmp_path):
 
 
 def test_config_builds_region_detectors_and_rejects_unknown_args():
-    from cnn_apps.stages.region_detectors import (check_exportable, is_region_detector,
-                                                  region_detector_from_config)
+    from cnn_apps.stages.region_detectors import (
+        check_exportable,
+        is_region_detector,
+        region_detector_from_config,
+    )
 
     for name, cls in (("rcnn", RCNN), ("sppnet", SPPNet)):
         config = load_config(f"pipelines/configs/shapes_{name}.yaml", [])
@@ -199,12 +223,17 @@ def test_stages_train_and_evaluate_through_mlflow(tmp_path, monkeypatch):
     from cnn_apps.stages.region_detectors import evaluate_region_detector, train_region_detector
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    overrides = tiny_overrides(tmp_path, **{"data.image_size": 64, "data.train_size": 16, "data.val_size": 8,
-                                            "data.test_size": 8})
-    overrides += ["task=detection", "data.source=shapes", "model.architecture=sppnet",
-                  "model.backbone_args.stage_filters=[8,16,16,32]",
-                  "model.architecture_args={warp_size: 32, max_proposals: 30, finetune_epochs: 1, "
-                  "hard_negative_rounds: 1}"]
+    overrides = tiny_overrides(
+        tmp_path, **{"data.image_size": 64, "data.train_size": 16, "data.val_size": 8, "data.test_size": 8}
+    )
+    overrides += [
+        "task=detection",
+        "data.source=shapes",
+        "model.architecture=sppnet",
+        "model.backbone_args.stage_filters=[8,16,16,32]",
+        "model.architecture_args={warp_size: 32, max_proposals: 30, finetune_epochs: 1, "
+        "hard_negative_rounds: 1}",
+    ]
     config = load_config(None, overrides)
     prep = prepare(config).run_id
     spec = tracking.load_dataset_spec(prep)

@@ -2,10 +2,10 @@
 moving only when the evaluate run beats it, ``latest`` resolving to the newest version,
 and ``cnn-apps promote``."""
 
-import mlflow
 import numpy as np
 import pytest
 
+import mlflow
 from cnn_apps import tracking
 from cnn_apps.classification import ImageClassifier
 from cnn_apps.cli import main
@@ -19,8 +19,12 @@ def store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.set_experiment("classification").experiment_id
-    model = ImageClassifier(3, (32, 32, 3), class_names=["circle", "square", "star"],
-                            backbone_args={"stage_filters": (8, 16), "blocks_per_stage": (1, 1)})
+    model = ImageClassifier(
+        3,
+        (32, 32, 3),
+        class_names=["circle", "square", "star"],
+        backbone_args={"stage_filters": (8, 16), "blocks_per_stage": (1, 1)},
+    )
     with mlflow.start_run(experiment_id=experiment):
         model_uri = tracking.log_keras_model(model, np.zeros((2, 32, 32, 3), np.float32))
     return {"uri": uri, "experiment": experiment, "model_uri": model_uri}
@@ -31,15 +35,22 @@ def _source(store, accuracy=None, train_loss=0.5):
     with mlflow.start_run(experiment_id=store["experiment"], tags={"stage": "train"}) as train:
         mlflow.log_metric("train_loss", train_loss)
     if accuracy is not None:
-        with mlflow.start_run(experiment_id=store["experiment"],
-                              tags={"stage": "evaluate", "source_run": train.info.run_id}):
+        with mlflow.start_run(
+            experiment_id=store["experiment"], tags={"stage": "evaluate", "source_run": train.info.run_id}
+        ):
             mlflow.log_metric("test_accuracy", accuracy)
     return mlflow.get_run(train.info.run_id)
 
 
 def _register(store, source, version):
-    return register_export("shapes-classifier", source, store["model_uri"], task="classification",
-                           export_path=f"/exports/shapes-classifier/{version}", export_version=version)
+    return register_export(
+        "shapes-classifier",
+        source,
+        store["model_uri"],
+        task="classification",
+        export_path=f"/exports/shapes-classifier/{version}",
+        export_version=version,
+    )
 
 
 def test_champion_moves_only_to_a_better_evaluated_version(store):

@@ -1,7 +1,6 @@
+import keras
 import numpy as np
 import pytest
-
-import keras
 
 from cnn_apps.classification import ImageClassifier, classifier_from_config
 from cnn_apps.config import load_config
@@ -23,15 +22,19 @@ def test_batch_norm_switch_and_conv_dropout_in_the_backbone():
     conv_drop = ImageClassifier(3, (32, 32, 3), backbone_args=SMALL, dropout=0.3, dropout_placement="conv")
     assert len(_layers(conv_drop, keras.layers.Dropout)) == 2  # one per stage
     assert not [l for l in conv_drop.layers if isinstance(l, keras.layers.Dropout)]  # none in the head
-    both = ImageClassifier(3, (32, 32, 3), backbone_args=SMALL, dropout=0.3, dropout_placement="both",
-                           head_units=[16])
+    both = ImageClassifier(
+        3, (32, 32, 3), backbone_args=SMALL, dropout=0.3, dropout_placement="both", head_units=[16]
+    )
     assert len([l for l in both.layers if isinstance(l, keras.layers.Dropout)]) == 2  # before fc1 and output
 
 
 def test_l1_l2_penalties_equal_the_formula():
     model = ImageClassifier(3, (32, 32, 3), backbone_args=SMALL, l1=1e-3, l2=1e-2, head_units=[8])
-    kernels = [l.kernel for l in model.backbone.layers + model.layers
-               if isinstance(l, (keras.layers.Conv2D, keras.layers.Dense))]
+    kernels = [
+        l.kernel
+        for l in model.backbone.layers + model.layers
+        if isinstance(l, (keras.layers.Conv2D, keras.layers.Dense))
+    ]
     expected = sum(1e-3 * np.abs(k.numpy()).sum() + 1e-2 * np.square(k.numpy()).sum() for k in kernels)
     got = sum(float(keras.ops.convert_to_numpy(v)) for v in model.losses)
     assert got == pytest.approx(expected, rel=1e-4)
@@ -47,14 +50,23 @@ def test_regularization_penalty_is_part_of_the_training_loss():
     for m in (plain, heavy):
         m.compile("sgd", "sparse_categorical_crossentropy")
     penalty = sum(float(keras.ops.convert_to_numpy(v)) for v in heavy.losses)
-    assert heavy.evaluate(x, y, verbose=0) == pytest.approx(plain.evaluate(x, y, verbose=0) + penalty, rel=1e-3)
+    assert heavy.evaluate(x, y, verbose=0) == pytest.approx(
+        plain.evaluate(x, y, verbose=0) + penalty, rel=1e-3
+    )
 
 
 def test_config_builds_the_regularized_classifier_and_it_round_trips(tmp_path):
-    cfg = load_config(None, ["regularization.l2=0.001", "regularization.dropout=0.25",
-                             "regularization.dropout_placement=both", "regularization.batch_norm=false",
-                             "model.head_units=[16]", "model.backbone_args={stage_filters: [8, 16], "
-                             "blocks_per_stage: [1, 1]}"])
+    cfg = load_config(
+        None,
+        [
+            "regularization.l2=0.001",
+            "regularization.dropout=0.25",
+            "regularization.dropout_placement=both",
+            "regularization.batch_norm=false",
+            "model.head_units=[16]",
+            "model.backbone_args={stage_filters: [8, 16], blocks_per_stage: [1, 1]}",
+        ],
+    )
     model = classifier_from_config(cfg, 3, (32, 32, 3))
     assert model.l2 == 0.001 and model.batch_norm is False and model.head_units == [16]
     model.save(tmp_path / "m.keras")
@@ -65,7 +77,9 @@ def test_config_builds_the_regularized_classifier_and_it_round_trips(tmp_path):
 
 
 def test_study_settings_switch_tools_on_and_off():
-    cfg = load_config(None, ["regularization.l1=1e-5", "regularization.l2=1e-4", "regularization.dropout=0.3"])
+    cfg = load_config(
+        None, ["regularization.l1=1e-5", "regularization.l2=1e-4", "regularization.dropout=0.3"]
+    )
     none = regularization_setting(cfg, "none")
     assert (none.regularization.l1, none.regularization.l2, none.regularization.dropout) == (0, 0, 0)
     assert none.regularization.batch_norm is False

@@ -4,11 +4,11 @@ was never interrupted."""
 
 import signal
 
-import mlflow
 import numpy as np
 import pytest
 from conftest import set_args, signal_training_after_first_epoch, tiny_overrides
 
+import mlflow
 from cnn_apps.cli import main
 
 pytestmark = pytest.mark.slow
@@ -16,8 +16,16 @@ EPOCHS = 4
 
 
 def _overrides(tmp_path):
-    return set_args(tiny_overrides(tmp_path, **{"training.epochs": EPOCHS, "data.train_size": 192,
-                                                "training.checkpoint_dir": str(tmp_path / "checkpoints")}))
+    return set_args(
+        tiny_overrides(
+            tmp_path,
+            **{
+                "training.epochs": EPOCHS,
+                "data.train_size": 192,
+                "training.checkpoint_dir": str(tmp_path / "checkpoints"),
+            },
+        )
+    )
 
 
 def _run_id(out: str) -> str:

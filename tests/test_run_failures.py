@@ -9,12 +9,12 @@ import socket
 import time
 
 import keras
-import mlflow
 import numpy as np
 import pytest
 import yaml
 from conftest import set_args, signal_training_after_first_epoch, tiny_overrides
 
+import mlflow
 from cnn_apps import tracking
 from cnn_apps.cli import main
 from cnn_apps.config import load_config, mask_secrets
@@ -33,11 +33,14 @@ def _runs(config):
     return client.search_runs([e.experiment_id for e in client.search_experiments()])
 
 
-@pytest.mark.parametrize("error, status, reason", [
-    (ValueError("bad pixel\nsecond line"), "FAILED", "ValueError: bad pixel"),
-    (KeyboardInterrupt(), "KILLED", "interrupted (Ctrl-C)"),
-    (tracking.Terminated(), "KILLED", "terminated (SIGTERM)"),
-])
+@pytest.mark.parametrize(
+    "error, status, reason",
+    [
+        (ValueError("bad pixel\nsecond line"), "FAILED", "ValueError: bad pixel"),
+        (KeyboardInterrupt(), "KILLED", "interrupted (Ctrl-C)"),
+        (tracking.Terminated(), "KILLED", "terminated (SIGTERM)"),
+    ],
+)
 def test_a_stage_that_ends_badly_says_how_and_why(config, error, status, reason):
     with pytest.raises(type(error)):
         with tracking.stage_run(config, "train", model="m", dataset="d"):
@@ -82,12 +85,27 @@ def test_an_unreachable_tracking_server_fails_fast(tmp_path, monkeypatch, capsys
 
 
 def test_secrets_are_masked_in_params_and_the_logged_config(config):
-    assert mask_secrets({"db.password": "hunter2", "api_key": "k", "token": "", "keep_difficult": True,
-                         "uri": "postgresql://mlflow:hunter2@db:5432/mlflow", "nested": {"secret": "s"}}) == {
-        "db.password": "***", "api_key": "***", "token": "", "keep_difficult": True,
-        "uri": "postgresql://mlflow:***@db:5432/mlflow", "nested": {"secret": "***"}}
-    config = dataclasses.replace(config, data=dataclasses.replace(
-        config.data, path="https://reader:hunter2@data.example.com/shapes.zip"))
+    assert mask_secrets(
+        {
+            "db.password": "hunter2",
+            "api_key": "k",
+            "token": "",
+            "keep_difficult": True,
+            "uri": "postgresql://mlflow:hunter2@db:5432/mlflow",
+            "nested": {"secret": "s"},
+        }
+    ) == {
+        "db.password": "***",
+        "api_key": "***",
+        "token": "",
+        "keep_difficult": True,
+        "uri": "postgresql://mlflow:***@db:5432/mlflow",
+        "nested": {"secret": "***"},
+    }
+    config = dataclasses.replace(
+        config,
+        data=dataclasses.replace(config.data, path="https://reader:hunter2@data.example.com/shapes.zip"),
+    )
     with tracking.stage_run(config, "prepare", model="m", dataset="d") as run:
         pass
     logged = mlflow.MlflowClient(config.tracking.uri).get_run(run.info.run_id)
@@ -99,7 +117,9 @@ def test_secrets_are_masked_in_params_and_the_logged_config(config):
 @pytest.mark.slow
 def test_sigterm_marks_the_training_run_killed(tmp_path):
     sets = set_args(tiny_overrides(tmp_path, **{"training.epochs": 200, "data.train_size": 256}))
-    run_id, returncode, output = signal_training_after_first_epoch(tmp_path, sets, signal.SIGTERM, timeout=240)
+    run_id, returncode, output = signal_training_after_first_epoch(
+        tmp_path, sets, signal.SIGTERM, timeout=240
+    )
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     assert returncode == 143, output
     run = client.get_run(run_id)
@@ -129,7 +149,9 @@ def test_mlflow_models_with_code_load_only_with_unsafe_load(config, monkeypatch)
     monkeypatch.delenv("CNN_APPS_UNSAFE_LOAD", raising=False)
     tracking.setup(config)
     with mlflow.start_run():
-        uri = tracking.log_keras_model(_lambda_model(config.export.dir + ".keras"), np.ones((2, 3), np.float32))
+        uri = tracking.log_keras_model(
+            _lambda_model(config.export.dir + ".keras"), np.ones((2, 3), np.float32)
+        )
     with pytest.raises(ModelError, match="pass --unsafe-load"):
         tracking.load_keras_model(uri)
     monkeypatch.setenv("CNN_APPS_UNSAFE_LOAD", "1")
@@ -144,7 +166,9 @@ def test_offline_tfds_fails_in_seconds_naming_the_local_alternative(tmp_path, mo
         port = s.getsockname()[1]
     monkeypatch.delenv("CNN_APPS_OFFLINE", raising=False)
     monkeypatch.setattr(sources, "_TFDS_HOST", ("127.0.0.1", port))
-    config = load_config(None, tiny_overrides(tmp_path, **{"data.source": "tfds", "data.tfds_name": "cifar10"}))
+    config = load_config(
+        None, tiny_overrides(tmp_path, **{"data.source": "tfds", "data.tfds_name": "cifar10"})
+    )
     start = time.monotonic()
     with pytest.raises(DataError, match="offline. Fix: .*data.source=folder"):
         sources.get_source(config).prepare()

@@ -20,8 +20,8 @@ CMAP = voc_colormap()
 def _ids(w, h, value, seed, border=False):
     """(h, w) uint8 ids: background, a block of ``value``, a corner of 1, optionally a 255 border."""
     ids = np.zeros((h, w), np.uint8)
-    ids[h // 4:3 * h // 4, w // 4:3 * w // 2 // 2 + 2] = value
-    ids[:3, :3 + seed] = 1
+    ids[h // 4 : 3 * h // 4, w // 4 : 3 * w // 2 // 2 + 2] = value
+    ids[:3, : 3 + seed] = 1
     if border:
         ids[h // 4 - 1, :] = 255
     return ids
@@ -50,8 +50,13 @@ def _save_mask(path: Path, ids: np.ndarray, kind: str):
 
 
 def _config(tmp_path, root, task="segmentation", **sets):
-    items = {"task": task, "data.source": "masks", "data.path": str(root), "data.data_dir": str(tmp_path / "data"),
-             **sets}
+    items = {
+        "task": task,
+        "data.source": "masks",
+        "data.path": str(root),
+        "data.data_dir": str(tmp_path / "data"),
+        **sets,
+    }
     return load_config(None, [f"{k}={v}" for k, v in items.items()])
 
 
@@ -66,8 +71,9 @@ def _why(spec):
 def _id_folder(root: Path) -> dict:
     """images/ + masks/ (mode L) with classes.txt and split lists; returns the good masks by name."""
     good = {}
-    for i, (w, h, mode) in enumerate([(20, 16, "RGB"), (32, 24, "L"), (24, 24, "RGBA"), (40, 30, "RGB"),
-                                      (16, 16, "RGB"), (28, 20, "RGB")]):
+    for i, (w, h, mode) in enumerate(
+        [(20, 16, "RGB"), (32, 24, "L"), (24, 24, "RGBA"), (40, 30, "RGB"), (16, 16, "RGB"), (28, 20, "RGB")]
+    ):
         name = f"im{i}"
         _save_image(root / "images" / f"{name}.{'jpg' if mode == 'RGB' and i == 3 else 'png'}", w, h, mode)
         good[name] = _ids(w, h, 1 + i % 2, i, border=i % 2 == 0)
@@ -143,7 +149,9 @@ def test_voc2012_layout_palette_masks_keep_the_255_border(tmp_path):
         _save_image(root / "JPEGImages" / f"{name}.jpg", 24 + 2 * i, 20)
         good[name] = _ids(24 + 2 * i, 20, VOC_CLASSES.index("person") + 1, i, border=True)
         _save_mask(root / "SegmentationClass" / f"{name}.png", good[name], "P")
-    _save_image(root / "JPEGImages" / "2007_000099.jpg", 20, 20)  # an image without mask, unlisted: not a record
+    _save_image(
+        root / "JPEGImages" / "2007_000099.jpg", 20, 20
+    )  # an image without mask, unlisted: not a record
     sets = root / "ImageSets" / "Segmentation"
     sets.mkdir(parents=True)
     (sets / "train.txt").write_text("\n".join(sorted(good)[:4]) + "\n")
@@ -151,11 +159,17 @@ def test_voc2012_layout_palette_masks_keep_the_255_border(tmp_path):
     source = MaskFolderSource(_config(tmp_path, root, **{"data.val_fraction": 0.25}))
     spec = source.prepare()
     assert spec.class_names == list(VOC_CLASSES) and spec.skipped == []
-    assert spec.counts == {"train": 3, "validation": 1, "test": 2}  # VOC val is our test; validation from train
+    assert spec.counts == {
+        "train": 3,
+        "validation": 1,
+        "test": 2,
+    }  # VOC val is our test; validation from train
     assert spec.extra["layout"] == "voc"
     person = sum(int((m == 15).sum()) for m in good.values())
     assert sum(c["person"] for c in spec.class_counts.values()) == person
-    assert sum(c["aeroplane"] for c in spec.class_counts.values()) == sum(int((m == 1).sum()) for m in good.values())
+    assert sum(c["aeroplane"] for c in spec.class_counts.values()) == sum(
+        int((m == 1).sum()) for m in good.values()
+    )
     test = _examples(source, spec, "test")
     for ex, name in zip(test, sorted(good)[4:]):
         np.testing.assert_array_equal(ex["mask"][..., 0], good[name])  # raw indices, not palette colours
@@ -186,8 +200,12 @@ def test_rgb_colour_masks_without_classes_are_split_by_fractions(tmp_path):
     assert why["orphan.png"] == "no image named orphan in images/"
     assert len(spec.skipped) == 2
     total = np.sum([np.bincount(m.ravel(), minlength=256) for m in good.values()], axis=0)
-    assert {n: sum(c[n] for c in spec.class_counts.values()) for n in spec.class_counts["train"]} == \
-        {"background": total[0], "class1": total[1], "class2": total[2], "class3": total[3]}
+    assert {n: sum(c[n] for c in spec.class_counts.values()) for n in spec.class_counts["train"]} == {
+        "background": total[0],
+        "class1": total[1],
+        "class2": total[2],
+        "class3": total[3],
+    }
     assert sum(spec.extra["ignored_pixels"].values()) == total[255] > 0  # (224, 224, 192) is void: 255
     again = MaskFolderSource(cfg).prepare()
     assert again.counts == spec.counts and Path(again.location).read_text() == Path(spec.location).read_text()
@@ -234,8 +252,15 @@ def test_pet_trimap_becomes_background_pet_and_ignore(tmp_path, offline):
     assert mask.shape == (3, 4, 1) and mask.dtype == np.uint8
     np.testing.assert_array_equal(mask[..., 0], [[0, 0, 255, 1], [0, 255, 1, 1], [255, 1, 1, 1]])
 
-    cfg = load_config(None, ["task=segmentation", "data.source=tfds", "data.tfds_name=oxford_iiit_pet",
-                             f"data.data_dir={tmp_path}"])
+    cfg = load_config(
+        None,
+        [
+            "task=segmentation",
+            "data.source=tfds",
+            "data.tfds_name=oxford_iiit_pet",
+            f"data.data_dir={tmp_path}",
+        ],
+    )
     start = time.perf_counter()
     with pytest.raises(DataError, match="offline"):
         TfdsSource(cfg).prepare()
@@ -253,16 +278,28 @@ def test_tfds_segmentation_counts_pixels_and_loads_masks(tmp_path, monkeypatch):
         info = type("Info", (), {"splits": {"train": 1, "test": 1}})
 
         def as_dataset(self, split, decoders=None, shuffle_files=False):
-            return tf.data.Dataset.from_tensors({"image": tf.zeros((2, 4, 3), tf.uint8), "segmentation_mask": trimap})
+            return tf.data.Dataset.from_tensors(
+                {"image": tf.zeros((2, 4, 3), tf.uint8), "segmentation_mask": trimap}
+            )
 
-    cfg = load_config(None, ["task=segmentation", "data.source=tfds", "data.tfds_name=oxford_iiit_pet",
-                             f"data.data_dir={tmp_path}"])
+    cfg = load_config(
+        None,
+        [
+            "task=segmentation",
+            "data.source=tfds",
+            "data.tfds_name=oxford_iiit_pet",
+            f"data.data_dir={tmp_path}",
+        ],
+    )
     source = TfdsSource(cfg)
     monkeypatch.setattr(source, "_builder", FakeBuilder)
     monkeypatch.setattr(source, "_ensure_prepared", lambda builder: None)
     spec = source.prepare()
     assert spec.class_names == ["pet"] and spec.counts == {"train": 1, "validation": 1, "test": 1}
-    assert spec.class_counts["train"] == {"background": 3, "pet": 3} and spec.extra["ignored_pixels"]["test"] == 2
+    assert (
+        spec.class_counts["train"] == {"background": 3, "pet": 3}
+        and spec.extra["ignored_pixels"]["test"] == 2
+    )
     (ex,) = _examples(source, spec, "test")
     assert ex["image"].shape == (2, 4, 3)
     np.testing.assert_array_equal(ex["mask"][..., 0], [[0, 0, 255, 1], [0, 255, 1, 1]])

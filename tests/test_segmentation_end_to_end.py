@@ -7,16 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import set_args, tiny_overrides
 
 from cnn_apps.cli import main
-from conftest import set_args, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 TINY = {
-    "shapes_fcn8s.yaml": ["model.backbone_args={width: 0.0625}",
-                          "model.architecture_args={fc_filters: 16, fc_kernel: 1, dropout: 0.0}"],
+    "shapes_fcn8s.yaml": [
+        "model.backbone_args={width: 0.0625}",
+        "model.architecture_args={fc_filters: 16, fc_kernel: 1, dropout: 0.0}",
+    ],
     "shapes_segnet.yaml": ["model.architecture_args={width: 0.0625, repeats: [1, 1, 1, 1, 1]}"],
     "shapes_unet.yaml": ["model.architecture_args={filters: 4, depth: 2}"],
 }
@@ -24,8 +26,9 @@ TINY = {
 
 @pytest.mark.parametrize("config", sorted(TINY))
 def test_segmenter_pipeline(config, tmp_path, capsys, monkeypatch):
-    import mlflow
     import tensorflow as tf
+
+    import mlflow
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -34,15 +37,30 @@ def test_segmenter_pipeline(config, tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert rc == 0, out
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
-    runs = {r.data.tags["stage"]: r for r in client.search_runs(
-        [client.get_experiment_by_name("segmentation").experiment_id])}
+    runs = {
+        r.data.tags["stage"]: r
+        for r in client.search_runs([client.get_experiment_by_name("segmentation").experiment_id])
+    }
     assert set(runs) == {"prepare", "train", "evaluate", "export"}
     train, evaluate = runs["train"], runs["evaluate"]
-    assert {"train_loss", "val_loss", "train_miou", "val_miou", "best_val_miou",
-            "best_val_pixel_accuracy"} <= set(train.data.metrics)
+    assert {
+        "train_loss",
+        "val_loss",
+        "train_miou",
+        "val_miou",
+        "best_val_miou",
+        "best_val_pixel_accuracy",
+    } <= set(train.data.metrics)
     assert len(client.get_metric_history(train.info.run_id, "val_miou")) == 2
-    for name in ("test_miou", "test_pixel_accuracy", "test_mean_accuracy", "test_fw_iou", "test_iou_background",
-                 "test_images_per_s", "test_latency_ms"):
+    for name in (
+        "test_miou",
+        "test_pixel_accuracy",
+        "test_mean_accuracy",
+        "test_fw_iou",
+        "test_iou_background",
+        "test_images_per_s",
+        "test_latency_ms",
+    ):
         assert np.isfinite(evaluate.data.metrics[name]), name
     assert 0.0 <= evaluate.data.metrics["test_miou"] <= 1.0
     assert evaluate.data.tags["source_run"] == train.info.run_id

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow  # two processes, two backends
 
 BUILD = {
     "fcn8s": "FCN(5, variant='8s', backbone_args={'width': 0.0625, 'batch_norm': True}, fc_filters=16, "
-             "fc_kernel=3, dropout=0.0)",
+    "fc_kernel=3, dropout=0.0)",
     "segnet": "SegNet(5, width=0.0625, repeats=(1, 1, 2, 2, 2))",
     "unet": "UNet(5, filters=4, depth=3)",
 }
@@ -48,7 +48,9 @@ def test_segmenters_under_jax_match_tensorflow(tmp_path):
     from cnn_apps.segmentation.segnet import SegNet  # noqa: F401
     from cnn_apps.segmentation.unet import UNet  # noqa: F401
 
-    images = np.stack([make_scene(0, "test", i, 64, "segmentation").image for i in range(2)]).astype("float32")
+    images = np.stack([make_scene(0, "test", i, 64, "segmentation").image for i in range(2)]).astype(
+        "float32"
+    )
     np.save(tmp_path / "images.npy", images)
     expected = {}
     for name, expr in BUILD.items():
@@ -57,8 +59,13 @@ def test_segmenters_under_jax_match_tensorflow(tmp_path):
         model.save_weights(str(tmp_path / f"{name}.weights.h5"))
         expected[name] = np.asarray(model.predict(images, verbose=0))
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(BUILD), str(tmp_path)], env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, json.dumps(BUILD), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     for name in BUILD:
         got = np.load(tmp_path / f"{name}_jax.npy")

@@ -8,26 +8,23 @@ import numpy as np
 import pytest
 
 from cnn_apps.errors import DataError
-from cnn_apps.segmentation.metrics import (ConfusionMatrix, SegmentationMetrics, evaluate_segmentation,
-                                           logits_to_class_map, segmentation_metrics)
+from cnn_apps.segmentation.metrics import (
+    ConfusionMatrix,
+    SegmentationMetrics,
+    evaluate_segmentation,
+    logits_to_class_map,
+    segmentation_metrics,
+)
 
 # 4x4 example, K = 3. Truth: class 0 top-left, 1 top-right, 2 the bottom half.
-TRUTH = np.array([[0, 0, 1, 1],
-                  [0, 0, 1, 1],
-                  [2, 2, 2, 2],
-                  [2, 2, 2, 2]])
-PRED = np.array([[0, 1, 1, 1],
-                 [0, 0, 1, 0],
-                 [2, 2, 1, 2],
-                 [2, 2, 2, 2]])
+TRUTH = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 2, 2], [2, 2, 2, 2]])
+PRED = np.array([[0, 1, 1, 1], [0, 0, 1, 0], [2, 2, 1, 2], [2, 2, 2, 2]])
 # rows truth, columns prediction:
 #   truth 0 (4 px): 3 -> 0, 1 -> 1        t_0 = 4
 #   truth 1 (4 px): 1 -> 0, 3 -> 1        t_1 = 4
 #   truth 2 (8 px): 1 -> 1, 7 -> 2        t_2 = 8
 # column sums (predicted pixels) 4, 5, 7
-HAND = np.array([[3, 1, 0],
-                 [1, 3, 0],
-                 [0, 1, 7]])
+HAND = np.array([[3, 1, 0], [1, 3, 0], [0, 1, 7]])
 
 
 def matrix_of(truth, pred, k, ignore_label=255):
@@ -89,6 +86,7 @@ def test_empty_matrix_gives_nan_and_no_metrics():
 @pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
 def test_sklearn_parity_on_random_masks():
     from sklearn import metrics
+
     rng = np.random.default_rng(0)
     k = 6
     truth, pred = random_masks(rng, (3, 12, 10), k)
@@ -121,8 +119,9 @@ def test_ignore_pixel_equals_dropping_it():
     # class 0: t_0 = 3 (all right), still predicted on one class-1 pixel: 3 / (3 + 4 - 3)
     assert m.per_class_iou["0"] == pytest.approx(0.75)
     # a configurable ignore label
-    np.testing.assert_array_equal(matrix_of(np.where(truth == 255, 7, truth), pred, 3, ignore_label=7),
-                                  matrix_of(truth, pred, 3))
+    np.testing.assert_array_equal(
+        matrix_of(np.where(truth == 255, 7, truth), pred, 3, ignore_label=7), matrix_of(truth, pred, 3)
+    )
 
 
 def test_streaming_equals_one_shot():
@@ -173,8 +172,16 @@ def test_metrics_keys_without_nan():
     pred[3, 3] = 4
     m = evaluate_segmentation([TRUTH], [pred], 5, ["background", "traffic light", "a-b", "a b", "x"])
     logged = m.metrics("test_")
-    assert set(logged) == {"test_miou", "test_pixel_accuracy", "test_mean_accuracy", "test_fw_iou",
-                           "test_iou_background", "test_iou_traffic_light", "test_iou_a_b", "test_iou_x"}
+    assert set(logged) == {
+        "test_miou",
+        "test_pixel_accuracy",
+        "test_mean_accuracy",
+        "test_fw_iou",
+        "test_iou_background",
+        "test_iou_traffic_light",
+        "test_iou_a_b",
+        "test_iou_x",
+    }
     # "a b" clashes with "a-b" after sanitising but is NaN (absent), so it is not logged
     assert all(isinstance(v, float) and not math.isnan(v) for v in logged.values())
     assert logged["test_iou_x"] == 0.0
@@ -207,7 +214,9 @@ def test_segmentation_grid_renders(tmp_path):
     images = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
     truth, pred = random_masks(rng, (3, 8, 8), 3)
     truth[:, 0, :2] = 255
-    fig = plots.segmentation_grid(images, truth[..., None], pred, ["bg", "square", "disc"], cols=2, title="seg")
+    fig = plots.segmentation_grid(
+        images, truth[..., None], pred, ["bg", "square", "disc"], cols=2, title="seg"
+    )
     assert isinstance(fig, Figure)
     assert len(fig.axes) == 9  # 3 images x (image, truth, prediction); the spare row slots removed
     assert [t.get_text() for t in fig.legends[0].get_texts()][1:] == ["square", "disc", "ignore (255)"]
@@ -215,7 +224,9 @@ def test_segmentation_grid_renders(tmp_path):
     assert (tmp_path / "seg.png").stat().st_size > 0
     # grayscale float images, fewer shown than given, masks at half resolution
     gray = rng.uniform(0, 255, (3, 8, 8, 1)).astype(np.float32)
-    fig2 = plots.segmentation_grid(gray, truth[:, ::2, ::2], pred[:, ::2, ::2], ["bg", "a", "b"], max_images=1)
+    fig2 = plots.segmentation_grid(
+        gray, truth[:, ::2, ::2], pred[:, ::2, ::2], ["bg", "a", "b"], max_images=1
+    )
     assert len(fig2.axes) == 3
     fig2.savefig(tmp_path / "seg_gray.png")
     plots.plt.close(fig)

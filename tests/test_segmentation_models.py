@@ -2,10 +2,9 @@
 input resolution, .keras round trips, FCN takes a VGG classifier's FC weights as convs, the
 finer FCNs start from their coarser parent's prediction, and every model learns a tiny task."""
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 
 from cnn_apps import registry
 from cnn_apps.segmentation.fcn import FCN, load_classifier_weights
@@ -81,7 +80,9 @@ def test_fcn_loads_a_vgg_classifier_fc_layers_as_convolutions():
     from cnn_apps.backbones.vgg import VGG
 
     keras.utils.set_random_seed(0)
-    vgg = VGG(input_shape=(64, 64, 3), width=1 / 16, include_top=True, num_classes=5, dropout=0.0, name="vgg16")
+    vgg = VGG(
+        input_shape=(64, 64, 3), width=1 / 16, include_top=True, num_classes=5, dropout=0.0, name="vgg16"
+    )
     fcn = FCN(3, variant="32s", backbone_args={"width": 1 / 16}, fc_filters=4096, fc_kernel=2, dropout=0.0)
     loaded = load_classifier_weights(fcn, vgg)
     assert {"block1_conv1", "block5_conv3", "fc6", "fc7"} <= set(loaded)

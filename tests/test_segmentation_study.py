@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import set_args, tiny_overrides
 
 from cnn_apps.config import load_config
 from cnn_apps.stages.config_study import child_config
 from cnn_apps.stages.segmenter_study import fcn_order_note
-from conftest import set_args, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "pipelines" / "configs"
@@ -30,8 +30,12 @@ def test_the_shipped_study_builds_every_segmenter(tmp_path):
 
 
 def test_fcn_order_note():
-    rows = [{"segmenter": "fcn32s", "test_miou": 0.70}, {"segmenter": "fcn16s", "test_miou": 0.80},
-            {"segmenter": "fcn8s", "test_miou": 0.85}, {"segmenter": "unet", "test_miou": 0.9}]
+    rows = [
+        {"segmenter": "fcn32s", "test_miou": 0.70},
+        {"segmenter": "fcn16s", "test_miou": 0.80},
+        {"segmenter": "fcn8s", "test_miou": 0.85},
+        {"segmenter": "unet", "test_miou": 0.9},
+    ]
     assert "holds here" in fcn_order_note(rows) and "fcn8s 85.0" in fcn_order_note(rows)
     rows[1]["test_miou"] = 0.9
     assert "does not hold" in fcn_order_note(rows)
@@ -41,14 +45,15 @@ def test_fcn_order_note():
 @pytest.mark.slow
 def test_tiny_segmentation_study(tmp_path, monkeypatch, capsys):
     import mlflow
-
     from cnn_apps.cli import main
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
     children = []
-    for name, args in (("shapes_fcn32s.yaml", {"fc_filters": 8, "fc_kernel": 1, "dropout": 0.0}),
-                       ("shapes_unet.yaml", {"filters": 4, "depth": 2})):
+    for name, args in (
+        ("shapes_fcn32s.yaml", {"fc_filters": 8, "fc_kernel": 1, "dropout": 0.0}),
+        ("shapes_unet.yaml", {"filters": 4, "depth": 2}),
+    ):
         values = yaml.safe_load((CONFIGS / name).read_text())  # the child's own model, made tiny
         values["model"]["architecture_args"] = args
         if name.startswith("shapes_fcn"):
@@ -57,8 +62,14 @@ def test_tiny_segmentation_study(tmp_path, monkeypatch, capsys):
         child = tmp_path / name
         child.write_text(yaml.safe_dump(values))
         children.append(str(child))
-    sets = tiny_overrides(tmp_path, **{"task": "segmentation", "data.image_size": 64,
-                                       "study.segmenters": "[" + ", ".join(children) + "]"})
+    sets = tiny_overrides(
+        tmp_path,
+        **{
+            "task": "segmentation",
+            "data.image_size": 64,
+            "study.segmenters": "[" + ", ".join(children) + "]",
+        },
+    )
     rc = main(["study", "segmentation", *set_args(sets)])
     out = capsys.readouterr().out
     assert rc == 0, out
@@ -67,7 +78,8 @@ def test_tiny_segmentation_study(tmp_path, monkeypatch, capsys):
     runs = client.search_runs([exp.experiment_id])
     parent = [r for r in runs if r.data.tags.get("stage") == "study"][0]
     assert {"fcn32s_miou", "unet_miou", "unet_ms_per_image"} <= set(parent.data.metrics)
-    assert {"segmenters.csv", "segmenters.md", "segmenters.png"} <= {a.path for a in
-                                                                      client.list_artifacts(parent.info.run_id)}
+    assert {"segmenters.csv", "segmenters.md", "segmenters.png"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id)
+    }
     children_runs = [r for r in runs if r.data.tags.get("study_run") == parent.info.run_id]
     assert sorted(r.data.tags["setting"] for r in children_runs) == ["fcn32s", "unet"]

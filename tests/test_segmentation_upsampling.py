@@ -94,14 +94,15 @@ def test_strided_conv_and_transposed_conv_shapes_and_overlap_add():
     np.testing.assert_allclose(y[:, 1, 0, 0], x[:, 2:5, 0:3, 0].sum((1, 2)), rtol=1e-5)
 
     small = random_map((2, 2, 2, 1), seed=1)
-    deconv = keras.layers.Conv2DTranspose(1, 3, strides=2, padding="valid", use_bias=False,
-                                          kernel_initializer="ones")
+    deconv = keras.layers.Conv2DTranspose(
+        1, 3, strides=2, padding="valid", use_bias=False, kernel_initializer="ones"
+    )
     got = np_(deconv(small))
     assert got.shape == (2, 5, 5, 1)
     expected = np.zeros((2, 5, 5, 1), np.float32)
     for i in range(2):
         for j in range(2):  # each input pixel adds itself to a 3 x 3 patch at stride 2
-            expected[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3] += small[:, i:i + 1, j:j + 1]
+            expected[:, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3] += small[:, i : i + 1, j : j + 1]
     np.testing.assert_allclose(got, expected, rtol=1e-6)
     np.testing.assert_allclose(got[:, 2, 2], small.sum((1, 2)), rtol=1e-6)  # the shared centre
 
@@ -133,16 +134,24 @@ def test_two_tap_phases_are_the_same_bilinear():
     # the path Upsample2D takes when H and W are only known at run time
     x = random_map((1, 3, 5, 2), seed=9)
     for factor in (1, 2, 3, 4):
-        np.testing.assert_allclose(np_(upsample_bilinear(x, factor)), reference_bilinear(x, factor, "clamp"),
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            np_(upsample_bilinear(x, factor)), reference_bilinear(x, factor, "clamp"), atol=1e-5
+        )
 
 
 # --------------------------------------------------------------------------- transposed conv
 
 
-@pytest.mark.parametrize("size, taps", [(1, [1.0]), (3, [0.5, 1.0, 0.5]), (4, [0.25, 0.75, 0.75, 0.25]),
-                                        (5, [1 / 3, 2 / 3, 1.0, 2 / 3, 1 / 3]),
-                                        (6, [1 / 6, 0.5, 5 / 6, 5 / 6, 0.5, 1 / 6])])
+@pytest.mark.parametrize(
+    "size, taps",
+    [
+        (1, [1.0]),
+        (3, [0.5, 1.0, 0.5]),
+        (4, [0.25, 0.75, 0.75, 0.25]),
+        (5, [1 / 3, 2 / 3, 1.0, 2 / 3, 1 / 3]),
+        (6, [1 / 6, 0.5, 5 / 6, 5 / 6, 0.5, 1 / 6]),
+    ],
+)
 def test_bilinear_kernel_is_fcn_filter(size, taps):
     kernel = bilinear_kernel(size, 3)
     assert kernel.shape == (size, size, 3, 3) and kernel.dtype == np.float32
@@ -313,8 +322,11 @@ def test_layers_in_a_functional_model_with_free_size_and_save_load(tmp_path):
 
 
 def test_configs_mirror_the_constructors():
-    for layer in (Upsample2D(3, "bilinear", name="u"), MaxPoolingWithIndices2D(3, implementation="portable"),
-                  MaxUnpooling2D(3)):
+    for layer in (
+        Upsample2D(3, "bilinear", name="u"),
+        MaxPoolingWithIndices2D(3, implementation="portable"),
+        MaxUnpooling2D(3),
+    ):
         again = type(layer).from_config(layer.get_config())
         assert again.get_config() == layer.get_config()
 
@@ -363,10 +375,20 @@ def test_same_results_under_jax(tmp_path):
         expected[f"nearest{f}"] = np_(Upsample2D(f)(x))
         expected[f"bilinear{f}"] = np_(Upsample2D(f, "bilinear")(x))
         expected[f"deconv{f}"] = np_(transposed_upsampler(3, f)(x))
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-c", JAX_SCRIPT, str(tmp_path)], env=env, capture_output=True,
-                          text=True, timeout=300, check=False)
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": "jax",
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", JAX_SCRIPT, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     got = np.load(tmp_path / "jax.npz")
     for p in (2, 3):

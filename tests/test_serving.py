@@ -13,8 +13,12 @@ from cnn_apps.serving import export_classifier, next_version, staging_folder, ve
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    model = ImageClassifier(3, (32, 32, 3), class_names=["circle", "square", "star"],
-                            backbone_args={"stage_filters": (8, 16), "blocks_per_stage": (1, 1)})
+    model = ImageClassifier(
+        3,
+        (32, 32, 3),
+        class_names=["circle", "square", "star"],
+        backbone_args={"stage_filters": (8, 16), "blocks_per_stage": (1, 1)},
+    )
     path = tmp_path_factory.mktemp("exports") / "m" / "1"
     export_classifier(model, path, model.class_names)
     return model, path
@@ -53,8 +57,9 @@ def test_tf_serving_rest_body_with_b64_jpeg(exported):
     model, path = exported
     image = _images(1, 40)[0]
     ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    body = json.dumps({"signature_name": "serve_bytes",
-                       "instances": [{"b64": base64.b64encode(jpeg.tobytes()).decode()}]})
+    body = json.dumps(
+        {"signature_name": "serve_bytes", "instances": [{"b64": base64.b64encode(jpeg.tobytes()).decode()}]}
+    )
     request = json.loads(body)
     data = [base64.b64decode(item["b64"]) for item in request["instances"]]
     sig = tf.saved_model.load(str(path)).signatures[request["signature_name"]]
@@ -64,7 +69,9 @@ def test_tf_serving_rest_body_with_b64_jpeg(exported):
 
 def test_verification_catches_a_different_model(exported):
     _, path = exported
-    other = ImageClassifier(3, (32, 32, 3), backbone_args={"stage_filters": (8, 16), "blocks_per_stage": (1, 1)})
+    other = ImageClassifier(
+        3, (32, 32, 3), backbone_args={"stage_filters": (8, 16), "blocks_per_stage": (1, 1)}
+    )
     with pytest.raises(ModelError, match="differs from the Keras model"):
         verify_classifier_export(path, other, _images(), tolerance=1e-9)
 

@@ -5,7 +5,12 @@ import pytest
 
 from cnn_apps.classification import ImageClassifier
 from cnn_apps.classification.shallow import (
-    extract_features, feature_extractor, fit_scaler, fit_shallow, log_sklearn_model, to_keras,
+    extract_features,
+    feature_extractor,
+    fit_scaler,
+    fit_shallow,
+    log_sklearn_model,
+    to_keras,
 )
 from cnn_apps.errors import ModelError, TrackingError
 
@@ -123,8 +128,9 @@ def test_errors(base, features):
 
 
 def test_log_sklearn_model(features, tmp_path, monkeypatch):
-    import mlflow
     import mlflow.sklearn
+
+    import mlflow
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     _, X, y = features

@@ -60,16 +60,29 @@ def test_tfds_builder_counts_features_and_reuse(tmp_path):
     assert prepare_builder(again) is False  # same fingerprint: reused, not rebuilt
     other = shapes_builder("detection", tmp_path / "other", "fp1", **kw)
     prepare_builder(other)
-    a = sorted((int(e["labels"].shape[0]), e["image"].numpy().tobytes()) for e in builder.as_dataset(split="train"))
-    b = sorted((int(e["labels"].shape[0]), e["image"].numpy().tobytes()) for e in other.as_dataset(split="train"))
+    a = sorted(
+        (int(e["labels"].shape[0]), e["image"].numpy().tobytes()) for e in builder.as_dataset(split="train")
+    )
+    b = sorted(
+        (int(e["labels"].shape[0]), e["image"].numpy().tobytes()) for e in other.as_dataset(split="train")
+    )
     assert a == b  # deterministic build
 
 
 def test_tfds_segmentation_masks(tmp_path):
     from cnn_apps.data.shapes_tfds import prepare_builder, shapes_builder
 
-    builder = shapes_builder("segmentation", tmp_path, "fp", image_size=32, train_size=4, val_size=2,
-                             test_size=2, max_objects=3, seed=0)
+    builder = shapes_builder(
+        "segmentation",
+        tmp_path,
+        "fp",
+        image_size=32,
+        train_size=4,
+        val_size=2,
+        test_size=2,
+        max_objects=3,
+        seed=0,
+    )
     prepare_builder(builder)
     for ex in builder.as_dataset(split="train"):
         mask = ex["mask"].numpy()

@@ -9,7 +9,12 @@ from PIL import Image
 
 from cnn_apps.config import load_config
 from cnn_apps.data.sources import (
-    FASHION_MNIST_DIR, FashionMnistSource, FolderSource, TfdsSource, read_idx, stratified_split,
+    FASHION_MNIST_DIR,
+    FashionMnistSource,
+    FolderSource,
+    TfdsSource,
+    read_idx,
+    stratified_split,
 )
 from cnn_apps.errors import ConfigError, DataError
 
@@ -35,8 +40,10 @@ def _config(tmp_path, **sets):
 
 def test_folder_split_is_stratified_and_bad_files_are_named(tmp_path):
     _folder(tmp_path / "scans")
-    cfg = _config(tmp_path, **{"data.path": str(tmp_path / "scans"), "data.val_fraction": 0.2,
-                               "data.test_fraction": 0.2})
+    cfg = _config(
+        tmp_path,
+        **{"data.path": str(tmp_path / "scans"), "data.val_fraction": 0.2, "data.test_fraction": 0.2},
+    )
     source = FolderSource(cfg)
     spec = source.prepare()
     assert spec.class_names == ["benign", "malignant", "normal"]
@@ -89,7 +96,9 @@ def _fake_fashion(folder: Path, n_train=60, n_test=20):
 
 def test_fashion_mnist_from_idx_files(tmp_path):
     _fake_fashion(tmp_path / "fm")
-    cfg = load_config(None, ["data.source=fashion_mnist", f"data.path={tmp_path / 'fm'}", "data.val_fraction=0.2"])
+    cfg = load_config(
+        None, ["data.source=fashion_mnist", f"data.path={tmp_path / 'fm'}", "data.val_fraction=0.2"]
+    )
     source = FashionMnistSource(cfg)
     spec = source.prepare()
     assert spec.counts == {"train": 50, "validation": 10, "test": 20}  # 1 of 6 per class

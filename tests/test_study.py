@@ -1,19 +1,27 @@
 """A tiny study end to end: one parent run, nested children, comparison table and plot."""
 
 import pytest
+from conftest import set_args, tiny_overrides
 
 from cnn_apps.cli import main
-from conftest import set_args, tiny_overrides
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("kind, extra, children", [
-    ("regularization", ["regularization.l2=1e-3", "regularization.dropout=0.3", "study.settings=[none,l2,all]"],
-     ["none", "l2", "all"]),
-    ("learning-curve", ["study.train_sizes=[16,48]"], ["16", "48"]),
-])
-def test_study_makes_a_parent_with_one_child_per_setting(kind, extra, children, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize(
+    "kind, extra, children",
+    [
+        (
+            "regularization",
+            ["regularization.l2=1e-3", "regularization.dropout=0.3", "study.settings=[none,l2,all]"],
+            ["none", "l2", "all"],
+        ),
+        ("learning-curve", ["study.train_sizes=[16,48]"], ["16", "48"]),
+    ],
+)
+def test_study_makes_a_parent_with_one_child_per_setting(
+    kind, extra, children, tmp_path, capsys, monkeypatch
+):
     import mlflow
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -25,12 +33,21 @@ def test_study_makes_a_parent_with_one_child_per_setting(kind, extra, children, 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     parent = client.get_run(parent_id)
     assert parent.data.tags["stage"] == "study" and parent.data.tags["study"] == kind
-    kids = client.search_runs([parent.info.experiment_id],
-                              filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    kids = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'"
+    )
     assert sorted(k.data.tags["setting"] for k in kids) == sorted(children)
     for kid in kids:
-        assert kid.data.tags["stage"] == "train" and kid.data.tags["source_run"] == parent.data.tags["source_run"]
-        assert kid.data.tags["diagnosis"] in ("good_fit", "high_bias", "high_variance", "high_bias_and_variance")
+        assert (
+            kid.data.tags["stage"] == "train"
+            and kid.data.tags["source_run"] == parent.data.tags["source_run"]
+        )
+        assert kid.data.tags["diagnosis"] in (
+            "good_fit",
+            "high_bias",
+            "high_variance",
+            "high_bias_and_variance",
+        )
         assert {"bias", "variance", "final_train_error"} <= set(kid.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(parent_id)}
     assert {"results.csv", "results.md", f"{kind}.png"} <= artifacts
@@ -46,12 +63,21 @@ def test_transfer_study_trains_a_source_then_one_child_per_mode(tmp_path, capsys
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    sets = tiny_overrides(tmp_path, **{
-        "data.source": "digits", "data.image_size": 16, "data.channels": 3, "training.epochs": 1,
-        "finetune.epochs": 1, "finetune.fine_tune_epochs": 1,
-        "study.modes": "[shallow,fine_tune]", "study.examples_per_class": "[3]",
-        "study.source_data": "{source: shapes, train_size: 32, val_size: 16, test_size: 16}",
-        "study.source_epochs": 1})
+    sets = tiny_overrides(
+        tmp_path,
+        **{
+            "data.source": "digits",
+            "data.image_size": 16,
+            "data.channels": 3,
+            "training.epochs": 1,
+            "finetune.epochs": 1,
+            "finetune.fine_tune_epochs": 1,
+            "study.modes": "[shallow,fine_tune]",
+            "study.examples_per_class": "[3]",
+            "study.source_data": "{source: shapes, train_size: 32, val_size: 16, test_size: 16}",
+            "study.source_epochs": 1,
+        },
+    )
     assert main(["study", "transfer", *set_args(sets)]) == 0
     parent_id = capsys.readouterr().out.strip().splitlines()[-1].split()[1]
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")

@@ -8,7 +8,6 @@ end of the session; the UI test (test_mlflow_ui.py) looks at the same runs."""
 from pathlib import Path
 
 import pytest
-
 from mlflow_server import pipeline_on_server, port_is_open, start_server, stop_server
 
 pytestmark = pytest.mark.slow
@@ -58,8 +57,11 @@ def test_pipeline_runs_land_on_the_server_over_http(on_server, tmp_path):
     assert (on_server.exports_dir / "tiny" / "1" / "saved_model.pb").is_file()
     model_files = client.get_model_version_download_uri("tiny", "1")
     assert model_files.startswith("mlflow-artifacts:/"), model_files  # the model went through the server too
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_files, dst_path=str(tmp_path / "model"),
-                                                     tracking_uri=server.url))
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=model_files, dst_path=str(tmp_path / "model"), tracking_uri=server.url
+        )
+    )
     assert (local / "MLmodel").is_file()
 
 
@@ -91,7 +93,16 @@ def test_server_helper_stops_by_process_group_and_reports_its_log(tmp_path):
     assert stop_server(server) is not None
     assert not port_is_open(server.port)
     # a server that cannot start fails with its log in the message
-    bad = ["server", "--backend-store-uri", "nosuchscheme://x", "--host", "127.0.0.1", "--port",
-           str(server.port), "--workers", "1"]
+    bad = [
+        "server",
+        "--backend-store-uri",
+        "nosuchscheme://x",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(server.port),
+        "--workers",
+        "1",
+    ]
     with pytest.raises(RuntimeError, match="its log"):
         start_server(tmp_path / "bad", argv=bad, port=server.port, timeout=60)

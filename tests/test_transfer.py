@@ -3,15 +3,14 @@ finetune modes through the CLI, a pretext source, weights files and the ImageNet
 
 import time
 
+import keras
 import numpy as np
 import pytest
-
-import keras
+from conftest import set_args, tiny_overrides
 
 from cnn_apps.classification import ImageClassifier
 from cnn_apps.classification.transfer import backbone_blocks, freeze_batch_norm, unfreeze_top_blocks
 from cnn_apps.cli import main
-from conftest import set_args, tiny_overrides
 
 SMALL = {"stage_filters": (8, 16, 16), "blocks_per_stage": (1, 1, 1)}
 
@@ -27,7 +26,12 @@ def _snapshot(layers):
 
 def test_blocks_are_found_by_name_in_graph_order():
     model = ImageClassifier(3, (32, 32, 3), backbone_args=SMALL)
-    assert list(backbone_blocks(model.backbone)) == ["stem", "stage1_block1", "stage2_block1", "stage3_block1"]
+    assert list(backbone_blocks(model.backbone)) == [
+        "stem",
+        "stage1_block1",
+        "stage2_block1",
+        "stage3_block1",
+    ]
     vgg = ImageClassifier(3, (32, 32, 3), backbone="vgg16")
     assert list(backbone_blocks(vgg.backbone)) == [f"block{i}" for i in range(1, 6)]
 
@@ -79,7 +83,6 @@ def cli(tmp_path, capsys, monkeypatch):
 @pytest.mark.slow
 def test_the_four_modes_from_a_pretext_source(cli):
     import mlflow
-
     from cnn_apps import tracking
 
     pretext = cli("train", sets=["task=pretext"])
@@ -90,15 +93,26 @@ def test_the_four_modes_from_a_pretext_source(cli):
     base = tracking.load_keras_model(pretext)
     modes = {}
     for mode in ("feature_extraction", "shallow", "fine_tune", "scratch"):
-        modes[mode] = cli("finetune", "--from-run", pretext, sets=[f"finetune.mode={mode}", "finetune.epochs=1",
-                                                                   "finetune.fine_tune_epochs=1", "training.epochs=1"])
+        modes[mode] = cli(
+            "finetune",
+            "--from-run",
+            pretext,
+            sets=[
+                f"finetune.mode={mode}",
+                "finetune.epochs=1",
+                "finetune.fine_tune_epochs=1",
+                "training.epochs=1",
+            ],
+        )
     for mode, run_id in modes.items():
         run = client.get_run(run_id)
         assert run.data.tags["finetune_mode"] == mode and run.data.tags["source_run"] == pretext
         assert run.data.tags["diagnosis"] and "bias" in run.data.metrics
         model = tracking.load_keras_model(run_id)
         assert model.class_names == ["circle", "square", "triangle", "star"]
-        same = all(np.array_equal(a, b) for a, b in zip(base.backbone.get_weights(), model.backbone.get_weights()))
+        same = all(
+            np.array_equal(a, b) for a, b in zip(base.backbone.get_weights(), model.backbone.get_weights())
+        )
         assert same == (mode in ("feature_extraction", "shallow")), mode  # frozen base: unchanged by value
     ft = client.get_run(modes["fine_tune"]).data
     assert ft.metrics["fine_tune_params_trainable"] > ft.metrics["head_params_trainable"] > 0
@@ -114,10 +128,16 @@ def test_a_backbone_weights_file_is_a_source(cli):
     model = ImageClassifier(4, (32, 32, 3))
     path = cli.tmp / "backbone.weights.h5"
     model.backbone.save_weights(path)
-    run_id = cli("finetune", sets=["finetune.source=weights", f"finetune.weights={path}",
-                                   "finetune.mode=feature_extraction", "finetune.epochs=1"])
+    run_id = cli(
+        "finetune",
+        sets=[
+            "finetune.source=weights",
+            f"finetune.weights={path}",
+            "finetune.mode=feature_extraction",
+            "finetune.epochs=1",
+        ],
+    )
     import mlflow
-
     from cnn_apps import tracking
 
     mlflow.set_tracking_uri(cli.uri)
@@ -126,7 +146,9 @@ def test_a_backbone_weights_file_is_a_source(cli):
         np.testing.assert_array_equal(a, b)
 
 
-def test_imagenet_weights_offline_fail_fast_and_say_how_to_pass_a_file(tmp_path, capsys, monkeypatch, offline):
+def test_imagenet_weights_offline_fail_fast_and_say_how_to_pass_a_file(
+    tmp_path, capsys, monkeypatch, offline
+):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
     sets = tiny_overrides(tmp_path, **{"finetune.source": "imagenet", "model.backbone": "vgg16"})

@@ -13,7 +13,9 @@ from cnn_apps.data.shapes import make_scene  # noqa: E402
 from cnn_apps.detection.yolov8 import YOLOv8KerasCV, decode_distribution  # noqa: E402
 
 SIZE, CLASSES = 64, 4
-pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="keras-cv YOLOv8: TensorFlow only")
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="keras-cv YOLOv8: TensorFlow only"
+)
 
 
 def _batch(n=4):
@@ -23,8 +25,8 @@ def _batch(n=4):
     boxes = np.full((n, width, 4), -1.0, np.float32)
     labels = np.full((n, width), -1, np.int32)
     for i, s in enumerate(scenes):
-        boxes[i, :len(s.labels)] = s.boxes
-        labels[i, :len(s.labels)] = s.labels
+        boxes[i, : len(s.labels)] = s.boxes
+        labels[i, : len(s.labels)] = s.labels
     return np.stack([s.image for s in scenes]).astype("float32"), {"boxes": boxes, "labels": labels}
 
 
@@ -33,8 +35,12 @@ def trained():
     """The registered builder as the factory calls it, then 5 steps on one batch."""
     keras.utils.set_random_seed(0)
     builder = registry.get("detector", "yolov8_keras_cv")
-    model = builder(CLASSES, image_size=SIZE, class_names=["a", "b", "c", "d"],
-                    postprocess={"score_threshold": 0.0, "iou_threshold": 0.6, "max_detections": 20})
+    model = builder(
+        CLASSES,
+        image_size=SIZE,
+        class_names=["a", "b", "c", "d"],
+        postprocess={"score_threshold": 0.0, "iou_threshold": 0.6, "max_detections": 20},
+    )
     images, targets = _batch()
     # keras-cv's advice (SGD, global clipnorm 10); also traces faster than Adam
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9, global_clipnorm=10.0))
@@ -124,8 +130,12 @@ def test_save_load_round_trip(trained, tmp_path):
 def test_per_class_decoder_and_bad_size():
     with pytest.raises(ValueError, match="divisible by 32"):
         YOLOv8KerasCV(CLASSES, image_size=48)
-    model = YOLOv8KerasCV(CLASSES, image_size=32, decoder="per_class", postprocess={"score_threshold": 0.0,
-                                                                                   "max_detections": 10})
+    model = YOLOv8KerasCV(
+        CLASSES,
+        image_size=32,
+        decoder="per_class",
+        postprocess={"score_threshold": 0.0, "max_detections": 10},
+    )
     out = model.detect(np.zeros((1, 32, 32, 3), np.float32))
     assert tuple(out["boxes"].shape) == (1, 10, 4)
     assert keras.backend.standardize_dtype(out["labels"].dtype) == "int32"
@@ -135,11 +145,15 @@ def test_loss_matches_keras_cv_compute_loss():
     """Our targets and loss terms against YOLOV8Detector.compile/compute_loss on keras-cv's
     targets (``classes``, -1 padding), on a smaller backbone."""
     keras.utils.set_random_seed(1)
-    model = YOLOv8KerasCV(CLASSES, image_size=SIZE, stackwise_channels=(16, 32, 64, 128), stackwise_depth=(1, 1, 1, 1))
+    model = YOLOv8KerasCV(
+        CLASSES, image_size=SIZE, stackwise_channels=(16, 32, 64, 128), stackwise_depth=(1, 1, 1, 1)
+    )
     images, targets = _batch()
     raw = model.yolo(images, training=False)
     ours = model.detection_losses(targets, {"box_distribution": raw["boxes"], "class_scores": raw["classes"]})
     model.yolo.compile(box_loss="ciou", classification_loss="binary_crossentropy", optimizer="sgd")
-    reference = model.yolo.compute_loss(images, {"boxes": targets["boxes"], "classes": targets["labels"]}, raw)
+    reference = model.yolo.compute_loss(
+        images, {"boxes": targets["boxes"], "classes": targets["labels"]}, raw
+    )
     assert float(ours["box"]) > 0 and float(ours["classification"]) > 0
     np.testing.assert_allclose(float(ours["box"] + ours["classification"]), float(reference), rtol=1e-5)

@@ -26,13 +26,18 @@ import numpy as np
 from cnn_apps.errors import ModelError
 from cnn_apps.serving.rest import decode_instances, row_format_response
 
-_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?(?P<rest>/metadata|:predict)?$")
+_PATH = re.compile(
+    r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?(?P<rest>/metadata|:predict)?$"
+)
 
 
 def _tensor_info(spec, prefix: str) -> dict:
     dims = [{"size": str(-1 if d is None else d), "name": ""} for d in spec.shape.as_list()]
-    return {"dtype": "DT_" + spec.dtype.name.upper(), "tensor_shape": {"dim": dims, "unknown_rank": False},
-            "name": f"{prefix}_{spec.name}:0"}
+    return {
+        "dtype": "DT_" + spec.dtype.name.upper(),
+        "tensor_shape": {"dim": dims, "unknown_rank": False},
+        "name": f"{prefix}_{spec.name}:0",
+    }
 
 
 class TFServingStub:
@@ -76,8 +81,18 @@ class TFServingStub:
                 if rest is None:
                     return
                 if rest == "":
-                    self._reply(200, {"model_version_status": [{"version": str(stub.version), "state": "AVAILABLE",
-                                                                "status": {"error_code": "OK", "error_message": ""}}]})
+                    self._reply(
+                        200,
+                        {
+                            "model_version_status": [
+                                {
+                                    "version": str(stub.version),
+                                    "state": "AVAILABLE",
+                                    "status": {"error_code": "OK", "error_message": ""},
+                                }
+                            ]
+                        },
+                    )
                 elif rest == "/metadata":
                     self._reply(200, stub.metadata())
                 else:
@@ -118,10 +133,15 @@ class TFServingStub:
             inputs = fn.structured_input_signature[1]
             defs[sig_name] = {
                 "inputs": {k: _tensor_info(s, sig_name) for k, s in inputs.items()},
-                "outputs": {k: _tensor_info(s, "StatefulPartitionedCall") for k, s in fn.structured_outputs.items()},
-                "method_name": "tensorflow/serving/predict"}
-        return {"model_spec": {"name": self.name, "signature_name": "", "version": str(self.version)},
-                "metadata": {"signature_def": {"signature_def": defs}}}
+                "outputs": {
+                    k: _tensor_info(s, "StatefulPartitionedCall") for k, s in fn.structured_outputs.items()
+                },
+                "method_name": "tensorflow/serving/predict",
+            }
+        return {
+            "model_spec": {"name": self.name, "signature_name": "", "version": str(self.version)},
+            "metadata": {"signature_def": {"signature_def": defs}},
+        }
 
     def predict(self, body: dict) -> tuple[int, dict]:
         import tensorflow as tf
@@ -179,8 +199,12 @@ def tiny_classifier(seed: int = 0):
     from cnn_apps.classification import ImageClassifier
 
     keras.utils.set_random_seed(seed)
-    return ImageClassifier(3, (32, 32, 3), class_names=CLASS_NAMES,
-                           backbone_args={"stage_filters": (8, 16), "blocks_per_stage": (1, 1)})
+    return ImageClassifier(
+        3,
+        (32, 32, 3),
+        class_names=CLASS_NAMES,
+        backbone_args={"stage_filters": (8, 16), "blocks_per_stage": (1, 1)},
+    )
 
 
 def tiny_detector(seed: int = 0):
@@ -190,8 +214,14 @@ def tiny_detector(seed: int = 0):
     from cnn_apps.detection.ssd import SSD
 
     keras.utils.set_random_seed(seed)
-    return SSD(4, image_size=64, backbone_args={"stage_filters": [8, 16, 32, 32]}, extra_blocks=(32, 32),
-               postprocess={"score_threshold": 0.05, "max_detections": 20}, class_names=DETECTOR_CLASSES)
+    return SSD(
+        4,
+        image_size=64,
+        backbone_args={"stage_filters": [8, 16, 32, 32]},
+        extra_blocks=(32, 32),
+        postprocess={"score_threshold": 0.05, "max_detections": 20},
+        class_names=DETECTOR_CLASSES,
+    )
 
 
 def tiny_fast_rcnn(seed: int = 0):
@@ -201,9 +231,15 @@ def tiny_fast_rcnn(seed: int = 0):
     from cnn_apps.detection.fast_rcnn import FastRCNN
 
     keras.utils.set_random_seed(seed)
-    return FastRCNN(4, image_size=64, backbone_args={"stage_filters": [8, 16, 16, 32]}, head_units=[32],
-                    max_proposals=24, postprocess={"score_threshold": 0.05, "max_detections": 20},
-                    class_names=DETECTOR_CLASSES)
+    return FastRCNN(
+        4,
+        image_size=64,
+        backbone_args={"stage_filters": [8, 16, 16, 32]},
+        head_units=[32],
+        max_proposals=24,
+        postprocess={"score_threshold": 0.05, "max_detections": 20},
+        class_names=DETECTOR_CLASSES,
+    )
 
 
 def tiny_segmenter(seed: int = 0):

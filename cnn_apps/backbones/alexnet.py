@@ -18,8 +18,15 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from cnn_apps.backbones.layers import (block_dropout_layer, check_input_shape, check_pooling, conv_unit, head,
-                                    pool_padding, scale_filters)
+from cnn_apps.backbones.layers import (
+    block_dropout_layer,
+    check_input_shape,
+    check_pooling,
+    conv_unit,
+    head,
+    pool_padding,
+    scale_filters,
+)
 from cnn_apps.registry import register
 
 
@@ -46,9 +53,22 @@ class AlexNet(keras.Model):
     only pools AlexNet has; Caffe's names) -> layer names.
     """
 
-    def __init__(self, input_shape=(None, None, 3), grouped=False, width=1.0, include_top=False,
-                 num_classes=1000, pooling=None, classifier_activation="softmax", batch_norm=None,
-                 block_dropout=0.0, l1=0.0, l2=0.0, dropout=0.5, **kwargs):
+    def __init__(
+        self,
+        input_shape=(None, None, 3),
+        grouped=False,
+        width=1.0,
+        include_top=False,
+        num_classes=1000,
+        pooling=None,
+        classifier_activation="softmax",
+        batch_norm=None,
+        block_dropout=0.0,
+        l1=0.0,
+        l2=0.0,
+        dropout=0.5,
+        **kwargs,
+    ):
         # === Arguments (layers are made as the graph is traced) ===
         input_shape = check_input_shape(input_shape)
         check_pooling(pooling)
@@ -72,18 +92,36 @@ class AlexNet(keras.Model):
         x = conv(x, 384, 3, "conv4", groups=groups)
         x = conv(x, 256, 3, "conv5", groups=groups)
         x = pool(x, "pool5")
-        outputs = head(x, include_top=include_top, num_classes=num_classes, pooling=pooling,
-                       classifier_activation=classifier_activation, fc=((4096, "fc6"), (4096, "fc7")),
-                       dropout=dropout, l1=l1, l2=l2)
+        outputs = head(
+            x,
+            include_top=include_top,
+            num_classes=num_classes,
+            pooling=pooling,
+            classifier_activation=classifier_activation,
+            fc=((4096, "fc6"), (4096, "fc7")),
+            dropout=dropout,
+            l1=l1,
+            l2=l2,
+        )
         kwargs.setdefault("name", "alexnet")
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===
         self.pyramid_outputs = pyramid
-        self._config = {"input_shape": input_shape, "grouped": grouped, "width": width,
-                        "include_top": include_top, "num_classes": num_classes, "pooling": pooling,
-                        "classifier_activation": classifier_activation, "batch_norm": batch_norm,
-                        "block_dropout": block_dropout, "l1": l1, "l2": l2, "dropout": dropout}
+        self._config = {
+            "input_shape": input_shape,
+            "grouped": grouped,
+            "width": width,
+            "include_top": include_top,
+            "num_classes": num_classes,
+            "pooling": pooling,
+            "classifier_activation": classifier_activation,
+            "batch_norm": batch_norm,
+            "block_dropout": block_dropout,
+            "l1": l1,
+            "l2": l2,
+            "dropout": dropout,
+        }
 
     def get_config(self):
         return {"name": self.name, "trainable": self.trainable, **self._config}

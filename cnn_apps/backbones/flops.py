@@ -26,8 +26,10 @@ from cnn_apps.errors import ModelError
 def _spatial(shape, layer) -> int:
     dims = shape[1:-1]
     if any(d is None for d in dims):
-        raise ModelError(f"count_macs: layer '{layer.name}' has an unknown size {tuple(shape)}; "
-                         "build the model with a fixed input_shape (H, W known)")
+        raise ModelError(
+            f"count_macs: layer '{layer.name}' has an unknown size {tuple(shape)}; "
+            "build the model with a fixed input_shape (H, W known)"
+        )
     return math.prod(dims)
 
 

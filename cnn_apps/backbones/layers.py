@@ -41,15 +41,24 @@ def check_pooling(pooling):
     return pooling
 
 
-def conv_unit(x, filters, kernel, name, *, strides=1, padding="same", groups=1, batch_norm=False,
-              l1=0.0, l2=0.0):
+def conv_unit(
+    x, filters, kernel, name, *, strides=1, padding="same", groups=1, batch_norm=False, l1=0.0, l2=0.0
+):
     """Conv + ReLU (VGG/AlexNet as published: one ``Conv2D(activation="relu")`` layer named
     ``name``), or with ``batch_norm`` conv (no bias: BN's beta replaces it) + ``name_bn`` +
     ``name_relu``. (B, H, W, C) -> (B, H', W', filters)."""
-    conv = layers.Conv2D(filters, kernel, strides=strides, padding=padding, groups=groups,
-                         activation=None if batch_norm else "relu", use_bias=not batch_norm,
-                         kernel_initializer="he_normal", kernel_regularizer=kernel_regularizer(l1, l2),
-                         name=name)
+    conv = layers.Conv2D(
+        filters,
+        kernel,
+        strides=strides,
+        padding=padding,
+        groups=groups,
+        activation=None if batch_norm else "relu",
+        use_bias=not batch_norm,
+        kernel_initializer="he_normal",
+        kernel_regularizer=kernel_regularizer(l1, l2),
+        name=name,
+    )
     x = conv(x)
     if batch_norm:
         x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_bn")(x)
@@ -69,8 +78,7 @@ def block_dropout_layer(x, rate: float, name: str):
     return layers.SpatialDropout2D(rate, name=name)(x) if rate > 0 else x
 
 
-def head(x, *, include_top, num_classes, pooling, classifier_activation, fc=(), dropout=0.0,
-         l1=0.0, l2=0.0):
+def head(x, *, include_top, num_classes, pooling, classifier_activation, fc=(), dropout=0.0, l1=0.0, l2=0.0):
     """The keras.applications top.
 
     ``include_top``: with ``fc`` [(units, name), ...] Flatten + ReLU FC layers (each followed
@@ -86,16 +94,24 @@ def head(x, *, include_top, num_classes, pooling, classifier_activation, fc=(), 
         return x
     if fc:
         if any(s is None for s in x.shape[1:]):
-            raise ModelError("include_top=True with FC layers needs a fixed input_shape (H, W known), "
-                             f"got a feature map of shape {tuple(x.shape)}")
+            raise ModelError(
+                "include_top=True with FC layers needs a fixed input_shape (H, W known), "
+                f"got a feature map of shape {tuple(x.shape)}"
+            )
         x = layers.Flatten(name="flatten")(x)
         for units, name in fc:
-            x = layers.Dense(units, activation="relu", kernel_regularizer=kernel_regularizer(l1, l2),
-                             name=name)(x)
+            x = layers.Dense(
+                units, activation="relu", kernel_regularizer=kernel_regularizer(l1, l2), name=name
+            )(x)
             if dropout > 0:
                 x = layers.Dropout(dropout, name=f"{name}_dropout")(x)
     else:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     # float32 so mixed precision keeps a stable softmax
-    return layers.Dense(num_classes, activation=classifier_activation, dtype="float32",
-                        kernel_regularizer=kernel_regularizer(l1, l2), name="predictions")(x)
+    return layers.Dense(
+        num_classes,
+        activation=classifier_activation,
+        dtype="float32",
+        kernel_regularizer=kernel_regularizer(l1, l2),
+        name="predictions",
+    )(x)

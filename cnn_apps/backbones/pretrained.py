@@ -36,7 +36,9 @@ def _weighted_layers(model) -> dict:
             inner = _weighted_layers(layer)
             clash = sorted(set(inner) & set(found))
             if clash:
-                raise ModelError(f"layer name '{clash[0]}' appears twice in {model.name}; names must be unique to map")
+                raise ModelError(
+                    f"layer name '{clash[0]}' appears twice in {model.name}; names must be unique to map"
+                )
             found.update(inner)
         elif layer.weights:
             found[layer.name] = layer
@@ -63,26 +65,34 @@ def load_keras_applications_weights(ours, theirs, name_map: dict | None = None, 
         if our_name in skip:
             continue
         if our_name not in mine:
-            raise ModelError(f"keras.applications layer '{their_name}' has no layer '{our_name}' in {ours.name} "
-                             "(pass name_map to rename, or skip)")
+            raise ModelError(
+                f"keras.applications layer '{their_name}' has no layer '{our_name}' in {ours.name} "
+                "(pass name_map to rename, or skip)"
+            )
         if our_name in loaded:
             raise ModelError(f"two keras.applications layers map to layer '{our_name}' of {ours.name}")
         our_vars = {v.name: v for v in mine[our_name].weights}
         their_vars = {v.name: v for v in their_layer.weights}
         if set(our_vars) != set(their_vars):
-            raise ModelError(f"layer '{our_name}': keras.applications has variables {sorted(their_vars)}, "
-                             f"ours has {sorted(our_vars)} (a ResNet needs conv_bias=True for keras weights)")
+            raise ModelError(
+                f"layer '{our_name}': keras.applications has variables {sorted(their_vars)}, "
+                f"ours has {sorted(our_vars)} (a ResNet needs conv_bias=True for keras weights)"
+            )
         for var_name, src in their_vars.items():
             dst = our_vars[var_name]
             if tuple(dst.shape) != tuple(src.shape):
-                raise ModelError(f"layer '{our_name}' {var_name}: keras.applications shape {tuple(src.shape)}, "
-                                 f"ours {tuple(dst.shape)} (width, num_classes or input size differ?)")
+                raise ModelError(
+                    f"layer '{our_name}' {var_name}: keras.applications shape {tuple(src.shape)}, "
+                    f"ours {tuple(dst.shape)} (width, num_classes or input size differ?)"
+                )
             pairs.append((dst, src))
         loaded.append(our_name)
     left = sorted(set(mine) - set(loaded) - set(skip))
     if left:
-        raise ModelError(f"layers of {ours.name} with no keras.applications counterpart: {', '.join(left[:5])}"
-                         f"{' ...' if len(left) > 5 else ''} (pass skip to keep their own weights)")
+        raise ModelError(
+            f"layers of {ours.name} with no keras.applications counterpart: {', '.join(left[:5])}"
+            f"{' ...' if len(left) > 5 else ''} (pass skip to keep their own weights)"
+        )
     for dst, src in pairs:  # only now: a failed mapping leaves ours untouched
         dst.assign(src.numpy())
     return loaded
@@ -92,8 +102,15 @@ def _is_offline() -> bool:
     return os.environ.get("CNN_APPS_OFFLINE", "") not in ("", "0")
 
 
-def from_keras_applications(name: str, weights="imagenet", input_shape=(224, 224, 3), include_top=True,
-                            num_classes=1000, pooling=None, **backbone_args):
+def from_keras_applications(
+    name: str,
+    weights="imagenet",
+    input_shape=(224, 224, 3),
+    include_top=True,
+    num_classes=1000,
+    pooling=None,
+    **backbone_args,
+):
     """Our ``name`` backbone with keras.applications' weights (ImageNet by default).
 
     Builds ``keras.applications.<X>(weights=weights, ...)`` (downloads the ImageNet file
@@ -105,21 +122,34 @@ def from_keras_applications(name: str, weights="imagenet", input_shape=(224, 224
     """
     key = name.lower()
     if key not in KERAS_APPLICATIONS:
-        raise ModelError(f"no keras.applications counterpart for backbone '{name}'. "
-                         f"Available: {', '.join(sorted(KERAS_APPLICATIONS))}")
+        raise ModelError(
+            f"no keras.applications counterpart for backbone '{name}'. "
+            f"Available: {', '.join(sorted(KERAS_APPLICATIONS))}"
+        )
     constructor, ours_args = KERAS_APPLICATIONS[key]
     local_file = isinstance(weights, (str, os.PathLike)) and os.path.isfile(weights)
     if weights is not None and not local_file and _is_offline():
-        raise ModelError(f"{constructor}(weights={weights!r}) downloads its weights, but CNN_APPS_OFFLINE is set; "
-                         "pass a local .h5 path as weights, or unset CNN_APPS_OFFLINE on a machine with internet")
+        raise ModelError(
+            f"{constructor}(weights={weights!r}) downloads its weights, but CNN_APPS_OFFLINE is set; "
+            "pass a local .h5 path as weights, or unset CNN_APPS_OFFLINE on a machine with internet"
+        )
     try:
-        theirs = getattr(keras.applications, constructor)(weights=weights, include_top=include_top,
-                                                          input_shape=tuple(input_shape), classes=num_classes,
-                                                          pooling=pooling)
+        theirs = getattr(keras.applications, constructor)(
+            weights=weights,
+            include_top=include_top,
+            input_shape=tuple(input_shape),
+            classes=num_classes,
+            pooling=pooling,
+        )
     except (OSError, ValueError) as err:  # download failures surface as OSError/URLError (an OSError)
         raise ModelError(f"keras.applications.{constructor}(weights={weights!r}) failed: {err}") from err
     build = registry.get("backbone", key)
-    ours = build(input_shape=tuple(input_shape), include_top=include_top, num_classes=num_classes,
-                 pooling=pooling, **{**ours_args, **backbone_args})
+    ours = build(
+        input_shape=tuple(input_shape),
+        include_top=include_top,
+        num_classes=num_classes,
+        pooling=pooling,
+        **{**ours_args, **backbone_args},
+    )
     load_keras_applications_weights(ours, theirs)
     return ours

@@ -25,8 +25,15 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from cnn_apps.backbones.layers import (BN_EPSILON, block_dropout_layer, check_input_shape, check_pooling, head,
-                                    kernel_regularizer, scale_filters)
+from cnn_apps.backbones.layers import (
+    BN_EPSILON,
+    block_dropout_layer,
+    check_input_shape,
+    check_pooling,
+    head,
+    kernel_regularizer,
+    scale_filters,
+)
 from cnn_apps.errors import ConfigError
 from cnn_apps.registry import register
 
@@ -41,9 +48,16 @@ class _Units:
         self.use_bias, self.batch_norm, self.l1, self.l2 = use_bias, batch_norm, l1, l2
 
     def __call__(self, x, filters, kernel, name, strides=1, padding="same", relu=True):
-        x = layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=self.use_bias,
-                          kernel_initializer="he_normal", kernel_regularizer=kernel_regularizer(self.l1, self.l2),
-                          name=f"{name}_conv")(x)
+        x = layers.Conv2D(
+            filters,
+            kernel,
+            strides=strides,
+            padding=padding,
+            use_bias=self.use_bias,
+            kernel_initializer="he_normal",
+            kernel_regularizer=kernel_regularizer(self.l1, self.l2),
+            name=f"{name}_conv",
+        )(x)
         if self.batch_norm:
             x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_bn")(x)
         return layers.Activation("relu", name=f"{name}_relu")(x) if relu else x
@@ -104,18 +118,35 @@ class ResNet(keras.Model):
     (strides 4..32) -> each stage's last ``_out`` layer.
     """
 
-    def __init__(self, input_shape=(None, None, 3), blocks_per_stage=(2, 2, 2, 2), block="basic",
-                 shortcuts=True, conv_bias=False, width=1.0, include_top=False, num_classes=1000, pooling=None,
-                 classifier_activation="softmax", batch_norm=None, block_dropout=0.0, l1=0.0, l2=0.0,
-                 dropout=0.5, **kwargs):
+    def __init__(
+        self,
+        input_shape=(None, None, 3),
+        blocks_per_stage=(2, 2, 2, 2),
+        block="basic",
+        shortcuts=True,
+        conv_bias=False,
+        width=1.0,
+        include_top=False,
+        num_classes=1000,
+        pooling=None,
+        classifier_activation="softmax",
+        batch_norm=None,
+        block_dropout=0.0,
+        l1=0.0,
+        l2=0.0,
+        dropout=0.5,
+        **kwargs,
+    ):
         # === Arguments (layers are made as the graph is traced) ===
         input_shape = check_input_shape(input_shape)
         check_pooling(pooling)
         if block not in BLOCKS:
             raise ConfigError(f"ResNet block must be one of {BLOCKS}, got {block!r}")
         if len(blocks_per_stage) != len(STAGE_FILTERS):
-            raise ConfigError(f"blocks_per_stage needs {len(STAGE_FILTERS)} entries (conv2..conv5), "
-                              f"got {tuple(blocks_per_stage)}")
+            raise ConfigError(
+                f"blocks_per_stage needs {len(STAGE_FILTERS)} entries (conv2..conv5), "
+                f"got {tuple(blocks_per_stage)}"
+            )
         bn = batch_norm is None or bool(batch_norm)
         unit = _Units(use_bias=conv_bias or not bn, batch_norm=bn, l1=l1, l2=l2)
         block_fn = basic_block if block == "basic" else bottleneck_block
@@ -137,18 +168,37 @@ class ResNet(keras.Model):
                 channels = filters * expansion
             pyramid[f"C{s + 2}"] = f"{stage}_block{n}_out"
             x = block_dropout_layer(x, block_dropout, f"{stage}_dropout")
-        outputs = head(x, include_top=include_top, num_classes=num_classes, pooling=pooling,
-                       classifier_activation=classifier_activation, l1=l1, l2=l2)
+        outputs = head(
+            x,
+            include_top=include_top,
+            num_classes=num_classes,
+            pooling=pooling,
+            classifier_activation=classifier_activation,
+            l1=l1,
+            l2=l2,
+        )
         kwargs.setdefault("name", "resnet")
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===
         self.pyramid_outputs = pyramid
-        self._config = {"input_shape": input_shape, "blocks_per_stage": tuple(blocks_per_stage), "block": block,
-                        "shortcuts": shortcuts, "conv_bias": conv_bias, "width": width,
-                        "include_top": include_top, "num_classes": num_classes, "pooling": pooling,
-                        "classifier_activation": classifier_activation, "batch_norm": batch_norm,
-                        "block_dropout": block_dropout, "l1": l1, "l2": l2, "dropout": dropout}
+        self._config = {
+            "input_shape": input_shape,
+            "blocks_per_stage": tuple(blocks_per_stage),
+            "block": block,
+            "shortcuts": shortcuts,
+            "conv_bias": conv_bias,
+            "width": width,
+            "include_top": include_top,
+            "num_classes": num_classes,
+            "pooling": pooling,
+            "classifier_activation": classifier_activation,
+            "batch_norm": batch_norm,
+            "block_dropout": block_dropout,
+            "l1": l1,
+            "l2": l2,
+            "dropout": dropout,
+        }
 
     def get_config(self):
         return {"name": self.name, "trainable": self.trainable, **self._config}
@@ -160,8 +210,10 @@ def _variant(name, blocks_per_stage, block, shortcuts):
         return ResNet(blocks_per_stage=blocks_per_stage, block=block, shortcuts=shortcuts, **kwargs)
 
     build.__name__ = build.__qualname__ = name
-    build.__doc__ = (f"{name}: {block} blocks {blocks_per_stage}, "
-                     f"{'with' if shortcuts else 'without'} shortcuts. Keyword arguments: ``ResNet``'s.")
+    build.__doc__ = (
+        f"{name}: {block} blocks {blocks_per_stage}, "
+        f"{'with' if shortcuts else 'without'} shortcuts. Keyword arguments: ``ResNet``'s."
+    )
     return register("backbone", name)(build)
 
 

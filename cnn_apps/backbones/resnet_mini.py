@@ -27,9 +27,16 @@ class _Conv:
         self.bn_momentum = bn_momentum
 
     def __call__(self, x, filters, kernel, strides, name, activation=True):
-        x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=not self.batch_norm,
-                          kernel_initializer="he_normal", kernel_regularizer=self.regularizer,
-                          name=f"{name}_conv")(x)
+        x = layers.Conv2D(
+            filters,
+            kernel,
+            strides=strides,
+            padding="same",
+            use_bias=not self.batch_norm,
+            kernel_initializer="he_normal",
+            kernel_regularizer=self.regularizer,
+            name=f"{name}_conv",
+        )(x)
         if self.batch_norm:
             x = layers.BatchNormalization(momentum=self.bn_momentum, name=f"{name}_bn")(x)
         return layers.ReLU(name=f"{name}_relu")(x) if activation else x
@@ -69,9 +76,21 @@ class ResNetMini(keras.Model):
     maps ``"C<level>"`` (stride 2**level) to each stage's output layer name.
     """
 
-    def __init__(self, input_shape=(None, None, 3), stage_filters=(16, 32, 64, 128),
-                 blocks_per_stage=(1, 1, 1, 1), stem_filters=16, stem_strides=2, width=1.0,
-                 batch_norm=None, block_dropout=0.0, l1=0.0, l2=0.0, bn_momentum=0.9, **kwargs):
+    def __init__(
+        self,
+        input_shape=(None, None, 3),
+        stage_filters=(16, 32, 64, 128),
+        blocks_per_stage=(1, 1, 1, 1),
+        stem_filters=16,
+        stem_strides=2,
+        width=1.0,
+        batch_norm=None,
+        block_dropout=0.0,
+        l1=0.0,
+        l2=0.0,
+        bn_momentum=0.9,
+        **kwargs,
+    ):
         if len(stage_filters) != len(blocks_per_stage):
             raise ValueError("stage_filters and blocks_per_stage must have the same length")
         scale = lambda f: max(8, int(math.ceil(f * width / 8) * 8))  # noqa: E731 - multiple of 8
@@ -91,10 +110,19 @@ class ResNetMini(keras.Model):
         kwargs.setdefault("name", "resnet_mini")
         super().__init__(inputs=inputs, outputs=x, **kwargs)
         self.pyramid_outputs = pyramid
-        self._config = {"input_shape": tuple(input_shape), "stage_filters": tuple(stage_filters),
-                        "blocks_per_stage": tuple(blocks_per_stage), "stem_filters": stem_filters,
-                        "stem_strides": stem_strides, "width": width, "batch_norm": batch_norm,
-                        "block_dropout": block_dropout, "l1": l1, "l2": l2, "bn_momentum": bn_momentum}
+        self._config = {
+            "input_shape": tuple(input_shape),
+            "stage_filters": tuple(stage_filters),
+            "blocks_per_stage": tuple(blocks_per_stage),
+            "stem_filters": stem_filters,
+            "stem_strides": stem_strides,
+            "width": width,
+            "batch_norm": batch_norm,
+            "block_dropout": block_dropout,
+            "l1": l1,
+            "l2": l2,
+            "bn_momentum": bn_momentum,
+        }
 
     def get_config(self):
         return {"name": self.name, "trainable": self.trainable, **self._config}

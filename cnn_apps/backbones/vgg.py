@@ -15,8 +15,15 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from cnn_apps.backbones.layers import (block_dropout_layer, check_input_shape, check_pooling, conv_unit, head,
-                                       pool_padding, scale_filters)
+from cnn_apps.backbones.layers import (
+    block_dropout_layer,
+    check_input_shape,
+    check_pooling,
+    conv_unit,
+    head,
+    pool_padding,
+    scale_filters,
+)
 from cnn_apps.errors import ConfigError
 from cnn_apps.registry import register
 
@@ -48,14 +55,30 @@ class VGG(keras.Model):
     -> ``block1_pool``..``block5_pool`` (strides 2..32).
     """
 
-    def __init__(self, input_shape=(None, None, 3), repeats=(2, 2, 3, 3, 3), width=1.0, include_top=False,
-                 num_classes=1000, pooling=None, classifier_activation="softmax", batch_norm=None,
-                 block_dropout=0.0, l1=0.0, l2=0.0, dropout=0.5, ceil_pooling=False, **kwargs):
+    def __init__(
+        self,
+        input_shape=(None, None, 3),
+        repeats=(2, 2, 3, 3, 3),
+        width=1.0,
+        include_top=False,
+        num_classes=1000,
+        pooling=None,
+        classifier_activation="softmax",
+        batch_norm=None,
+        block_dropout=0.0,
+        l1=0.0,
+        l2=0.0,
+        dropout=0.5,
+        ceil_pooling=False,
+        **kwargs,
+    ):
         # === Arguments (layers are made as the graph is traced) ===
         input_shape = check_input_shape(input_shape)
         check_pooling(pooling)
         if len(repeats) != len(VGG_FILTERS):
-            raise ConfigError(f"VGG repeats needs {len(VGG_FILTERS)} entries (one per block), got {tuple(repeats)}")
+            raise ConfigError(
+                f"VGG repeats needs {len(VGG_FILTERS)} entries (one per block), got {tuple(repeats)}"
+            )
         bn = bool(batch_norm)  # None = as published: no BN
 
         # === Functional model ===
@@ -63,25 +86,45 @@ class VGG(keras.Model):
         x, pyramid = inputs, {}
         for b, (filters, n) in enumerate(zip(VGG_FILTERS, repeats), start=1):
             for i in range(1, n + 1):
-                x = conv_unit(x, scale_filters(filters, width), 3, f"block{b}_conv{i}", batch_norm=bn,
-                              l1=l1, l2=l2)
-            x = layers.MaxPooling2D(2, strides=2, padding="same" if ceil_pooling else pool_padding(x, 2),
-                                    name=f"block{b}_pool")(x)
+                x = conv_unit(
+                    x, scale_filters(filters, width), 3, f"block{b}_conv{i}", batch_norm=bn, l1=l1, l2=l2
+                )
+            x = layers.MaxPooling2D(
+                2, strides=2, padding="same" if ceil_pooling else pool_padding(x, 2), name=f"block{b}_pool"
+            )(x)
             pyramid[f"pool{b}"] = f"block{b}_pool"
             x = block_dropout_layer(x, block_dropout, f"block{b}_dropout")
-        outputs = head(x, include_top=include_top, num_classes=num_classes, pooling=pooling,
-                       classifier_activation=classifier_activation, fc=((4096, "fc1"), (4096, "fc2")),
-                       dropout=dropout, l1=l1, l2=l2)
+        outputs = head(
+            x,
+            include_top=include_top,
+            num_classes=num_classes,
+            pooling=pooling,
+            classifier_activation=classifier_activation,
+            fc=((4096, "fc1"), (4096, "fc2")),
+            dropout=dropout,
+            l1=l1,
+            l2=l2,
+        )
         kwargs.setdefault("name", "vgg")
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===
         self.pyramid_outputs = pyramid
-        self._config = {"input_shape": input_shape, "repeats": tuple(repeats), "width": width,
-                        "include_top": include_top, "num_classes": num_classes, "pooling": pooling,
-                        "classifier_activation": classifier_activation, "batch_norm": batch_norm,
-                        "block_dropout": block_dropout, "l1": l1, "l2": l2, "dropout": dropout,
-                        "ceil_pooling": ceil_pooling}
+        self._config = {
+            "input_shape": input_shape,
+            "repeats": tuple(repeats),
+            "width": width,
+            "include_top": include_top,
+            "num_classes": num_classes,
+            "pooling": pooling,
+            "classifier_activation": classifier_activation,
+            "batch_norm": batch_norm,
+            "block_dropout": block_dropout,
+            "l1": l1,
+            "l2": l2,
+            "dropout": dropout,
+            "ceil_pooling": ceil_pooling,
+        }
 
     def get_config(self):
         return {"name": self.name, "trainable": self.trainable, **self._config}

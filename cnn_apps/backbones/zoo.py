@@ -58,8 +58,9 @@ def zoo_table(image_size: int = 224, num_classes: int = 1000) -> list[dict]:
     for name in registry.names("backbone"):
         size = PAPER_SIZES.get(name, image_size) if image_size == 224 else image_size
         model = build_classifier(name, size, num_classes)
-        rows.append({"name": name, "params": int(model.count_params()), "macs": count_macs(model),
-                     "input_size": size})
+        rows.append(
+            {"name": name, "params": int(model.count_params()), "macs": count_macs(model), "input_size": size}
+        )
         del model
         gc.collect()
     return rows

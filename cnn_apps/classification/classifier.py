@@ -54,13 +54,28 @@ class ImageClassifier(keras.Model):
     Input (B, H, W, C) float pixels 0..255; output ``probabilities`` (B, K).
     """
 
-    def __init__(self, num_classes: int, image_shape=(64, 64, 3), backbone: str = "resnet_mini",
-                 width: float = 1.0, dropout: float = 0.2, backbone_args: dict | None = None,
-                 class_names=None, backbone_trainable: bool = True, head_units=(),
-                 dropout_placement: str = "dense", l1: float = 0.0, l2: float = 0.0,
-                 batch_norm: bool | None = None, preprocessing: str = "unit", **kwargs):
+    def __init__(
+        self,
+        num_classes: int,
+        image_shape=(64, 64, 3),
+        backbone: str = "resnet_mini",
+        width: float = 1.0,
+        dropout: float = 0.2,
+        backbone_args: dict | None = None,
+        class_names=None,
+        backbone_trainable: bool = True,
+        head_units=(),
+        dropout_placement: str = "dense",
+        l1: float = 0.0,
+        l2: float = 0.0,
+        batch_norm: bool | None = None,
+        preprocessing: str = "unit",
+        **kwargs,
+    ):
         if dropout_placement not in DROPOUT_PLACEMENTS:
-            raise ValueError(f"dropout_placement must be one of {DROPOUT_PLACEMENTS}, got {dropout_placement!r}")
+            raise ValueError(
+                f"dropout_placement must be one of {DROPOUT_PLACEMENTS}, got {dropout_placement!r}"
+            )
         # === Layers ===
         # JSON-shaped (tuples -> lists) so get_config is the same before and after saving
         backbone_args = json.loads(json.dumps(dict(backbone_args or {})))
@@ -69,8 +84,15 @@ class ImageClassifier(keras.Model):
         dense_dropout = dropout if dropout_placement in ("dense", "both") else 0.0
         regularizer = keras.regularizers.L1L2(l1=l1, l2=l2) if (l1 or l2) else None
         build = registry.get("backbone", backbone)
-        self.backbone = build(input_shape=tuple(image_shape), width=width, batch_norm=batch_norm,
-                              block_dropout=conv_dropout, l1=l1, l2=l2, **backbone_args)
+        self.backbone = build(
+            input_shape=tuple(image_shape),
+            width=width,
+            batch_norm=batch_norm,
+            block_dropout=conv_dropout,
+            l1=l1,
+            l2=l2,
+            **backbone_args,
+        )
         self.backbone.trainable = backbone_trainable
         if preprocessing == "unit":
             scaling = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="pixel_scaling")
@@ -79,10 +101,17 @@ class ImageClassifier(keras.Model):
         else:
             raise ValueError(f"preprocessing must be 'unit' or 'caffe', got {preprocessing!r}")
         pool = layers.GlobalAveragePooling2D(name="avg_pool")
-        hidden = [layers.Dense(u, activation="relu", kernel_regularizer=regularizer, name=f"head_fc{i + 1}")
-                  for i, u in enumerate(head_units)]
-        head = layers.Dense(num_classes, activation="softmax", dtype="float32",
-                            kernel_regularizer=regularizer, name="probabilities")
+        hidden = [
+            layers.Dense(u, activation="relu", kernel_regularizer=regularizer, name=f"head_fc{i + 1}")
+            for i, u in enumerate(head_units)
+        ]
+        head = layers.Dense(
+            num_classes,
+            activation="softmax",
+            dtype="float32",
+            kernel_regularizer=regularizer,
+            name="probabilities",
+        )
 
         # === Functional model ===
         inputs = keras.Input(shape=tuple(image_shape), name="images")
@@ -109,7 +138,9 @@ class ImageClassifier(keras.Model):
         self.batch_norm = batch_norm
         self.preprocessing = preprocessing
         self.backbone_args = backbone_args
-        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        self.class_names = (
+            list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        )
         if len(self.class_names) != num_classes:
             raise ValueError(f"{len(self.class_names)} class names for {num_classes} classes")
 
@@ -133,20 +164,30 @@ class ImageClassifier(keras.Model):
             "preprocessing": self.preprocessing,
         }
 
-    def same_architecture(self, num_classes: int, class_names=None) -> "ImageClassifier":
+    def same_architecture(self, num_classes: int, class_names=None) -> ImageClassifier:
         """A new classifier like this one (backbone, head, regularization) for other classes."""
         config = {k: v for k, v in self.get_config().items() if k not in ("name", "trainable")}
         config.update(num_classes=num_classes, class_names=class_names, backbone_trainable=True)
         return ImageClassifier(**config)
 
 
-def classifier_from_config(config, num_classes: int, image_shape, class_names=None,
-                           **overrides) -> ImageClassifier:
+def classifier_from_config(
+    config, num_classes: int, image_shape, class_names=None, **overrides
+) -> ImageClassifier:
     """Build the classifier a :class:`~cnn_apps.config.Config` describes (model + regularization);
     ``overrides`` replace constructor arguments (e.g. ``preprocessing="caffe"``)."""
     m, r = config.model, config.regularization
-    args = dict(backbone=m.backbone, width=m.width, dropout=r.dropout, dropout_placement=r.dropout_placement,
-                l1=r.l1, l2=r.l2, batch_norm=r.batch_norm, head_units=m.head_units,
-                backbone_args=m.backbone_args, class_names=class_names)
+    args = dict(
+        backbone=m.backbone,
+        width=m.width,
+        dropout=r.dropout,
+        dropout_placement=r.dropout_placement,
+        l1=r.l1,
+        l2=r.l2,
+        batch_norm=r.batch_norm,
+        head_units=m.head_units,
+        backbone_args=m.backbone_args,
+        class_names=class_names,
+    )
     args.update(overrides)
     return ImageClassifier(num_classes, tuple(image_shape), **args)

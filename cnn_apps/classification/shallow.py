@@ -49,8 +49,10 @@ def feature_extractor(classifier):
     try:
         pooled = classifier.get_layer(POOL_LAYER).output
     except ValueError as exc:
-        raise ModelError(f"model '{classifier.name}' has no '{POOL_LAYER}' layer: "
-                         "feature extraction needs an ImageClassifier") from exc
+        raise ModelError(
+            f"model '{classifier.name}' has no '{POOL_LAYER}' layer: "
+            "feature extraction needs an ImageClassifier"
+        ) from exc
     return keras.Model(classifier.inputs, pooled, name=f"{classifier.name}_features")
 
 
@@ -104,8 +106,10 @@ def dense_weights(scaler, estimator, num_classes: int) -> tuple[np.ndarray, np.n
     intercept = np.asarray(estimator.intercept_, np.float64).reshape(-1)
     classes = np.asarray(estimator.classes_)
     if not np.array_equal(classes, np.arange(num_classes)):
-        raise ModelError(f"the shallow model was fitted on classes {classes.tolist()}, expected "
-                         f"0..{num_classes - 1}: every class needs training examples")
+        raise ModelError(
+            f"the shallow model was fitted on classes {classes.tolist()}, expected "
+            f"0..{num_classes - 1}: every class needs training examples"
+        )
     if coef.shape[0] == 1:  # two classes: sklearn keeps the score of class 1 only
         coef = np.concatenate([-coef, coef]) / 2.0
         intercept = np.concatenate([-intercept, intercept]) / 2.0
@@ -138,14 +142,21 @@ def to_keras(classifier, scaler, estimator, class_names):
 
     config = {k: v for k, v in classifier.get_config().items() if k not in ("name", "trainable")}
     keeps_conv_dropout = config.get("dropout_placement") in ("conv", "both")
-    config.update(num_classes=num_classes, class_names=class_names, backbone_trainable=False,
-                  head_units=[], dropout=config.get("dropout", 0.0) if keeps_conv_dropout else 0.0,
-                  dropout_placement="conv" if keeps_conv_dropout else "dense")
+    config.update(
+        num_classes=num_classes,
+        class_names=class_names,
+        backbone_trainable=False,
+        head_units=[],
+        dropout=config.get("dropout", 0.0) if keeps_conv_dropout else 0.0,
+        dropout_placement="conv" if keeps_conv_dropout else "dense",
+    )
     kind = "logistic" if hasattr(estimator, "predict_proba") else "linear_svm"
     model = ImageClassifier(**config, name=f"{classifier.backbone_name}_shallow_{kind}")
     if model.get_layer(POOL_LAYER).output.shape[-1] != kernel.shape[0]:
-        raise ModelError(f"the features have {kernel.shape[0]} dimensions, the rebuilt "
-                         f"classifier's {POOL_LAYER} {model.get_layer(POOL_LAYER).output.shape[-1]}")
+        raise ModelError(
+            f"the features have {kernel.shape[0]} dimensions, the rebuilt "
+            f"classifier's {POOL_LAYER} {model.get_layer(POOL_LAYER).output.shape[-1]}"
+        )
     model.backbone.set_weights(classifier.backbone.get_weights())
     model.backbone.trainable = False
     model.get_layer("probabilities").set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
@@ -159,17 +170,22 @@ def log_sklearn_model(estimator, scaler, X_sample: np.ndarray) -> str:
     class indices; ``X_sample`` (a few raw feature rows) is the input example.
     Returns the model URI (also set as the run tag ``sklearn_model_uri``).
     """
-    import mlflow
     import mlflow.sklearn
     import sklearn
     from sklearn.pipeline import Pipeline
+
+    import mlflow
 
     if mlflow.active_run() is None:
         raise TrackingError("log_sklearn_model needs an active MLflow run (mlflow.start_run())")
     pipeline = Pipeline([("scaler", scaler), ("model", estimator)])
     example = np.asarray(X_sample, np.float32)[:5]
     # explicit requirements: MLflow's inference of them loads the model in a subprocess (slow)
-    info = mlflow.sklearn.log_model(pipeline, name=SKLEARN_MODEL_ARTIFACT, input_example=example,
-                                    pip_requirements=[f"scikit-learn=={sklearn.__version__}"])
+    info = mlflow.sklearn.log_model(
+        pipeline,
+        name=SKLEARN_MODEL_ARTIFACT,
+        input_example=example,
+        pip_requirements=[f"scikit-learn=={sklearn.__version__}"],
+    )
     mlflow.set_tag("sklearn_model_uri", info.model_uri)
     return info.model_uri

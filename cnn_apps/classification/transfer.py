@@ -20,7 +20,7 @@ from cnn_apps.errors import ConfigError
 _BLOCK = re.compile(r"^(stem|stage\d+_block\d+|conv\d+_block\d+|block\d+|conv\d+|pool\d+|fc\d+)")
 
 
-def backbone_blocks(backbone) -> "OrderedDict[str, list]":
+def backbone_blocks(backbone) -> OrderedDict[str, list]:
     """``{block name: [layers]}`` in graph order for the weight-carrying layers of ``backbone``."""
     blocks: OrderedDict = OrderedDict()
     for layer in backbone.layers:
@@ -51,7 +51,7 @@ def unfreeze_top_blocks(classifier, n: int) -> list[str]:
     backbone.trainable = True
     blocks = backbone_blocks(backbone)
     names = list(blocks)
-    top = names[len(names) - n:] if n else []
+    top = names[len(names) - n :] if n else []
     for name, layers in blocks.items():
         for layer in layers:
             layer.trainable = name in top

@@ -14,7 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def ssd_scales(num_maps: int, s_min: float = 0.2, s_max: float = 0.9, first: float | None = 0.1) -> list[float]:
+def ssd_scales(
+    num_maps: int, s_min: float = 0.2, s_max: float = 0.9, first: float | None = 0.1
+) -> list[float]:
     """The paper's box scales: ``s_k = s_min + (s_max - s_min)(k - 1)/(m - 1)``, one per map
     plus one more (the extra aspect-1 box of the last map uses ``sqrt(s_m s_{m+1})``).
 
@@ -33,8 +35,13 @@ def ssd_scales(num_maps: int, s_min: float = 0.2, s_max: float = 0.9, first: flo
     return scales + [min(1.0, scales[-1] + step)]
 
 
-def ssd_default_boxes(image_size: int, feature_sizes: Sequence[int], aspect_ratios: Sequence[Sequence[float]],
-                      scales: Sequence[float] | None = None, clip: bool = True) -> np.ndarray:
+def ssd_default_boxes(
+    image_size: int,
+    feature_sizes: Sequence[int],
+    aspect_ratios: Sequence[Sequence[float]],
+    scales: Sequence[float] | None = None,
+    clip: bool = True,
+) -> np.ndarray:
     """SSD default boxes for a square input: (A, 4) xyxy pixels.
 
     Each location of map k gets: aspect 1 at scale ``s_k``, aspect 1 at ``sqrt(s_k s_{k+1})``,
@@ -79,7 +86,9 @@ class AnchorGenerator:
     them as it needs).
     """
 
-    def __init__(self, sizes: Sequence[float] = (128, 256, 512), aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0)):
+    def __init__(
+        self, sizes: Sequence[float] = (128, 256, 512), aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0)
+    ):
         self.sizes = tuple(float(s) for s in sizes)
         self.aspect_ratios = tuple(float(r) for r in aspect_ratios)
 

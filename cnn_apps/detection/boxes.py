@@ -87,17 +87,31 @@ class BoxCoder:
 
     def encode(self, boxes, anchors):
         """Deltas (..., A, 4) that turn ``anchors`` into ``boxes``."""
-        return kbb.encode_box_to_deltas(anchors, boxes, anchor_format="xyxy", box_format="xyxy",
-                                        encoding_format="center_xywh", variance=self._variance)
+        return kbb.encode_box_to_deltas(
+            anchors,
+            boxes,
+            anchor_format="xyxy",
+            box_format="xyxy",
+            encoding_format="center_xywh",
+            variance=self._variance,
+        )
 
     def decode(self, deltas, anchors):
         """Boxes (..., A, 4) xyxy pixels from ``deltas`` applied to ``anchors``."""
         # clip the size deltas in weighted units, i.e. log-scale <= scale_clip after unweighting
-        limit = ops.convert_to_tensor([math.inf, math.inf, self.scale_clip * self.weights[2],
-                                       self.scale_clip * self.weights[3]], dtype=deltas.dtype)
+        limit = ops.convert_to_tensor(
+            [math.inf, math.inf, self.scale_clip * self.weights[2], self.scale_clip * self.weights[3]],
+            dtype=deltas.dtype,
+        )
         deltas = ops.minimum(deltas, limit)
-        return kbb.decode_deltas_to_boxes(anchors, deltas, anchor_format="xyxy", box_format="xyxy",
-                                          encoded_format="center_xywh", variance=self._variance)
+        return kbb.decode_deltas_to_boxes(
+            anchors,
+            deltas,
+            anchor_format="xyxy",
+            box_format="xyxy",
+            encoded_format="center_xywh",
+            variance=self._variance,
+        )
 
     def get_config(self):
         return {"weights": self.weights, "scale_clip": self.scale_clip}

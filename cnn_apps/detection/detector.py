@@ -19,8 +19,13 @@ from keras import layers, ops
 from cnn_apps import registry
 from cnn_apps.detection.nms import batched_nms
 
-POSTPROCESS_DEFAULTS = {"score_threshold": 0.05, "iou_threshold": 0.5, "max_detections": 100,
-                        "pre_nms_top_k": 400, "nms": "auto"}
+POSTPROCESS_DEFAULTS = {
+    "score_threshold": 0.05,
+    "iou_threshold": 0.5,
+    "max_detections": 100,
+    "pre_nms_top_k": 400,
+    "nms": "auto",
+}
 
 
 def preprocessing_layer(kind: str):
@@ -49,11 +54,14 @@ def pyramid_features(backbone, levels):
         try:
             backbone.get_layer(name)
         except ValueError as exc:
-            raise ValueError(f"backbone '{backbone.name}' has no feature level or layer {level!r}; "
-                             f"levels: {', '.join(backbone.pyramid_outputs)}") from exc
+            raise ValueError(
+                f"backbone '{backbone.name}' has no feature level or layer {level!r}; "
+                f"levels: {', '.join(backbone.pyramid_outputs)}"
+            ) from exc
         names.append(name)
-    return keras.Model(backbone.inputs, [backbone.get_layer(n).output for n in names],
-                       name=f"{backbone.name}_features")
+    return keras.Model(
+        backbone.inputs, [backbone.get_layer(n).output for n in names], name=f"{backbone.name}_features"
+    )
 
 
 class Detector(keras.Model):
@@ -62,17 +70,30 @@ class Detector(keras.Model):
 
     loss_names: tuple = ()
 
-    def __init__(self, inputs, outputs, *, num_classes: int, image_size: int, class_names=None,
-                 postprocess: dict | None = None, **kwargs):
+    def __init__(
+        self,
+        inputs,
+        outputs,
+        *,
+        num_classes: int,
+        image_size: int,
+        class_names=None,
+        postprocess: dict | None = None,
+        **kwargs,
+    ):
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         self.num_classes = int(num_classes)
         self.image_size = int(image_size)
-        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        self.class_names = (
+            list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        )
         if len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class names for {num_classes} classes")
         unknown = set(postprocess or {}) - set(POSTPROCESS_DEFAULTS)
         if unknown:
-            raise ValueError(f"unknown postprocess keys {sorted(unknown)}; valid: {sorted(POSTPROCESS_DEFAULTS)}")
+            raise ValueError(
+                f"unknown postprocess keys {sorted(unknown)}; valid: {sorted(POSTPROCESS_DEFAULTS)}"
+            )
         self.postprocess = {**POSTPROCESS_DEFAULTS, **(postprocess or {})}
         self.loss_trackers = [keras.metrics.Mean(name=f"{n}_loss") for n in self.loss_names]
 
@@ -112,9 +133,15 @@ class Detector(keras.Model):
         """Head outputs -> decoded boxes -> per-class NMS -> padded detections."""
         p = {**self.postprocess, **postprocess}
         boxes, scores = self.decode(y_pred)
-        return batched_nms(boxes, scores, max_detections=int(p["max_detections"]),
-                           iou_threshold=float(p["iou_threshold"]), score_threshold=float(p["score_threshold"]),
-                           pre_nms_top_k=int(p["pre_nms_top_k"]), implementation=p["nms"])
+        return batched_nms(
+            boxes,
+            scores,
+            max_detections=int(p["max_detections"]),
+            iou_threshold=float(p["iou_threshold"]),
+            score_threshold=float(p["score_threshold"]),
+            pre_nms_top_k=int(p["pre_nms_top_k"]),
+            implementation=p["nms"],
+        )
 
     def predict_step(self, *args):
         # The backends' predict_step differ (JAX's is stateless: (state, data) -> (outputs,
@@ -125,5 +152,11 @@ class Detector(keras.Model):
         return self.postprocess_outputs(outputs)
 
     def base_config(self) -> dict:
-        return {"name": self.name, "trainable": self.trainable, "num_classes": self.num_classes,
-                "image_size": self.image_size, "class_names": self.class_names, "postprocess": self.postprocess}
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "num_classes": self.num_classes,
+            "image_size": self.image_size,
+            "class_names": self.class_names,
+            "postprocess": self.postprocess,
+        }

@@ -32,21 +32,40 @@ from cnn_apps.errors import DataError
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 RECALL_THRESHOLDS = np.linspace(0.0, 1.0, int(np.round((1.0 - 0.0) / 0.01)) + 1, endpoint=True)
 MAX_DETS = (1, 10, 100)
-AREA_RANGES = {"all": (0.0, 1e5**2), "small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2),
-               "large": (96.0**2, 1e5**2)}
+AREA_RANGES = {
+    "all": (0.0, 1e5**2),
+    "small": (0.0, 32.0**2),
+    "medium": (32.0**2, 96.0**2),
+    "large": (96.0**2, 1e5**2),
+}
 VOC_IOU = 0.5
 
 # (name, ap?, iou index or None, area, maxDets) in the order of COCOeval.stats.
 _COCO_STATS = (
-    ("coco_ap", True, None, "all", 100), ("coco_ap50", True, 0, "all", 100),
-    ("coco_ap75", True, 5, "all", 100), ("coco_ap_small", True, None, "small", 100),
-    ("coco_ap_medium", True, None, "medium", 100), ("coco_ap_large", True, None, "large", 100),
-    ("coco_ar1", False, None, "all", 1), ("coco_ar10", False, None, "all", 10),
-    ("coco_ar100", False, None, "all", 100), ("coco_ar_small", False, None, "small", 100),
-    ("coco_ar_medium", False, None, "medium", 100), ("coco_ar_large", False, None, "large", 100),
+    ("coco_ap", True, None, "all", 100),
+    ("coco_ap50", True, 0, "all", 100),
+    ("coco_ap75", True, 5, "all", 100),
+    ("coco_ap_small", True, None, "small", 100),
+    ("coco_ap_medium", True, None, "medium", 100),
+    ("coco_ap_large", True, None, "large", 100),
+    ("coco_ar1", False, None, "all", 1),
+    ("coco_ar10", False, None, "all", 10),
+    ("coco_ar100", False, None, "all", 100),
+    ("coco_ar_small", False, None, "small", 100),
+    ("coco_ar_medium", False, None, "medium", 100),
+    ("coco_ar_large", False, None, "large", 100),
 )
-_LOGGED = ("map50", "map50_voc07", "coco_ap", "coco_ap50", "coco_ap75", "coco_ap_small",
-           "coco_ap_medium", "coco_ap_large", "coco_ar100")
+_LOGGED = (
+    "map50",
+    "map50_voc07",
+    "coco_ap",
+    "coco_ap50",
+    "coco_ap75",
+    "coco_ap_small",
+    "coco_ap_medium",
+    "coco_ap_large",
+    "coco_ar100",
+)
 _PER_CLASS_COLUMNS = ("class", "ap50", "ap50_voc07", "coco_ap", "num_gt", "num_det")
 
 
@@ -99,18 +118,30 @@ class DetectionMetrics:
     def markdown(self) -> str:
         """A summary table and the per-class table, in Markdown."""
         summary = [
-            ("mAP@0.5, VOC all-point", self.map50), ("mAP@0.5, VOC07 11-point", self.map50_voc07),
-            ("COCO AP@[.5:.95]", self.coco_ap), ("COCO AP@.5", self.coco_ap50),
-            ("COCO AP@.75", self.coco_ap75), ("COCO AP small", self.coco_ap_small),
-            ("COCO AP medium", self.coco_ap_medium), ("COCO AP large", self.coco_ap_large),
-            ("COCO AR@1", self.coco_ar1), ("COCO AR@10", self.coco_ar10), ("COCO AR@100", self.coco_ar100),
+            ("mAP@0.5, VOC all-point", self.map50),
+            ("mAP@0.5, VOC07 11-point", self.map50_voc07),
+            ("COCO AP@[.5:.95]", self.coco_ap),
+            ("COCO AP@.5", self.coco_ap50),
+            ("COCO AP@.75", self.coco_ap75),
+            ("COCO AP small", self.coco_ap_small),
+            ("COCO AP medium", self.coco_ap_medium),
+            ("COCO AP large", self.coco_ap_large),
+            ("COCO AR@1", self.coco_ar1),
+            ("COCO AR@10", self.coco_ar10),
+            ("COCO AR@100", self.coco_ar100),
         ]
         lines = ["| metric | value |", "|---|---:|"]
         lines += [f"| {name} | {_fmt(value)} |" for name, value in summary]
-        lines += ["", "| class | AP@0.5 | AP@0.5 (VOC07) | COCO AP | GT | detections |",
-                  "|---|---:|---:|---:|---:|---:|"]
-        lines += [f"| {r['class']} | {_fmt(r['ap50'])} | {_fmt(r['ap50_voc07'])} | {_fmt(r['coco_ap'])} "
-                  f"| {r['num_gt']} | {r['num_det']} |" for r in self.per_class]
+        lines += [
+            "",
+            "| class | AP@0.5 | AP@0.5 (VOC07) | COCO AP | GT | detections |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r['class']} | {_fmt(r['ap50'])} | {_fmt(r['ap50_voc07'])} | {_fmt(r['coco_ap'])} "
+            f"| {r['num_gt']} | {r['num_det']} |"
+            for r in self.per_class
+        ]
         return "\n".join(lines) + "\n"
 
 
@@ -127,14 +158,18 @@ def evaluate_detections(ground_truth, detections, num_classes: int, class_names=
         (or batched, with an optional ``"num_detections": (B,)`` as detectors return it).
     Rows with label < 0 are padding. Labels must be < num_classes (K).
     """
-    class_names = [str(k) for k in range(num_classes)] if class_names is None else [str(c) for c in class_names]
+    class_names = (
+        [str(k) for k in range(num_classes)] if class_names is None else [str(c) for c in class_names]
+    )
     if len(class_names) != num_classes:
         raise DataError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
     gts = [_read(g, i, num_classes, "ground_truth") for i, g in enumerate(_as_list(ground_truth))]
     dts = [_read(d, i, num_classes, "detections") for i, d in enumerate(_as_list(detections))]
     if len(gts) != len(dts):
-        raise DataError(f"ground_truth has {len(gts)} images but detections has {len(dts)}; "
-                        "give one entry per image in both, empty where an image has none")
+        raise DataError(
+            f"ground_truth has {len(gts)} images but detections has {len(dts)}; "
+            "give one entry per image in both, empty where an image has none"
+        )
 
     per_class, curves = [], {}
     ap50, ap07 = np.full(num_classes, np.nan), np.full(num_classes, np.nan)
@@ -144,23 +179,33 @@ def evaluate_detections(ground_truth, detections, num_classes: int, class_names=
             ap50[k], ap07[k] = voc_ap(rec, prec), voc_ap(rec, prec, use_07_metric=True)
             curves[class_names[k]] = (rec, prec)
     precision, recall = _coco(gts, dts, num_classes)
-    stats = {name: _summarize(precision, recall, ap, t, area, max_det) for name, ap, t, area, max_det in _COCO_STATS}
+    stats = {
+        name: _summarize(precision, recall, ap, t, area, max_det)
+        for name, ap, t, area, max_det in _COCO_STATS
+    }
 
     for k in range(num_classes):
         coco_k = precision[:, :, k, 0, -1]
-        per_class.append({
-            "class": class_names[k],
-            "ap50": float(ap50[k]),
-            "ap50_voc07": float(ap07[k]),
-            "coco_ap": float(coco_k[coco_k > -1].mean()) if (coco_k > -1).any() else math.nan,
-            "num_gt": int(sum(np.count_nonzero((g["labels"] == k) & ~g["crowd"]) for g in gts)),
-            "num_det": int(sum(np.count_nonzero(d["labels"] == k) for d in dts)),
-        })
+        per_class.append(
+            {
+                "class": class_names[k],
+                "ap50": float(ap50[k]),
+                "ap50_voc07": float(ap07[k]),
+                "coco_ap": float(coco_k[coco_k > -1].mean()) if (coco_k > -1).any() else math.nan,
+                "num_gt": int(sum(np.count_nonzero((g["labels"] == k) & ~g["crowd"]) for g in gts)),
+                "num_det": int(sum(np.count_nonzero(d["labels"] == k) for d in dts)),
+            }
+        )
     has_gt = ~np.isnan(ap50)
     return DetectionMetrics(
         map50=float(ap50[has_gt].mean()) if has_gt.any() else math.nan,
         map50_voc07=float(ap07[has_gt].mean()) if has_gt.any() else math.nan,
-        per_class=per_class, pr_curves=curves, coco_precision=precision, coco_recall=recall, **stats)
+        per_class=per_class,
+        pr_curves=curves,
+        coco_precision=precision,
+        coco_recall=recall,
+        **stats,
+    )
 
 
 def _as_list(images) -> list:
@@ -179,13 +224,17 @@ def _read(record, index: int, num_classes: int, what: str) -> dict:
         labels = np.asarray(record["labels"]).reshape(-1).astype(np.int64)
         scores = np.asarray(record["scores"], dtype=np.float64).reshape(-1) if "scores" in record else None
     except (KeyError, ValueError) as err:
-        raise DataError(f"{what}[{index}] is not a dict of 'boxes' (n, 4) and 'labels' (n,)"
-                        f"{' and scores (n,)' if what == 'detections' else ''}: {err}") from err
+        raise DataError(
+            f"{what}[{index}] is not a dict of 'boxes' (n, 4) and 'labels' (n,)"
+            f"{' and scores (n,)' if what == 'detections' else ''}: {err}"
+        ) from err
     if what == "detections" and scores is None:
         raise DataError(f"detections[{index}] has no 'scores'; every detection needs a score to be ranked")
     if len(boxes) != len(labels) or (scores is not None and len(scores) != len(labels)):
-        raise DataError(f"{what}[{index}] has {len(boxes)} boxes and {len(labels)} labels"
-                        f"{'' if scores is None else f' and {len(scores)} scores'}; they must match")
+        raise DataError(
+            f"{what}[{index}] has {len(boxes)} boxes and {len(labels)} labels"
+            f"{'' if scores is None else f' and {len(scores)} scores'}; they must match"
+        )
     keep = labels >= 0
     if "num_detections" in record:
         keep &= np.arange(len(labels)) < int(np.asarray(record["num_detections"]))
@@ -194,10 +243,16 @@ def _read(record, index: int, num_classes: int, what: str) -> dict:
     else:
         crowd = np.zeros(len(labels), bool)
     if np.any(labels[keep] >= num_classes):
-        raise DataError(f"{what}[{index}] has label {labels[keep].max()} but num_classes is {num_classes} "
-                        "(labels are 0-based; padding is -1)")
-    return {"boxes": boxes[keep], "labels": labels[keep], "crowd": crowd[keep],
-            "scores": None if scores is None else scores[keep]}
+        raise DataError(
+            f"{what}[{index}] has label {labels[keep].max()} but num_classes is {num_classes} "
+            "(labels are 0-based; padding is -1)"
+        )
+    return {
+        "boxes": boxes[keep],
+        "labels": labels[keep],
+        "crowd": crowd[keep],
+        "scores": None if scores is None else scores[keep],
+    }
 
 
 def _iou(dt: np.ndarray, gt: np.ndarray, crowd: np.ndarray | None = None) -> np.ndarray:
@@ -317,7 +372,12 @@ def _match(iou: np.ndarray, gt_ignore: np.ndarray, crowd: np.ndarray):
 def _coco(gts: list, dts: list, num_classes: int):
     """COCOeval evaluate + accumulate -> precision (T, R, K, A, M), recall (T, K, A, M)."""
     areas = list(AREA_RANGES.values())
-    t_count, r_count, a_count, m_count = len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS), len(areas), len(MAX_DETS)
+    t_count, r_count, a_count, m_count = (
+        len(IOU_THRESHOLDS),
+        len(RECALL_THRESHOLDS),
+        len(areas),
+        len(MAX_DETS),
+    )
     precision = -np.ones((t_count, r_count, num_classes, a_count, m_count))
     recall = -np.ones((t_count, num_classes, a_count, m_count))
     for k in range(num_classes):
@@ -328,7 +388,7 @@ def _coco(gts: list, dts: list, num_classes: int):
             if not gmask.any() and not dmask.any():
                 continue
             gboxes, crowd = g["boxes"][gmask], g["crowd"][gmask]
-            order = np.argsort(-d["scores"][dmask], kind="mergesort")[:MAX_DETS[-1]]
+            order = np.argsort(-d["scores"][dmask], kind="mergesort")[: MAX_DETS[-1]]
             dboxes, dscores = d["boxes"][dmask][order], d["scores"][dmask][order]
             iou = _iou(dboxes, gboxes, crowd)
             garea = (gboxes[:, 2] - gboxes[:, 0]) * (gboxes[:, 3] - gboxes[:, 1])

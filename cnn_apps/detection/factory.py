@@ -12,8 +12,11 @@ def detector_from_config(config, num_classes: int, class_names=None, **overrides
     """``registry.get("detector", config.model.architecture)`` called with the image size,
     the ``detection`` section as post-processing, the backbone (unless the architecture
     fixes its own, like ``ssd300_vgg16``) and ``model.architecture_args``."""
-    args = dict(image_size=config.data.image_size, class_names=class_names,
-                postprocess=dataclasses.asdict(config.detection))
+    args = dict(
+        image_size=config.data.image_size,
+        class_names=class_names,
+        postprocess=dataclasses.asdict(config.detection),
+    )
     return registry.build_from_config("detector", config, num_classes, args, overrides)
 
 
@@ -25,8 +28,14 @@ def detector_table(num_classes: int = 20) -> list[dict]:
     rows = []
     for name in registry.names("detector"):
         model = registry.get("detector", name)(num_classes)
-        rows.append({"name": name, "params": int(model.count_params()), "input_size": int(model.image_size),
-                     "backbone": getattr(model, "_config", {}).get("backbone", "-")})
+        rows.append(
+            {
+                "name": name,
+                "params": int(model.count_params()),
+                "input_size": int(model.image_size),
+                "backbone": getattr(model, "_config", {}).get("backbone", "-"),
+            }
+        )
         del model
         gc.collect()
     return rows

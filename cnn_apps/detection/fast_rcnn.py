@@ -56,13 +56,28 @@ class FastRCNN(Detector):
 
     loss_names = ("classification", "box")
 
-    def __init__(self, num_classes: int, image_size: int = 96, backbone: str = "resnet_mini",
-                 backbone_args: dict | None = None, feature_level: str = "C3", max_proposals: int = 200,
-                 proposal_mode: str = "fast", roi_pool_size: int = 7, head_units=(256, 256),
-                 head_dropout: float = 0.0, roi_fg_iou: float = 0.5, roi_batch_per_image: int = 64,
-                 roi_positive_fraction: float = 0.25, box_weights=(10.0, 10.0, 5.0, 5.0),
-                 preprocessing: str = "unit", seed: int = 0, class_names=None, postprocess: dict | None = None,
-                 **kwargs):
+    def __init__(
+        self,
+        num_classes: int,
+        image_size: int = 96,
+        backbone: str = "resnet_mini",
+        backbone_args: dict | None = None,
+        feature_level: str = "C3",
+        max_proposals: int = 200,
+        proposal_mode: str = "fast",
+        roi_pool_size: int = 7,
+        head_units=(256, 256),
+        head_dropout: float = 0.0,
+        roi_fg_iou: float = 0.5,
+        roi_batch_per_image: int = 64,
+        roi_positive_fraction: float = 0.25,
+        box_weights=(10.0, 10.0, 5.0, 5.0),
+        preprocessing: str = "unit",
+        seed: int = 0,
+        class_names=None,
+        postprocess: dict | None = None,
+        **kwargs,
+    ):
         from cnn_apps.detection.proposals import MODES
         from cnn_apps.errors import ConfigError
 
@@ -77,8 +92,14 @@ class FastRCNN(Detector):
         scaling = preprocessing_layer(preprocessing)
         feature_shape = tuple(int(d) for d in extractor.outputs[0].shape[1:])
         stride = image_size / feature_shape[0]
-        self.roi_head = build_roi_head(feature_shape, num_classes, pool_size=roi_pool_size,
-                                       spatial_scale=1.0 / stride, fc_units=head_units, dropout=head_dropout)
+        self.roi_head = build_roi_head(
+            feature_shape,
+            num_classes,
+            pool_size=roi_pool_size,
+            spatial_scale=1.0 / stride,
+            fc_units=head_units,
+            dropout=head_dropout,
+        )
 
         # === Functional model ===
         images = keras.Input(shape=(image_size, image_size, 3), name="images")
@@ -89,8 +110,15 @@ class FastRCNN(Detector):
         class_logits, box_deltas = self.roi_head([features, rois])
         outputs = {"features": features, "rois": rois, "class_logits": class_logits, "box_deltas": box_deltas}
         kwargs.setdefault("name", f"fast_rcnn_{backbone}")
-        super().__init__({"images": images, "proposals": proposals}, outputs, num_classes=num_classes,
-                         image_size=image_size, class_names=class_names, postprocess=postprocess, **kwargs)
+        super().__init__(
+            {"images": images, "proposals": proposals},
+            outputs,
+            num_classes=num_classes,
+            image_size=image_size,
+            class_names=class_names,
+            postprocess=postprocess,
+            **kwargs,
+        )
 
         # === Config ===
         self.feature_shape = feature_shape
@@ -98,12 +126,21 @@ class FastRCNN(Detector):
         self.roi_matcher = Matcher(roi_fg_iou, force_best=False)
         self.seed_generator = keras.random.SeedGenerator(seed)
         self._config = {
-            "backbone": backbone, "backbone_args": backbone_args, "feature_level": feature_level,
-            "max_proposals": int(max_proposals), "proposal_mode": proposal_mode, "roi_pool_size": roi_pool_size,
-            "head_units": json.loads(json.dumps(list(head_units))), "head_dropout": head_dropout,
-            "roi_fg_iou": roi_fg_iou, "roi_batch_per_image": roi_batch_per_image,
-            "roi_positive_fraction": roi_positive_fraction, "box_weights": [float(w) for w in box_weights],
-            "preprocessing": preprocessing, "seed": seed}
+            "backbone": backbone,
+            "backbone_args": backbone_args,
+            "feature_level": feature_level,
+            "max_proposals": int(max_proposals),
+            "proposal_mode": proposal_mode,
+            "roi_pool_size": roi_pool_size,
+            "head_units": json.loads(json.dumps(list(head_units))),
+            "head_dropout": head_dropout,
+            "roi_fg_iou": roi_fg_iou,
+            "roi_batch_per_image": roi_batch_per_image,
+            "roi_positive_fraction": roi_positive_fraction,
+            "box_weights": [float(w) for w in box_weights],
+            "preprocessing": preprocessing,
+            "seed": seed,
+        }
 
     @property
     def proposal_settings(self) -> dict:
@@ -115,15 +152,26 @@ class FastRCNN(Detector):
         c = self._config
         gt_boxes, gt_labels = ops.cast(y["boxes"], "float32"), y["labels"]
         rois, labels, targets, weights = sample_rois(
-            y_pred["rois"], gt_boxes, gt_labels, matcher=self.roi_matcher,
-            batch_size_per_image=c["roi_batch_per_image"], positive_fraction=c["roi_positive_fraction"],
-            seed=self.seed_generator)
+            y_pred["rois"],
+            gt_boxes,
+            gt_labels,
+            matcher=self.roi_matcher,
+            batch_size_per_image=c["roi_batch_per_image"],
+            positive_fraction=c["roi_positive_fraction"],
+            seed=self.seed_generator,
+        )
         class_logits, box_deltas = self.roi_head([y_pred["features"], rois], training=True)
         return fast_rcnn_loss(class_logits, box_deltas, rois, labels, targets, weights, coder=self.head_coder)
 
     def postprocess_outputs(self, y_pred, **postprocess):
-        return detect_from_rois(y_pred["class_logits"], y_pred["box_deltas"], y_pred["rois"], coder=self.head_coder,
-                                image_size=self.image_size, postprocess={**self.postprocess, **postprocess})
+        return detect_from_rois(
+            y_pred["class_logits"],
+            y_pred["box_deltas"],
+            y_pred["rois"],
+            coder=self.head_coder,
+            image_size=self.image_size,
+            postprocess={**self.postprocess, **postprocess},
+        )
 
     def get_config(self):
         return {**self.base_config(), **self._config}

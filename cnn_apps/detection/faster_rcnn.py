@@ -54,16 +54,36 @@ class FasterRCNN(Detector):
 
     loss_names = ("rpn_objectness", "rpn_box", "classification", "box")
 
-    def __init__(self, num_classes: int, image_size: int = 96, backbone: str = "resnet_mini",
-                 backbone_args: dict | None = None, feature_level: str = "C3",
-                 anchor_sizes=(16.0, 32.0, 64.0), aspect_ratios=(0.5, 1.0, 2.0), rpn_filters: int = 128,
-                 rpn_pre_nms_top_k: int = 600, rpn_post_nms_top_k: int = 100, rpn_nms_iou: float = 0.7,
-                 rpn_fg_iou: float = 0.7, rpn_bg_iou: float = 0.3, rpn_batch_per_image: int = 256,
-                 rpn_positive_fraction: float = 0.5, roi_pool_size: int = 7, head_units=(256, 256),
-                 head_dropout: float = 0.0, roi_fg_iou: float = 0.5, roi_batch_per_image: int = 64,
-                 roi_positive_fraction: float = 0.25, box_weights=(10.0, 10.0, 5.0, 5.0),
-                 preprocessing: str = "unit", seed: int = 0, class_names=None, postprocess: dict | None = None,
-                 **kwargs):
+    def __init__(
+        self,
+        num_classes: int,
+        image_size: int = 96,
+        backbone: str = "resnet_mini",
+        backbone_args: dict | None = None,
+        feature_level: str = "C3",
+        anchor_sizes=(16.0, 32.0, 64.0),
+        aspect_ratios=(0.5, 1.0, 2.0),
+        rpn_filters: int = 128,
+        rpn_pre_nms_top_k: int = 600,
+        rpn_post_nms_top_k: int = 100,
+        rpn_nms_iou: float = 0.7,
+        rpn_fg_iou: float = 0.7,
+        rpn_bg_iou: float = 0.3,
+        rpn_batch_per_image: int = 256,
+        rpn_positive_fraction: float = 0.5,
+        roi_pool_size: int = 7,
+        head_units=(256, 256),
+        head_dropout: float = 0.0,
+        roi_fg_iou: float = 0.5,
+        roi_batch_per_image: int = 64,
+        roi_positive_fraction: float = 0.25,
+        box_weights=(10.0, 10.0, 5.0, 5.0),
+        preprocessing: str = "unit",
+        seed: int = 0,
+        class_names=None,
+        postprocess: dict | None = None,
+        **kwargs,
+    ):
         # === Layers ===
         # only the layers up to the shared map belong to the model (no idle deeper stages)
         full_backbone, backbone_args = build_backbone(backbone, image_size, backbone_args)
@@ -74,11 +94,23 @@ class FasterRCNN(Detector):
         generator = AnchorGenerator(anchor_sizes, aspect_ratios)
         anchors = generator(feature_shape[0], feature_shape[1], stride)
         post = dict(postprocess or {})
-        proposals = ProposalLayer(anchors, image_size, pre_nms_top_k=rpn_pre_nms_top_k,
-                                  post_nms_top_k=rpn_post_nms_top_k, nms_iou=rpn_nms_iou,
-                                  nms=post.get("nms", "auto"), name="proposals")
-        self.roi_head = build_roi_head(feature_shape, num_classes, pool_size=roi_pool_size,
-                                       spatial_scale=1.0 / stride, fc_units=head_units, dropout=head_dropout)
+        proposals = ProposalLayer(
+            anchors,
+            image_size,
+            pre_nms_top_k=rpn_pre_nms_top_k,
+            post_nms_top_k=rpn_post_nms_top_k,
+            nms_iou=rpn_nms_iou,
+            nms=post.get("nms", "auto"),
+            name="proposals",
+        )
+        self.roi_head = build_roi_head(
+            feature_shape,
+            num_classes,
+            pool_size=roi_pool_size,
+            spatial_scale=1.0 / stride,
+            fc_units=head_units,
+            dropout=head_dropout,
+        )
 
         # === Functional model ===
         inputs = keras.Input(shape=(image_size, image_size, 3), name="images")
@@ -87,11 +119,24 @@ class FasterRCNN(Detector):
         logits, deltas = rpn_head(features, generator.num_anchors, rpn_filters)
         rois, _ = proposals(logits, deltas)
         class_logits, box_deltas = self.roi_head([features, rois])
-        outputs = {"features": features, "rpn_objectness": logits, "rpn_deltas": deltas, "rois": rois,
-                   "class_logits": class_logits, "box_deltas": box_deltas}
+        outputs = {
+            "features": features,
+            "rpn_objectness": logits,
+            "rpn_deltas": deltas,
+            "rois": rois,
+            "class_logits": class_logits,
+            "box_deltas": box_deltas,
+        }
         kwargs.setdefault("name", f"faster_rcnn_{backbone}")
-        super().__init__(inputs, outputs, num_classes=num_classes, image_size=image_size,
-                         class_names=class_names, postprocess=postprocess, **kwargs)
+        super().__init__(
+            inputs,
+            outputs,
+            num_classes=num_classes,
+            image_size=image_size,
+            class_names=class_names,
+            postprocess=postprocess,
+            **kwargs,
+        )
 
         # === Config ===
         self.anchors = anchors
@@ -102,35 +147,69 @@ class FasterRCNN(Detector):
         self.roi_matcher = Matcher(roi_fg_iou, force_best=False)
         self.seed_generator = keras.random.SeedGenerator(seed)
         self._config = {
-            "backbone": backbone, "backbone_args": backbone_args, "feature_level": feature_level,
-            "anchor_sizes": [float(s) for s in anchor_sizes], "aspect_ratios": [float(r) for r in aspect_ratios],
-            "rpn_filters": rpn_filters, "rpn_pre_nms_top_k": rpn_pre_nms_top_k,
-            "rpn_post_nms_top_k": rpn_post_nms_top_k, "rpn_nms_iou": rpn_nms_iou, "rpn_fg_iou": rpn_fg_iou,
-            "rpn_bg_iou": rpn_bg_iou, "rpn_batch_per_image": rpn_batch_per_image,
-            "rpn_positive_fraction": rpn_positive_fraction, "roi_pool_size": roi_pool_size,
-            "head_units": json.loads(json.dumps(list(head_units))), "head_dropout": head_dropout,
-            "roi_fg_iou": roi_fg_iou, "roi_batch_per_image": roi_batch_per_image,
-            "roi_positive_fraction": roi_positive_fraction, "box_weights": [float(w) for w in box_weights],
-            "preprocessing": preprocessing, "seed": seed}
+            "backbone": backbone,
+            "backbone_args": backbone_args,
+            "feature_level": feature_level,
+            "anchor_sizes": [float(s) for s in anchor_sizes],
+            "aspect_ratios": [float(r) for r in aspect_ratios],
+            "rpn_filters": rpn_filters,
+            "rpn_pre_nms_top_k": rpn_pre_nms_top_k,
+            "rpn_post_nms_top_k": rpn_post_nms_top_k,
+            "rpn_nms_iou": rpn_nms_iou,
+            "rpn_fg_iou": rpn_fg_iou,
+            "rpn_bg_iou": rpn_bg_iou,
+            "rpn_batch_per_image": rpn_batch_per_image,
+            "rpn_positive_fraction": rpn_positive_fraction,
+            "roi_pool_size": roi_pool_size,
+            "head_units": json.loads(json.dumps(list(head_units))),
+            "head_dropout": head_dropout,
+            "roi_fg_iou": roi_fg_iou,
+            "roi_batch_per_image": roi_batch_per_image,
+            "roi_positive_fraction": roi_positive_fraction,
+            "box_weights": [float(w) for w in box_weights],
+            "preprocessing": preprocessing,
+            "seed": seed,
+        }
 
     def detection_losses(self, y, y_pred):
         c = self._config
         gt_boxes, gt_labels = ops.cast(y["boxes"], "float32"), y["labels"]
-        parts = rpn_loss(y_pred["rpn_objectness"], y_pred["rpn_deltas"], ops.convert_to_tensor(self.anchors),
-                         gt_boxes, gt_labels, matcher=self.rpn_matcher, coder=self.rpn_coder,
-                         batch_size_per_image=c["rpn_batch_per_image"],
-                         positive_fraction=c["rpn_positive_fraction"], seed=self.seed_generator)
+        parts = rpn_loss(
+            y_pred["rpn_objectness"],
+            y_pred["rpn_deltas"],
+            ops.convert_to_tensor(self.anchors),
+            gt_boxes,
+            gt_labels,
+            matcher=self.rpn_matcher,
+            coder=self.rpn_coder,
+            batch_size_per_image=c["rpn_batch_per_image"],
+            positive_fraction=c["rpn_positive_fraction"],
+            seed=self.seed_generator,
+        )
         rois, labels, targets, weights = sample_rois(
-            ops.stop_gradient(y_pred["rois"]), gt_boxes, gt_labels, matcher=self.roi_matcher,
-            batch_size_per_image=c["roi_batch_per_image"], positive_fraction=c["roi_positive_fraction"],
-            seed=self.seed_generator)
+            ops.stop_gradient(y_pred["rois"]),
+            gt_boxes,
+            gt_labels,
+            matcher=self.roi_matcher,
+            batch_size_per_image=c["roi_batch_per_image"],
+            positive_fraction=c["roi_positive_fraction"],
+            seed=self.seed_generator,
+        )
         class_logits, box_deltas = self.roi_head([y_pred["features"], rois], training=True)
-        parts.update(fast_rcnn_loss(class_logits, box_deltas, rois, labels, targets, weights, coder=self.head_coder))
+        parts.update(
+            fast_rcnn_loss(class_logits, box_deltas, rois, labels, targets, weights, coder=self.head_coder)
+        )
         return parts
 
     def postprocess_outputs(self, y_pred, **postprocess):
-        return detect_from_rois(y_pred["class_logits"], y_pred["box_deltas"], y_pred["rois"], coder=self.head_coder,
-                                image_size=self.image_size, postprocess={**self.postprocess, **postprocess})
+        return detect_from_rois(
+            y_pred["class_logits"],
+            y_pred["box_deltas"],
+            y_pred["rois"],
+            coder=self.head_coder,
+            image_size=self.image_size,
+            postprocess={**self.postprocess, **postprocess},
+        )
 
     def get_config(self):
         return {**self.base_config(), **self._config}

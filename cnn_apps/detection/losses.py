@@ -20,8 +20,18 @@ def smooth_l1(diff, beta: float = 1.0):
     return ops.where(a < beta, 0.5 * a * a / beta, a - 0.5 * beta)
 
 
-def ssd_multibox_loss(cls_logits, box_deltas, anchors, gt_boxes, gt_labels, *, matcher, coder,
-                      negative_ratio: float = 3.0, alpha: float = 1.0):
+def ssd_multibox_loss(
+    cls_logits,
+    box_deltas,
+    anchors,
+    gt_boxes,
+    gt_labels,
+    *,
+    matcher,
+    coder,
+    negative_ratio: float = 3.0,
+    alpha: float = 1.0,
+):
     """SSD's loss: ``(L_conf + alpha L_loc) / N`` with N the matched default boxes.
 
     cls_logits (B, A, C + 1) with background at index 0, box_deltas (B, A, 4),
@@ -74,8 +84,19 @@ def yolo_v1_decode_boxes(pred_boxes, image_size: float, grid: int, offsets):
     return ops.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=-1)
 
 
-def yolo_v1_loss(predictions, gt_boxes, gt_labels, *, image_size: float, grid: int, num_boxes: int,
-                 num_classes: int, offsets, lambda_coord: float = 5.0, lambda_noobj: float = 0.5):
+def yolo_v1_loss(
+    predictions,
+    gt_boxes,
+    gt_labels,
+    *,
+    image_size: float,
+    grid: int,
+    num_boxes: int,
+    num_classes: int,
+    offsets,
+    lambda_coord: float = 5.0,
+    lambda_noobj: float = 0.5,
+):
     """YOLO v1's sum-squared loss (Redmon et al. 2016, eq. 3), averaged over the batch.
 
     predictions (B, S, S, 5 nb + C): per cell, nb boxes (x, y, sqrt w, sqrt h, confidence)
@@ -87,8 +108,8 @@ def yolo_v1_loss(predictions, gt_boxes, gt_labels, *, image_size: float, grid: i
     """
     batch = ops.shape(predictions)[0]
     p = ops.reshape(ops.cast(predictions, "float32"), (batch, grid * grid, 5 * num_boxes + num_classes))
-    boxes_p = ops.reshape(p[..., :5 * num_boxes], (batch, grid * grid, num_boxes, 5))
-    class_p = p[..., 5 * num_boxes:]
+    boxes_p = ops.reshape(p[..., : 5 * num_boxes], (batch, grid * grid, num_boxes, 5))
+    class_p = p[..., 5 * num_boxes :]
     has_obj, t_boxes, t_labels = yolo_v1_targets(gt_boxes, gt_labels, image_size, grid)
 
     cell = image_size / grid

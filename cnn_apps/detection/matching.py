@@ -41,18 +41,22 @@ class Matcher:
         iou = ops.where(valid[:, None, :], iou, -1.0)
         best = ops.cast(ops.argmax(iou, axis=-1), "int32")  # (B, A)
         best_iou = ops.max(iou, axis=-1)
-        matched = ops.where(best_iou >= self.high, best,
-                            ops.where(best_iou < self.low, NEGATIVE, IGNORE))
+        matched = ops.where(best_iou >= self.high, best, ops.where(best_iou < self.low, NEGATIVE, IGNORE))
         if self.force_best:
             # (B, N): the anchor each ground-truth box overlaps most
             best_anchor = ops.argmax(iou, axis=1)
             hit = ops.one_hot(best_anchor, ops.shape(iou)[1], axis=1)  # (B, A, N)
-            hit = hit * ops.cast(valid[:, None, :], hit.dtype) * ops.cast(ops.max(iou, axis=1, keepdims=True) > 0,
-                                                                          hit.dtype)
+            hit = (
+                hit
+                * ops.cast(valid[:, None, :], hit.dtype)
+                * ops.cast(ops.max(iou, axis=1, keepdims=True) > 0, hit.dtype)
+            )
             forced = ops.max(hit, axis=-1) > 0
             forced_gt = ops.cast(ops.argmax(hit, axis=-1), "int32")
             matched = ops.where(forced, forced_gt, matched)
-            best_iou = ops.where(forced, ops.take_along_axis(iou, forced_gt[..., None], axis=-1)[..., 0], best_iou)
+            best_iou = ops.where(
+                forced, ops.take_along_axis(iou, forced_gt[..., None], axis=-1)[..., 0], best_iou
+            )
         matched = ops.where(ops.any(valid, axis=-1, keepdims=True), matched, NEGATIVE)
         return ops.cast(matched, "int32"), best_iou
 

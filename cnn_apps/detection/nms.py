@@ -22,18 +22,38 @@ from keras import ops
 from cnn_apps.detection.boxes import pairwise_iou
 
 
-def batched_nms(boxes, scores, *, max_detections: int = 100, iou_threshold: float = 0.5,
-                score_threshold: float = 0.05, pre_nms_top_k: int = 400, implementation: str = "auto"):
+def batched_nms(
+    boxes,
+    scores,
+    *,
+    max_detections: int = 100,
+    iou_threshold: float = 0.5,
+    score_threshold: float = 0.05,
+    pre_nms_top_k: int = 400,
+    implementation: str = "auto",
+):
     """boxes (B, A, 4) xyxy pixels (shared by all classes), scores (B, A, C) per-class
     scores (no background column) -> padded detections (see the module docstring)."""
     if implementation == "auto":
         implementation = "tf" if keras.backend.backend() == "tensorflow" else "portable"
     if implementation == "tf":
-        return tf_combined_nms(boxes, scores, max_detections=max_detections, iou_threshold=iou_threshold,
-                               score_threshold=score_threshold, pre_nms_top_k=pre_nms_top_k)
+        return tf_combined_nms(
+            boxes,
+            scores,
+            max_detections=max_detections,
+            iou_threshold=iou_threshold,
+            score_threshold=score_threshold,
+            pre_nms_top_k=pre_nms_top_k,
+        )
     if implementation == "portable":
-        return portable_nms(boxes, scores, max_detections=max_detections, iou_threshold=iou_threshold,
-                            score_threshold=score_threshold, pre_nms_top_k=pre_nms_top_k)
+        return portable_nms(
+            boxes,
+            scores,
+            max_detections=max_detections,
+            iou_threshold=iou_threshold,
+            score_threshold=score_threshold,
+            pre_nms_top_k=pre_nms_top_k,
+        )
     raise ValueError(f"unknown NMS implementation {implementation!r} (auto, tf, portable)")
 
 
@@ -46,9 +66,15 @@ def tf_combined_nms(boxes, scores, *, max_detections, iou_threshold, score_thres
     scores = tf.convert_to_tensor(scores, tf.float32)
     yxyx = tf.gather(boxes, [1, 0, 3, 2], axis=-1)[:, :, None, :]
     nboxes, nscores, nclasses, valid = tf.image.combined_non_max_suppression(
-        yxyx, scores, max_output_size_per_class=min(pre_nms_top_k, max_detections),
-        max_total_size=max_detections, iou_threshold=iou_threshold, score_threshold=score_threshold,
-        pad_per_class=False, clip_boxes=False)
+        yxyx,
+        scores,
+        max_output_size_per_class=min(pre_nms_top_k, max_detections),
+        max_total_size=max_detections,
+        iou_threshold=iou_threshold,
+        score_threshold=score_threshold,
+        pad_per_class=False,
+        clip_boxes=False,
+    )
     keep = tf.range(max_detections)[None, :] < valid[:, None]
     return {
         "boxes": tf.where(keep[..., None], tf.gather(nboxes, [1, 0, 3, 2], axis=-1), 0.0),
@@ -68,7 +94,9 @@ def portable_nms(boxes, scores, *, max_detections, iou_threshold, score_threshol
     per_class = ops.transpose(scores, (0, 2, 1))  # (B, C, A)
     top_scores, top_idx = ops.top_k(per_class, k=k, sorted=True)  # (B, C, k)
     flat_idx = ops.reshape(top_idx, (batch, num_classes * k))
-    cand = ops.take_along_axis(boxes, ops.broadcast_to(flat_idx[..., None], ops.shape(flat_idx) + (4,)), axis=1)
+    cand = ops.take_along_axis(
+        boxes, ops.broadcast_to(flat_idx[..., None], ops.shape(flat_idx) + (4,)), axis=1
+    )
     cand = ops.reshape(cand, (batch, num_classes, k, 4))
     iou = pairwise_iou(cand, cand)  # (B, C, k, k)
     alive = top_scores > score_threshold
@@ -85,10 +113,15 @@ def portable_nms(boxes, scores, *, max_detections, iou_threshold, score_threshol
     keep = ops.fori_loop(0, k, step, alive)
     final = ops.where(keep, top_scores, -1.0)
     final = ops.reshape(final, (batch, num_classes * k))
-    labels = ops.reshape(ops.broadcast_to(ops.arange(num_classes, dtype="int32")[:, None], (num_classes, k)), (-1,))
+    labels = ops.reshape(
+        ops.broadcast_to(ops.arange(num_classes, dtype="int32")[:, None], (num_classes, k)), (-1,)
+    )
     out_scores, out_idx = ops.top_k(final, k=min(max_detections, num_classes * k), sorted=True)
-    out_boxes = ops.take_along_axis(ops.reshape(cand, (batch, num_classes * k, 4)),
-                                    ops.broadcast_to(out_idx[..., None], ops.shape(out_idx) + (4,)), axis=1)
+    out_boxes = ops.take_along_axis(
+        ops.reshape(cand, (batch, num_classes * k, 4)),
+        ops.broadcast_to(out_idx[..., None], ops.shape(out_idx) + (4,)),
+        axis=1,
+    )
     out_labels = ops.take(labels, out_idx)
     valid = out_scores > 0
     pad = max_detections - out_scores.shape[1]
@@ -98,8 +131,10 @@ def portable_nms(boxes, scores, *, max_detections, iou_threshold, score_threshol
         "labels": ops.where(valid, out_labels, -1),
     }
     if pad > 0:
-        out = {"boxes": ops.pad(out["boxes"], [[0, 0], [0, pad], [0, 0]]),
-               "scores": ops.pad(out["scores"], [[0, 0], [0, pad]]),
-               "labels": ops.pad(out["labels"], [[0, 0], [0, pad]], constant_values=-1)}
+        out = {
+            "boxes": ops.pad(out["boxes"], [[0, 0], [0, pad], [0, 0]]),
+            "scores": ops.pad(out["scores"], [[0, 0], [0, pad]]),
+            "labels": ops.pad(out["labels"], [[0, 0], [0, pad]], constant_values=-1),
+        }
     out["num_detections"] = ops.sum(ops.cast(out["labels"] >= 0, "int32"), axis=-1)
     return out

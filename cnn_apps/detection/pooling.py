@@ -117,13 +117,17 @@ class RangeMaxTable:
     def __init__(self, features):
         shape = features.shape
         if len(shape) != 4 or shape[1] is None or shape[2] is None or shape[3] is None:
-            raise ConfigError(f"RoI pooling needs a (B, H, W, C) feature map with known H, W, C, got {shape}: "
-                              "give the model a fixed input size")
+            raise ConfigError(
+                f"RoI pooling needs a (B, H, W, C) feature map with known H, W, C, got {shape}: "
+                "give the model a fixed input size"
+            )
         self.features = features
         self.height, self.width, self.channels = int(shape[1]), int(shape[2]), int(shape[3])
         self.levels_y, self.levels_x = _levels(self.height), _levels(self.width)
         values = ops.stop_gradient(features)
-        cells = ops.reshape(ops.arange(self.height * self.width, dtype="int32"), (1, self.height, self.width, 1))
+        cells = ops.reshape(
+            ops.arange(self.height * self.width, dtype="int32"), (1, self.height, self.width, 1)
+        )
         rows = [(values, ops.zeros_like(values, dtype="int32") + cells)]
         for j in range(1, self.levels_y):
             v, c = rows[-1]
@@ -133,7 +137,9 @@ class RangeMaxTable:
             cols = [row]
             for j in range(1, self.levels_x):
                 v, c = cols[-1]
-                cols.append(_merge(v, c, _shifted(v, 1 << (j - 1), 2, -np.inf), _shifted(c, 1 << (j - 1), 2, 0)))
+                cols.append(
+                    _merge(v, c, _shifted(v, 1 << (j - 1), 2, -np.inf), _shifted(c, 1 << (j - 1), 2, 0))
+                )
             table_values.append(ops.stack([v for v, _ in cols], axis=1))  # (B, Lx, H, W, C)
             table_cells.append(ops.stack([c for _, c in cols], axis=1))
         # (B, Ly, Lx, H, W, C) flattened to rows of C
@@ -141,10 +147,12 @@ class RangeMaxTable:
         self.cells = ops.reshape(ops.stack(table_cells, axis=1), (-1, self.channels))
         self.batch = ops.shape(features)[0]
         # floor(log2 n) for n = 0 .. size (entry 0 is never used unmasked)
-        self._log_y = ops.convert_to_tensor(np.array([max(_levels(n) - 1, 0) for n in range(self.height + 1)],
-                                                     np.int32))
-        self._log_x = ops.convert_to_tensor(np.array([max(_levels(n) - 1, 0) for n in range(self.width + 1)],
-                                                     np.int32))
+        self._log_y = ops.convert_to_tensor(
+            np.array([max(_levels(n) - 1, 0) for n in range(self.height + 1)], np.int32)
+        )
+        self._log_x = ops.convert_to_tensor(
+            np.array([max(_levels(n) - 1, 0) for n in range(self.width + 1)], np.int32)
+        )
 
     def _split(self, lo, hi, logs, size):
         """The two power-of-two blocks ``[first, first + 2^level)`` and ``[second, ...)`` that
@@ -199,7 +207,9 @@ def roi_max_pool(features, rois, pool_size=7, spatial_scale: float = 1.0 / 16):
     return ops.where(valid[..., None, None, None], out, ops.zeros_like(out))
 
 
-def spatial_pyramid_pool(features, rois=None, levels: Sequence[int] = (4, 2, 1), spatial_scale: float = 1.0 / 16):
+def spatial_pyramid_pool(
+    features, rois=None, levels: Sequence[int] = (4, 2, 1), spatial_scale: float = 1.0 / 16
+):
     """Functional SPP: rois (B, R, 4) -> (B, R, C * sum(n^2)); rois None -> the whole map,
     (B, C * sum(n^2)). Each level's (n, n, C) grid is flattened row-major (bin y, bin x,
     channel) and the levels are concatenated in the order given."""

@@ -43,8 +43,10 @@ import numpy as np
 from cnn_apps.errors import ConfigError, DataError
 
 MODES = ("fast", "quality", "single")
-FIX = "pip install opencv-contrib-python-headless (and uninstall opencv-python / opencv-python-headless, " \
-      "which provide cv2 without the contrib modules)"
+FIX = (
+    "pip install opencv-contrib-python-headless (and uninstall opencv-python / opencv-python-headless, "
+    "which provide cv2 without the contrib modules)"
+)
 
 
 def _opencv():
@@ -55,8 +57,10 @@ def _opencv():
         raise ConfigError(f"selective search needs OpenCV with the contrib modules: {FIX}") from exc
     segmentation = getattr(getattr(cv2, "ximgproc", None), "segmentation", None)
     if segmentation is None or not hasattr(segmentation, "createSelectiveSearchSegmentation"):
-        raise ConfigError(f"selective search needs cv2.ximgproc (OpenCV contrib), but cv2 {cv2.__version__} "
-                          f"from {getattr(cv2, '__file__', '?')} has no ximgproc module: {FIX}")
+        raise ConfigError(
+            f"selective search needs cv2.ximgproc (OpenCV contrib), but cv2 {cv2.__version__} "
+            f"from {getattr(cv2, '__file__', '?')} has no ximgproc module: {FIX}"
+        )
     return cv2
 
 
@@ -99,9 +103,18 @@ def _as_rgb_uint8(image) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def selective_search(image, mode: str = "fast", max_proposals: int | None = 2000, min_size: float = 2.0,
-                     scale: float = 1.0, num_threads: int | None = None, seed: int | None = 0,
-                     base_k: int = 150, inc_k: int = 150, sigma: float = 0.8) -> np.ndarray:
+def selective_search(
+    image,
+    mode: str = "fast",
+    max_proposals: int | None = 2000,
+    min_size: float = 2.0,
+    scale: float = 1.0,
+    num_threads: int | None = None,
+    seed: int | None = 0,
+    base_k: int = 150,
+    inc_k: int = 150,
+    sigma: float = 0.8,
+) -> np.ndarray:
     """Selective search proposals of one image.
 
     image (H, W, 3) RGB (uint8, or 0..255 floats; gray (H, W) or (H, W, 1) is repeated)
@@ -139,10 +152,19 @@ def selective_search(image, mode: str = "fast", max_proposals: int | None = 2000
             _seed_c_rand(seed)
         rects = np.asarray(search.process(), np.float64).reshape(-1, 4)
     sx, sy = bgr.shape[1] / width, bgr.shape[0] / height
-    boxes = np.stack([rects[:, 0] / sx, rects[:, 1] / sy, (rects[:, 0] + rects[:, 2]) / sx,
-                      (rects[:, 1] + rects[:, 3]) / sy], axis=-1)
+    boxes = np.stack(
+        [
+            rects[:, 0] / sx,
+            rects[:, 1] / sy,
+            (rects[:, 0] + rects[:, 2]) / sx,
+            (rects[:, 1] + rects[:, 3]) / sy,
+        ],
+        axis=-1,
+    )
     boxes = np.clip(boxes, 0, [width, height, width, height]).astype(np.float32)
-    keep = ((boxes[:, 2] - boxes[:, 0]) >= max(min_size, 1e-6)) & ((boxes[:, 3] - boxes[:, 1]) >= max(min_size, 1e-6))
+    keep = ((boxes[:, 2] - boxes[:, 0]) >= max(min_size, 1e-6)) & (
+        (boxes[:, 3] - boxes[:, 1]) >= max(min_size, 1e-6)
+    )
     boxes = boxes[keep]
     _, first = np.unique(boxes, axis=0, return_index=True)
     boxes = boxes[np.sort(first)]  # dedupe, keeping the first (best-ranked) copy
@@ -165,7 +187,7 @@ def pad_proposals(proposals: list[np.ndarray], max_count: int) -> tuple[np.ndarr
     counts = np.zeros(len(proposals), np.int32)
     for i, boxes in enumerate(proposals):
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)[:max_count]
-        out[i, :len(boxes)] = boxes
+        out[i, : len(boxes)] = boxes
         counts[i] = len(boxes)
     return out, counts
 
@@ -183,8 +205,12 @@ def box_iou(a, b) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0).astype(np.float32)
 
 
-def proposal_recall(proposals: list[np.ndarray], gt_boxes: list[np.ndarray], iou_threshold: float = 0.5,
-                    top_k: int | None = None) -> float:
+def proposal_recall(
+    proposals: list[np.ndarray],
+    gt_boxes: list[np.ndarray],
+    iou_threshold: float = 0.5,
+    top_k: int | None = None,
+) -> float:
     """Fraction of ground-truth boxes (all images together) that some proposal among the
     first ``top_k`` of its image overlaps with IoU >= ``iou_threshold``."""
     found = total = 0

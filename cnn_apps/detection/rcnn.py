@@ -71,8 +71,14 @@ def warp_regions(image, boxes, warp_size: int, context_padding: float = 16.0) ->
         # output pixel centre u + 0.5 -> image coordinate x0 + (u + 0.5) sx; OpenCV's pixel
         # centres sit at integers, hence the - 0.5 on both sides
         matrix = np.array([[sx, 0, x0 + 0.5 * sx - 0.5], [0, sy, y0 + 0.5 * sy - 0.5]], np.float64)
-        out[i] = cv2.warpAffine(image, matrix, (warp_size, warp_size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                borderMode=cv2.BORDER_CONSTANT, borderValue=fill).reshape(out.shape[1:])
+        out[i] = cv2.warpAffine(
+            image,
+            matrix,
+            (warp_size, warp_size),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=fill,
+        ).reshape(out.shape[1:])
     return out
 
 
@@ -95,8 +101,9 @@ def encode_deltas(boxes, proposals) -> np.ndarray:
 
     if len(proposals) == 0:
         return np.zeros((0, 4), np.float32)
-    return np.asarray(BoxCoder().encode(np.asarray(boxes, np.float32), np.asarray(proposals, np.float32)),
-                      np.float32)
+    return np.asarray(
+        BoxCoder().encode(np.asarray(boxes, np.float32), np.asarray(proposals, np.float32)), np.float32
+    )
 
 
 def decode_deltas(deltas, proposals) -> np.ndarray:
@@ -104,15 +111,29 @@ def decode_deltas(deltas, proposals) -> np.ndarray:
 
     if len(proposals) == 0:
         return np.zeros((0, 4), np.float32)
-    return np.asarray(BoxCoder().decode(np.asarray(deltas, np.float32), np.asarray(proposals, np.float32)),
-                      np.float32)
+    return np.asarray(
+        BoxCoder().decode(np.asarray(deltas, np.float32), np.asarray(proposals, np.float32)), np.float32
+    )
 
 
 # -------------------------------------------------------------------------- fine-tuning
-def finetune_classifier(classifier, images, proposals, gt_boxes, gt_labels, *, warp_size: int,
-                        context_padding: float = 16.0, epochs: int = 3, batch_size: int = 32,
-                        fg_fraction: float = 0.25, rois_per_image: int = 16, learning_rate: float = 1e-3,
-                        seed: int = 0, verbose: int = 0) -> dict:
+def finetune_classifier(
+    classifier,
+    images,
+    proposals,
+    gt_boxes,
+    gt_labels,
+    *,
+    warp_size: int,
+    context_padding: float = 16.0,
+    epochs: int = 3,
+    batch_size: int = 32,
+    fg_fraction: float = 0.25,
+    rois_per_image: int = 16,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+    verbose: int = 0,
+) -> dict:
     """Fine-tune ``classifier`` (K + 1 outputs, 0 = background) on warped proposals: IoU >= 0.5
     with an object -> its class, else background; the ground-truth boxes count as foreground
     proposals. Per image at most ``rois_per_image`` foreground and as many background warps
@@ -134,7 +155,9 @@ def finetune_classifier(classifier, images, proposals, gt_boxes, gt_labels, *, w
         if len(bg):
             bg_x.append(warp_regions(image, cand[bg], warp_size, context_padding))
     if not fg_x or not bg_x:
-        raise ConfigError("fine-tuning needs foreground and background proposals: are there ground-truth boxes?")
+        raise ConfigError(
+            "fine-tuning needs foreground and background proposals: are there ground-truth boxes?"
+        )
     fg_x, fg_y, bg_x = np.concatenate(fg_x), np.concatenate(fg_y), np.concatenate(bg_x)
 
     n_fg = max(1, int(round(batch_size * fg_fraction)))
@@ -152,18 +175,34 @@ def finetune_classifier(classifier, images, proposals, gt_boxes, gt_labels, *, w
             y = np.concatenate([fg_y[f], np.zeros(n_bg, np.int64)])
             return x, y
 
-    classifier.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    classifier.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     start = time.perf_counter()
     history = classifier.fit(Batches(), epochs=int(epochs), verbose=verbose) if epochs > 0 else None
     accuracy = float(history.history["accuracy"][-1]) if history else float("nan")
-    return {"fg_pool": int(len(fg_x)), "bg_pool": int(len(bg_x)), "train_accuracy": accuracy,
-            "seconds": time.perf_counter() - start}
+    return {
+        "fg_pool": int(len(fg_x)),
+        "bg_pool": int(len(bg_x)),
+        "train_accuracy": accuracy,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 # --------------------------------------------------------------- SVMs and box regression
-def train_linear_svm(positives, negatives, *, c: float = 0.01, positive_weight: float = 2.0, rounds: int = 2,
-                     initial_negatives: int = 2000, hard_per_round: int = 2000, seed: int = 0):
+def train_linear_svm(
+    positives,
+    negatives,
+    *,
+    c: float = 0.01,
+    positive_weight: float = 2.0,
+    rounds: int = 2,
+    initial_negatives: int = 2000,
+    hard_per_round: int = 2000,
+    seed: int = 0,
+):
     """One class's linear SVM with hard negative mining: train on the positives and a random
     ``initial_negatives`` negatives, score every negative, add up to ``hard_per_round`` of
     the hardest not yet used that violate the margin (score > -1), retrain; ``rounds`` times.
@@ -183,8 +222,13 @@ def train_linear_svm(positives, negatives, *, c: float = 0.01, positive_weight: 
     for r in range(int(rounds) + 1):
         x = np.concatenate([positives, negatives[used]])
         y = np.concatenate([np.ones(len(positives)), -np.ones(int(used.sum()))])
-        svm = LinearSVC(C=c, class_weight={1: positive_weight, -1: 1.0}, intercept_scaling=10.0,
-                        max_iter=5000, random_state=seed)
+        svm = LinearSVC(
+            C=c,
+            class_weight={1: positive_weight, -1: 1.0},
+            intercept_scaling=10.0,
+            max_iter=5000,
+            random_state=seed,
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # ConvergenceWarning on the last digits
             svm.fit(x, y)
@@ -208,7 +252,9 @@ def train_box_regressor(features, proposals, targets, alpha: float = 1000.0):
 
     features = np.asarray(features, np.float32)
     if len(features) == 0:
-        return np.zeros((4, features.shape[1] if features.ndim == 2 else 0), np.float32), np.zeros(4, np.float32)
+        return np.zeros((4, features.shape[1] if features.ndim == 2 else 0), np.float32), np.zeros(
+            4, np.float32
+        )
     ridge = Ridge(alpha=alpha).fit(features, encode_deltas(targets, proposals))
     return ridge.coef_.astype(np.float32), ridge.intercept_.astype(np.float32)
 
@@ -223,16 +269,40 @@ class RegionHead:
     one entry per image; ``detect(features (P, D), proposals (P, 4), image_size)`` -> dict
     boxes (M, 4), scores (M,), labels (M,) int32 (M <= max_detections, sorted)."""
 
-    def __init__(self, num_classes: int, *, svm_c: float = 0.01, svm_positive_weight: float = 2.0,
-                 hard_negative_rounds: int = 2, initial_negatives: int = 2000, hard_negatives_per_round: int = 2000,
-                 negative_iou: float = 0.3, bbox_iou: float = 0.6, bbox_ridge_alpha: float = 1000.0,
-                 nms_iou: float = 0.3, score_threshold: float = -1.0, max_detections: int = 100, seed: int = 0):
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        svm_c: float = 0.01,
+        svm_positive_weight: float = 2.0,
+        hard_negative_rounds: int = 2,
+        initial_negatives: int = 2000,
+        hard_negatives_per_round: int = 2000,
+        negative_iou: float = 0.3,
+        bbox_iou: float = 0.6,
+        bbox_ridge_alpha: float = 1000.0,
+        nms_iou: float = 0.3,
+        score_threshold: float = -1.0,
+        max_detections: int = 100,
+        seed: int = 0,
+    ):
         self.num_classes = int(num_classes)
         self.svm_c, self.svm_positive_weight = float(svm_c), float(svm_positive_weight)
         self.hard_negative_rounds = int(hard_negative_rounds)
-        self.initial_negatives, self.hard_negatives_per_round = int(initial_negatives), int(hard_negatives_per_round)
-        self.negative_iou, self.bbox_iou, self.bbox_ridge_alpha = float(negative_iou), float(bbox_iou), float(bbox_ridge_alpha)
-        self.nms_iou, self.score_threshold, self.max_detections = float(nms_iou), float(score_threshold), int(max_detections)
+        self.initial_negatives, self.hard_negatives_per_round = (
+            int(initial_negatives),
+            int(hard_negatives_per_round),
+        )
+        self.negative_iou, self.bbox_iou, self.bbox_ridge_alpha = (
+            float(negative_iou),
+            float(bbox_iou),
+            float(bbox_ridge_alpha),
+        )
+        self.nms_iou, self.score_threshold, self.max_detections = (
+            float(nms_iou),
+            float(score_threshold),
+            int(max_detections),
+        )
         self.seed = int(seed)
         self.scale = 1.0
         self.svm_w = self.svm_b = self.reg_w = self.reg_b = None
@@ -261,7 +331,9 @@ class RegionHead:
                     close = top >= self.bbox_iou
                     reg[k][0].append(np.concatenate([pf[close], gf[mine]]))  # GT boxes regress to themselves
                     reg[k][1].append(np.concatenate([pb[close], gb[mine]]))
-                    reg[k][2].append(np.concatenate([np.asarray(gb, np.float32)[mine][best[close]], gb[mine]]))
+                    reg[k][2].append(
+                        np.concatenate([np.asarray(gb, np.float32)[mine][best[close]], gb[mine]])
+                    )
         self.svm_w = np.zeros((k_all, dim), np.float32)
         self.svm_b = np.zeros(k_all, np.float32)
         self.reg_w = np.zeros((k_all, 4, dim), np.float32)
@@ -270,9 +342,16 @@ class RegionHead:
         for k in range(k_all):
             p = np.concatenate(pos[k]) if pos[k] else np.zeros((0, dim), np.float32)
             n = np.concatenate(neg[k]) if neg[k] else np.zeros((0, dim), np.float32)
-            w, b, used = train_linear_svm(p, n, c=self.svm_c, positive_weight=self.svm_positive_weight,
-                                          rounds=self.hard_negative_rounds, initial_negatives=self.initial_negatives,
-                                          hard_per_round=self.hard_negatives_per_round, seed=self.seed + k)
+            w, b, used = train_linear_svm(
+                p,
+                n,
+                c=self.svm_c,
+                positive_weight=self.svm_positive_weight,
+                rounds=self.hard_negative_rounds,
+                initial_negatives=self.initial_negatives,
+                hard_per_round=self.hard_negatives_per_round,
+                seed=self.seed + k,
+            )
             self.svm_w[k], self.svm_b[k] = w, b
             history[k] = {"positives": int(len(p)), "negatives": int(len(n)), "negatives_used": used}
             if reg[k][0]:
@@ -302,28 +381,49 @@ class RegionHead:
 
         k_all = self.num_classes
         if len(proposals) == 0:
-            return {"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros(0, np.float32),
-                    "labels": np.zeros(0, np.int32)}
+            return {
+                "boxes": np.zeros((0, 4), np.float32),
+                "scores": np.zeros(0, np.float32),
+                "labels": np.zeros(0, np.int32),
+            }
         scores = self.scores(features)  # (P, K)
         boxes = np.clip(self.regress(features, proposals), 0, image_size).reshape(-1, 4)  # (P K, 4)
         own = np.eye(k_all, dtype=bool)[np.tile(np.arange(k_all), len(proposals))]  # (P K, K)
         cand = np.where(own, scores.reshape(-1)[:, None], -1e9).astype(np.float32)
-        out = batched_nms(boxes[None], cand[None], max_detections=self.max_detections, iou_threshold=self.nms_iou,
-                          score_threshold=self.score_threshold, pre_nms_top_k=len(proposals), implementation="tf")
+        out = batched_nms(
+            boxes[None],
+            cand[None],
+            max_detections=self.max_detections,
+            iou_threshold=self.nms_iou,
+            score_threshold=self.score_threshold,
+            pre_nms_top_k=len(proposals),
+            implementation="tf",
+        )
         n = int(np.asarray(out["num_detections"])[0])
-        return {"boxes": np.asarray(out["boxes"])[0, :n], "scores": np.asarray(out["scores"])[0, :n],
-                "labels": np.asarray(out["labels"])[0, :n].astype(np.int32)}
+        return {
+            "boxes": np.asarray(out["boxes"])[0, :n],
+            "scores": np.asarray(out["scores"])[0, :n],
+            "labels": np.asarray(out["labels"])[0, :n].astype(np.int32),
+        }
 
     def state(self) -> dict:
-        return {"scale": self.scale, "svm_w": self.svm_w, "svm_b": self.svm_b, "reg_w": self.reg_w,
-                "reg_b": self.reg_b, "history": self.history}
+        return {
+            "scale": self.scale,
+            "svm_w": self.svm_w,
+            "svm_b": self.svm_b,
+            "reg_w": self.reg_w,
+            "reg_b": self.reg_b,
+            "history": self.history,
+        }
 
     def set_state(self, state: dict) -> None:
         for key, value in state.items():
             setattr(self, key, value)
 
 
-HEAD_ARGS = tuple(p for p in inspect.signature(RegionHead.__init__).parameters if p not in ("self", "num_classes"))
+HEAD_ARGS = tuple(
+    p for p in inspect.signature(RegionHead.__init__).parameters if p not in ("self", "num_classes")
+)
 
 
 # ------------------------------------------------------------------------------ detector
@@ -338,50 +438,101 @@ class RegionDetector(abc.ABC):
 
     kind = "region"
 
-    def __init__(self, num_classes: int, class_names=None, *, image_size: int = 96, backbone: str = "resnet_mini",
-                 backbone_args: dict | None = None, width: float = 1.0, dropout: float = 0.2,
-                 warp_size: int = 64, context_padding: float = 16.0,
-                 max_proposals: int = 100, proposal_mode: str = "fast", proposal_scale: float = 1.0,
-                 finetune_epochs: int = 3, finetune_batch_size: int = 32, finetune_fg_fraction: float = 0.25,
-                 finetune_rois_per_image: int = 16, finetune_learning_rate: float = 1e-3,
-                 feature_batch_size: int = 256, seed: int = 0, **head_args):
+    def __init__(
+        self,
+        num_classes: int,
+        class_names=None,
+        *,
+        image_size: int = 96,
+        backbone: str = "resnet_mini",
+        backbone_args: dict | None = None,
+        width: float = 1.0,
+        dropout: float = 0.2,
+        warp_size: int = 64,
+        context_padding: float = 16.0,
+        max_proposals: int = 100,
+        proposal_mode: str = "fast",
+        proposal_scale: float = 1.0,
+        finetune_epochs: int = 3,
+        finetune_batch_size: int = 32,
+        finetune_fg_fraction: float = 0.25,
+        finetune_rois_per_image: int = 16,
+        finetune_learning_rate: float = 1e-3,
+        feature_batch_size: int = 256,
+        seed: int = 0,
+        **head_args,
+    ):
         unknown = sorted(set(head_args) - set(HEAD_ARGS))
         if unknown:
-            raise ConfigError(f"{type(self).__name__}: unknown arguments {', '.join(unknown)}; "
-                              f"valid: {', '.join(self.valid_args())}")
+            raise ConfigError(
+                f"{type(self).__name__}: unknown arguments {', '.join(unknown)}; "
+                f"valid: {', '.join(self.valid_args())}"
+            )
         self.num_classes = int(num_classes)
-        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
-        self.image_size, self.backbone, self.width, self.dropout = int(image_size), backbone, float(width), float(dropout)
+        self.class_names = (
+            list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        )
+        self.image_size, self.backbone, self.width, self.dropout = (
+            int(image_size),
+            backbone,
+            float(width),
+            float(dropout),
+        )
         self.backbone_args = dict(backbone_args or {})
         self.warp_size, self.context_padding = int(warp_size), float(context_padding)
-        self.max_proposals, self.proposal_mode, self.proposal_scale = int(max_proposals), proposal_mode, float(proposal_scale)
+        self.max_proposals, self.proposal_mode, self.proposal_scale = (
+            int(max_proposals),
+            proposal_mode,
+            float(proposal_scale),
+        )
         self.finetune_epochs, self.finetune_batch_size = int(finetune_epochs), int(finetune_batch_size)
-        self.finetune_fg_fraction, self.finetune_rois_per_image = float(finetune_fg_fraction), int(finetune_rois_per_image)
+        self.finetune_fg_fraction, self.finetune_rois_per_image = (
+            float(finetune_fg_fraction),
+            int(finetune_rois_per_image),
+        )
         self.finetune_learning_rate = float(finetune_learning_rate)
         self.feature_batch_size, self.seed = int(feature_batch_size), int(seed)
         self.head_args = dict(head_args)
-        self.head = RegionHead(self.num_classes, seed=seed, **{k: v for k, v in head_args.items() if k != "seed"})
+        self.head = RegionHead(
+            self.num_classes, seed=seed, **{k: v for k, v in head_args.items() if k != "seed"}
+        )
         self.classifier = None
         self.last_timings: dict = {}
         self.fit_summary: dict = {}
 
     @classmethod
     def valid_args(cls) -> list[str]:
-        own = [p for c in reversed(cls.__mro__) if "__init__" in c.__dict__
-               for p in inspect.signature(c.__init__).parameters if p not in ("self", "num_classes", "class_names",
-                                                                             "head_args", "args", "kwargs")]
+        own = [
+            p
+            for c in reversed(cls.__mro__)
+            if "__init__" in c.__dict__
+            for p in inspect.signature(c.__init__).parameters
+            if p not in ("self", "num_classes", "class_names", "head_args", "args", "kwargs")
+        ]
         return sorted(set(own) | set(HEAD_ARGS))
 
     def get_config(self) -> dict:
-        config = {"num_classes": self.num_classes, "class_names": self.class_names, "image_size": self.image_size,
-                  "backbone": self.backbone, "backbone_args": self.backbone_args, "width": self.width,
-                  "dropout": self.dropout, "warp_size": self.warp_size, "context_padding": self.context_padding,
-                  "max_proposals": self.max_proposals, "proposal_mode": self.proposal_mode,
-                  "proposal_scale": self.proposal_scale, "finetune_epochs": self.finetune_epochs,
-                  "finetune_batch_size": self.finetune_batch_size, "finetune_fg_fraction": self.finetune_fg_fraction,
-                  "finetune_rois_per_image": self.finetune_rois_per_image,
-                  "finetune_learning_rate": self.finetune_learning_rate,
-                  "feature_batch_size": self.feature_batch_size, "seed": self.seed}
+        config = {
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+            "image_size": self.image_size,
+            "backbone": self.backbone,
+            "backbone_args": self.backbone_args,
+            "width": self.width,
+            "dropout": self.dropout,
+            "warp_size": self.warp_size,
+            "context_padding": self.context_padding,
+            "max_proposals": self.max_proposals,
+            "proposal_mode": self.proposal_mode,
+            "proposal_scale": self.proposal_scale,
+            "finetune_epochs": self.finetune_epochs,
+            "finetune_batch_size": self.finetune_batch_size,
+            "finetune_fg_fraction": self.finetune_fg_fraction,
+            "finetune_rois_per_image": self.finetune_rois_per_image,
+            "finetune_learning_rate": self.finetune_learning_rate,
+            "feature_batch_size": self.feature_batch_size,
+            "seed": self.seed,
+        }
         config.update(self.head_args)
         return config
 
@@ -389,15 +540,29 @@ class RegionDetector(abc.ABC):
     def build_classifier(self):
         from cnn_apps.classification.classifier import ImageClassifier
 
-        return ImageClassifier(self.num_classes + 1, (self.warp_size, self.warp_size, 3), backbone=self.backbone,
-                               width=self.width, dropout=self.dropout, backbone_args=self.backbone_args,
-                               class_names=["background", *self.class_names])
+        return ImageClassifier(
+            self.num_classes + 1,
+            (self.warp_size, self.warp_size, 3),
+            backbone=self.backbone,
+            width=self.width,
+            dropout=self.dropout,
+            backbone_args=self.backbone_args,
+            class_names=["background", *self.class_names],
+        )
 
     def propose(self, images) -> list[np.ndarray]:
         from cnn_apps.detection.proposals import selective_search
 
-        return [selective_search(np.asarray(image), mode=self.proposal_mode, max_proposals=self.max_proposals,
-                                 scale=self.proposal_scale, seed=self.seed) for image in images]
+        return [
+            selective_search(
+                np.asarray(image),
+                mode=self.proposal_mode,
+                max_proposals=self.max_proposals,
+                scale=self.proposal_scale,
+                seed=self.seed,
+            )
+            for image in images
+        ]
 
     @abc.abstractmethod
     def _box_features(self, images, boxes_list) -> list[np.ndarray]:
@@ -429,17 +594,29 @@ class RegionDetector(abc.ABC):
         else:
             self.classifier = self.build_classifier()
             summary["finetune"] = finetune_classifier(
-                self.classifier, images, proposals, boxes, labels, warp_size=self.warp_size,
-                context_padding=self.context_padding, epochs=self.finetune_epochs,
-                batch_size=self.finetune_batch_size, fg_fraction=self.finetune_fg_fraction,
-                rois_per_image=self.finetune_rois_per_image, learning_rate=self.finetune_learning_rate,
-                seed=self.seed, verbose=verbose)
+                self.classifier,
+                images,
+                proposals,
+                boxes,
+                labels,
+                warp_size=self.warp_size,
+                context_padding=self.context_padding,
+                epochs=self.finetune_epochs,
+                batch_size=self.finetune_batch_size,
+                fg_fraction=self.finetune_fg_fraction,
+                rois_per_image=self.finetune_rois_per_image,
+                learning_rate=self.finetune_learning_rate,
+                seed=self.seed,
+                verbose=verbose,
+            )
         self._after_finetune()
         start = time.perf_counter()
-        both = self._box_features(images, [np.concatenate([b, np.asarray(p, np.float32).reshape(-1, 4)])
-                                           for b, p in zip(boxes, proposals)])
-        gt_feats = [f[:len(b)] for f, b in zip(both, boxes)]
-        prop_feats = [f[len(b):] for f, b in zip(both, boxes)]
+        both = self._box_features(
+            images,
+            [np.concatenate([b, np.asarray(p, np.float32).reshape(-1, 4)]) for b, p in zip(boxes, proposals)],
+        )
+        gt_feats = [f[: len(b)] for f, b in zip(both, boxes)]
+        prop_feats = [f[len(b) :] for f, b in zip(both, boxes)]
         summary["feature_seconds"] = time.perf_counter() - start
         start = time.perf_counter()
         summary["svm"] = self.head.fit(gt_feats, boxes, labels, prop_feats, proposals)
@@ -466,8 +643,11 @@ class RegionDetector(abc.ABC):
             det["num_detections"] = len(det["scores"])
             out.append(det)
         t_cls = time.perf_counter() - start
-        self.last_timings = {"proposal_ms": 1000 * t_prop / n, "feature_ms": 1000 * t_feat / n,
-                             "classify_ms": 1000 * t_cls / n}
+        self.last_timings = {
+            "proposal_ms": 1000 * t_prop / n,
+            "feature_ms": 1000 * t_feat / n,
+            "classify_ms": 1000 * t_cls / n,
+        }
         return out
 
     # -- persistence
@@ -478,12 +658,13 @@ class RegionDetector(abc.ABC):
         directory.mkdir(parents=True, exist_ok=True)
         self.classifier.save(directory / CLASSIFIER_FILE)
         joblib.dump(self.head.state(), directory / HEAD_FILE)
-        (directory / CONFIG_FILE).write_text(json.dumps({"class": type(self).__name__, "config": self.get_config()},
-                                                        indent=2))
+        (directory / CONFIG_FILE).write_text(
+            json.dumps({"class": type(self).__name__, "config": self.get_config()}, indent=2)
+        )
         return directory
 
     @classmethod
-    def load(cls, directory) -> "RegionDetector":
+    def load(cls, directory) -> RegionDetector:
         import joblib
         import keras
 
@@ -511,7 +692,9 @@ class RCNN(RegionDetector):
         import keras
 
         c = self.classifier
-        self._feature_model = keras.Model(c.inputs[0], c.get_layer("probabilities").input, name="rcnn_features")
+        self._feature_model = keras.Model(
+            c.inputs[0], c.get_layer("probabilities").input, name="rcnn_features"
+        )
 
     def _box_features(self, images, boxes_list) -> list[np.ndarray]:
         """Warps of several images go through the network together (``feature_batch_size``)."""

@@ -17,8 +17,16 @@ from cnn_apps.detection.matching import NEGATIVE, Matcher, gather_matched, sampl
 from cnn_apps.detection.nms import batched_nms
 
 
-def build_roi_head(feature_shape, num_classes: int, *, pool_size: int, spatial_scale: float,
-                   fc_units=(256, 256), dropout: float = 0.0, name: str = "roi_head") -> keras.Model:
+def build_roi_head(
+    feature_shape,
+    num_classes: int,
+    *,
+    pool_size: int,
+    spatial_scale: float,
+    fc_units=(256, 256),
+    dropout: float = 0.0,
+    name: str = "roi_head",
+) -> keras.Model:
     """(features (B, h, w, C), rois (B, R, 4)) -> (class logits (B, R, K + 1), deltas (B, R, K, 4)):
     RoI max pooling to ``pool_size`` x ``pool_size``, FC layers (the paper's fc6, fc7), then
     the two sibling outputs. A model of its own, so that training calls it on sampled RoIs
@@ -33,16 +41,31 @@ def build_roi_head(feature_shape, num_classes: int, *, pool_size: int, spatial_s
         x = layers.Dense(units, activation="relu", name=f"fc{i}")(x)
         if dropout:
             x = layers.Dropout(dropout, name=f"fc{i}_dropout")(x)
-    logits = layers.Dense(num_classes + 1, name="class_logits", dtype="float32",
-                          kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))(x)
-    deltas = layers.Dense(4 * num_classes, name="box_deltas_flat",
-                          kernel_initializer=keras.initializers.RandomNormal(stddev=0.001))(x)
+    logits = layers.Dense(
+        num_classes + 1,
+        name="class_logits",
+        dtype="float32",
+        kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+    )(x)
+    deltas = layers.Dense(
+        4 * num_classes,
+        name="box_deltas_flat",
+        kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
+    )(x)
     deltas = layers.Reshape((-1, num_classes, 4), name="box_deltas", dtype="float32")(deltas)
     return keras.Model([features, rois], [logits, deltas], name=name)
 
 
-def sample_rois(proposals, gt_boxes, gt_labels, *, matcher: Matcher, batch_size_per_image: int = 64,
-                positive_fraction: float = 0.25, seed=None):
+def sample_rois(
+    proposals,
+    gt_boxes,
+    gt_labels,
+    *,
+    matcher: Matcher,
+    batch_size_per_image: int = 64,
+    positive_fraction: float = 0.25,
+    seed=None,
+):
     """Fast R-CNN's mini-batch: per image, the proposals plus the ground-truth boxes, each
     labelled by its best overlap (foreground at IoU ≥ 0.5, background below), then
     ``batch_size_per_image`` of them with up to ``positive_fraction`` foreground.
@@ -51,9 +74,13 @@ def sample_rois(proposals, gt_boxes, gt_labels, *, matcher: Matcher, batch_size_
     labels (B, S) (0 background, k + 1 class k), target boxes (B, S, 4), weights (B, S)
     (1 for sampled rows, 0 when an image has fewer candidates than S)."""
     candidates = ops.concatenate([ops.cast(proposals, "float32"), ops.cast(gt_boxes, "float32")], axis=1)
-    valid = ops.concatenate([
-        (proposals[..., 2] - proposals[..., 0]) * (proposals[..., 3] - proposals[..., 1]) > 0,
-        gt_labels >= 0], axis=1)
+    valid = ops.concatenate(
+        [
+            (proposals[..., 2] - proposals[..., 0]) * (proposals[..., 3] - proposals[..., 1]) > 0,
+            gt_labels >= 0,
+        ],
+        axis=1,
+    )
     matched, _ = matcher(candidates, gt_boxes, gt_labels)
     positive = ops.logical_and(matched >= 0, valid)
     negative = ops.logical_and(matched == NEGATIVE, valid)
@@ -61,14 +88,21 @@ def sample_rois(proposals, gt_boxes, gt_labels, *, matcher: Matcher, batch_size_
     chosen = ops.logical_or(pos, neg)
     # a fixed-size pick: sampled rows first (foreground before background), then the rest
     order = ops.cast(pos, "float32") * 2.0 + ops.cast(neg, "float32")
-    _, idx = ops.top_k(order - ops.cast(ops.arange(ops.shape(order)[1]), "float32") * 1e-6,
-                       k=batch_size_per_image, sorted=True)
+    _, idx = ops.top_k(
+        order - ops.cast(ops.arange(ops.shape(order)[1]), "float32") * 1e-6,
+        k=batch_size_per_image,
+        sorted=True,
+    )
     take = lambda t: ops.take_along_axis(t, idx, axis=1)  # noqa: E731
     take4 = lambda t: ops.take_along_axis(t, ops.broadcast_to(idx[..., None], ops.shape(idx) + (4,)), axis=1)  # noqa: E731,E501
     target_boxes, target_labels = gather_matched(gt_boxes, gt_labels, matched)
     labels = ops.where(take(pos), take(target_labels) + 1, 0)
-    return (take4(candidates), ops.cast(labels, "int32"), take4(target_boxes),
-            ops.cast(take(chosen), "float32"))
+    return (
+        take4(candidates),
+        ops.cast(labels, "int32"),
+        take4(target_boxes),
+        ops.cast(take(chosen), "float32"),
+    )
 
 
 def fast_rcnn_loss(class_logits, box_deltas, rois, labels, target_boxes, weights, *, coder: BoxCoder):
@@ -100,9 +134,16 @@ def detect_from_rois(class_logits, box_deltas, rois, *, coder: BoxCoder, image_s
     valid = ((rois[..., 2] - rois[..., 0]) * (rois[..., 3] - rois[..., 1]) > 0)[..., None]
     probs = ops.where(valid, probs, 0.0)
     # each flattened row (RoI r, class k) scores only class k
-    scores = ops.reshape(probs[..., None] * ops.eye(num_classes)[None, None], (batch, num_rois * num_classes,
-                                                                                num_classes))
+    scores = ops.reshape(
+        probs[..., None] * ops.eye(num_classes)[None, None], (batch, num_rois * num_classes, num_classes)
+    )
     p = postprocess
-    return batched_nms(boxes, scores, max_detections=int(p["max_detections"]), iou_threshold=float(p["iou_threshold"]),
-                       score_threshold=float(p["score_threshold"]), pre_nms_top_k=int(p["pre_nms_top_k"]),
-                       implementation=p["nms"])
+    return batched_nms(
+        boxes,
+        scores,
+        max_detections=int(p["max_detections"]),
+        iou_threshold=float(p["iou_threshold"]),
+        score_threshold=float(p["score_threshold"]),
+        pre_nms_top_k=int(p["pre_nms_top_k"]),
+        implementation=p["nms"],
+    )

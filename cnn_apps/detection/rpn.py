@@ -22,10 +22,18 @@ def rpn_head(features, num_anchors: int, filters: int, name: str = "rpn"):
     sibling 1x1 convs, k objectness logits (a sigmoid per anchor, as torchvision; the paper's
     2k-way softmax is equivalent) and 4k box deltas. -> (logits (B, A), deltas (B, A, 4))."""
     x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"{name}_conv")(features)
-    logits = layers.Conv2D(num_anchors, 1, name=f"{name}_objectness",
-                           kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))(x)
-    deltas = layers.Conv2D(4 * num_anchors, 1, name=f"{name}_deltas",
-                           kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))(x)
+    logits = layers.Conv2D(
+        num_anchors,
+        1,
+        name=f"{name}_objectness",
+        kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+    )(x)
+    deltas = layers.Conv2D(
+        4 * num_anchors,
+        1,
+        name=f"{name}_deltas",
+        kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+    )(x)
     logits = layers.Reshape((-1,), name=f"{name}_objectness_flat", dtype="float32")(logits)
     deltas = layers.Reshape((-1, 4), name=f"{name}_deltas_flat", dtype="float32")(deltas)
     return logits, deltas
@@ -40,8 +48,17 @@ class ProposalLayer(layers.Layer):
     (B, post_nms_top_k) (0 on padding). Proposals carry no gradient (approximate joint
     training, as the paper's end-to-end variant)."""
 
-    def __init__(self, anchors, image_size: int, box_weights=(1.0, 1.0, 1.0, 1.0), pre_nms_top_k: int = 600,
-                 post_nms_top_k: int = 100, nms_iou: float = 0.7, nms: str = "auto", **kwargs):
+    def __init__(
+        self,
+        anchors,
+        image_size: int,
+        box_weights=(1.0, 1.0, 1.0, 1.0),
+        pre_nms_top_k: int = 600,
+        post_nms_top_k: int = 100,
+        nms_iou: float = 0.7,
+        nms: str = "auto",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.anchors = np.asarray(anchors, np.float32)
         self.image_size = int(image_size)
@@ -56,18 +73,31 @@ class ProposalLayer(layers.Layer):
         boxes = self.coder.decode(deltas, ops.convert_to_tensor(self.anchors))
         size = float(self.image_size)
         boxes = clip_to_image(boxes, size, size)
-        out = batched_nms(boxes, ops.sigmoid(logits)[..., None], max_detections=self.post_nms_top_k,
-                          iou_threshold=self.nms_iou, score_threshold=0.0, pre_nms_top_k=self.pre_nms_top_k,
-                          implementation=self.nms)
+        out = batched_nms(
+            boxes,
+            ops.sigmoid(logits)[..., None],
+            max_detections=self.post_nms_top_k,
+            iou_threshold=self.nms_iou,
+            score_threshold=0.0,
+            pre_nms_top_k=self.pre_nms_top_k,
+            implementation=self.nms,
+        )
         return out["boxes"], out["scores"]
 
     def compute_output_shape(self, logits_shape, deltas_shape):
         return (logits_shape[0], self.post_nms_top_k, 4), (logits_shape[0], self.post_nms_top_k)
 
     def get_config(self):
-        return {**super().get_config(), "anchors": self.anchors.tolist(), "image_size": self.image_size,
-                "box_weights": list(self.coder.weights), "pre_nms_top_k": self.pre_nms_top_k,
-                "post_nms_top_k": self.post_nms_top_k, "nms_iou": self.nms_iou, "nms": self.nms}
+        return {
+            **super().get_config(),
+            "anchors": self.anchors.tolist(),
+            "image_size": self.image_size,
+            "box_weights": list(self.coder.weights),
+            "pre_nms_top_k": self.pre_nms_top_k,
+            "post_nms_top_k": self.post_nms_top_k,
+            "nms_iou": self.nms_iou,
+            "nms": self.nms,
+        }
 
     @classmethod
     def from_config(cls, config):
@@ -76,8 +106,19 @@ class ProposalLayer(layers.Layer):
         return cls(**config)
 
 
-def rpn_loss(logits, deltas, anchors, gt_boxes, gt_labels, *, matcher: Matcher, coder: BoxCoder,
-             batch_size_per_image: int = 256, positive_fraction: float = 0.5, seed=None):
+def rpn_loss(
+    logits,
+    deltas,
+    anchors,
+    gt_boxes,
+    gt_labels,
+    *,
+    matcher: Matcher,
+    coder: BoxCoder,
+    batch_size_per_image: int = 256,
+    positive_fraction: float = 0.5,
+    seed=None,
+):
     """The RPN's loss: anchors labelled positive at IoU ≥ the matcher's high threshold (0.7)
     or as an object's best anchor, negative below its low one (0.3), the rest ignored;
     ``batch_size_per_image`` sampled anchors (up to half positive) per image; binary
@@ -85,7 +126,9 @@ def rpn_loss(logits, deltas, anchors, gt_boxes, gt_labels, *, matcher: Matcher, 
     divided by the sampled count. An image without objects trains objectness only."""
     matched, _ = matcher(anchors, gt_boxes, gt_labels)
     target_boxes, _ = gather_matched(gt_boxes, gt_labels, matched)
-    pos, neg = sample_balanced(matched >= 0, matched == NEGATIVE, batch_size_per_image, positive_fraction, seed)
+    pos, neg = sample_balanced(
+        matched >= 0, matched == NEGATIVE, batch_size_per_image, positive_fraction, seed
+    )
     sampled = ops.cast(ops.logical_or(pos, neg), "float32")
     count = ops.maximum(ops.sum(sampled), 1.0)
     bce = ops.binary_crossentropy(ops.cast(pos, "float32"), logits, from_logits=True)  # elementwise (B, A)

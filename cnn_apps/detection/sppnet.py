@@ -35,8 +35,9 @@ class SPPNet(rcnn.RegionDetector):
 
     kind = "sppnet"
 
-    def __init__(self, num_classes: int, class_names=None, *, spp_levels=(4, 2, 1), feature_level: str = "C3",
-                 **kwargs):
+    def __init__(
+        self, num_classes: int, class_names=None, *, spp_levels=(4, 2, 1), feature_level: str = "C3", **kwargs
+    ):
         super().__init__(num_classes, class_names, **kwargs)
         self.spp_levels = tuple(int(n) for n in spp_levels)
         if not self.spp_levels or min(self.spp_levels) < 1:
@@ -44,7 +45,11 @@ class SPPNet(rcnn.RegionDetector):
         self.feature_level = str(feature_level)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "spp_levels": list(self.spp_levels), "feature_level": self.feature_level}
+        return {
+            **super().get_config(),
+            "spp_levels": list(self.spp_levels),
+            "feature_level": self.feature_level,
+        }
 
     def _after_finetune(self) -> None:
         """The conv map model for whole images: scaling -> a full-size copy of the fine-tuned
@@ -67,23 +72,32 @@ class SPPNet(rcnn.RegionDetector):
         elif self.feature_level == "last":
             level = int(round(np.log2(self.image_size / full.output.shape[1])))
         else:
-            raise ConfigError(f"feature_level {self.feature_level!r} is not an output of backbone {self.backbone}: "
-                              f"choose one of {sorted(pyramid)} or 'last'")
+            raise ConfigError(
+                f"feature_level {self.feature_level!r} is not an output of backbone {self.backbone}: "
+                f"choose one of {sorted(pyramid)} or 'last'"
+            )
         images = keras.Input((self.image_size, self.image_size, 3), name="images")
         self._conv_model = keras.Model(images, full(c.get_layer("pixel_scaling")(images)), name="sppnet_conv")
-        self.spatial_scale = 1.0 / (2 ** level)
+        self.spatial_scale = 1.0 / (2**level)
         # SPP as a compiled model too: run eagerly, its many small ops cost more than the warps
         # of R-CNN (measured: 125 ms against 8 ms per image of ~100 boxes at 112 px)
         maps = keras.Input(self._conv_model.output.shape[1:], name="maps")
         rois = keras.Input((None, 4), name="rois")
-        self._pool_model = keras.Model([maps, rois], SpatialPyramidPooling(self.spp_levels, self.spatial_scale)(
-            maps, rois), name="sppnet_pool")
+        self._pool_model = keras.Model(
+            [maps, rois],
+            SpatialPyramidPooling(self.spp_levels, self.spatial_scale)(maps, rois),
+            name="sppnet_pool",
+        )
 
     def conv_maps(self, images) -> np.ndarray:
         """images (N, S, S, 3) -> conv maps (N, h, w, C), one forward pass per image."""
         images = np.asarray(images, np.float32)
-        return np.concatenate([np.asarray(self._conv_model.predict_on_batch(images[i:i + 32]))
-                               for i in range(0, len(images), 32)])
+        return np.concatenate(
+            [
+                np.asarray(self._conv_model.predict_on_batch(images[i : i + 32]))
+                for i in range(0, len(images), 32)
+            ]
+        )
 
     def pool(self, maps, boxes_list) -> list[np.ndarray]:
         """Project every image's boxes onto its map (``spatial_scale``) and pyramid-pool them:
@@ -93,11 +107,11 @@ class SPPNet(rcnn.RegionDetector):
         counts = [len(np.asarray(b).reshape(-1, 4)) for b in boxes_list]
         out = []
         for i in range(0, len(maps), 16):
-            chunk = boxes_list[i:i + 16]
-            width = -(-max(max(counts[i:i + 16]), 1) // 64) * 64  # a few padded sizes: few traces
+            chunk = boxes_list[i : i + 16]
+            width = -(-max(max(counts[i : i + 16]), 1) // 64) * 64  # a few padded sizes: few traces
             padded, _ = pad_proposals(chunk, width)
-            pooled = np.asarray(self._pool_model.predict_on_batch([maps[i:i + 16], padded]))
-            out.extend(pooled[j, :counts[i + j]].astype(np.float32) for j in range(len(chunk)))
+            pooled = np.asarray(self._pool_model.predict_on_batch([maps[i : i + 16], padded]))
+            out.extend(pooled[j, : counts[i + j]].astype(np.float32) for j in range(len(chunk)))
         return out
 
     def _box_features(self, images, boxes_list) -> list[np.ndarray]:

@@ -38,8 +38,9 @@ class L2Normalization(layers.Layer):
         self.scale = float(scale)
 
     def build(self, input_shape):
-        self.gamma = self.add_weight(shape=(input_shape[-1],), initializer=keras.initializers.Constant(self.scale),
-                                     name="gamma")
+        self.gamma = self.add_weight(
+            shape=(input_shape[-1],), initializer=keras.initializers.Constant(self.scale), name="gamma"
+        )
 
     def call(self, x):
         return x * ops.rsqrt(ops.sum(ops.square(x), axis=-1, keepdims=True) + 1e-10) * self.gamma
@@ -57,7 +58,9 @@ def _extra_block(x, spec, index: int, batch_norm: bool):
     if batch_norm:
         x = layers.BatchNormalization(momentum=0.9, name=f"{name}_reduce_bn")(x)
     x = layers.ReLU(name=f"{name}_reduce_relu")(x)
-    x = layers.Conv2D(filters, 3, strides=stride, padding=padding, use_bias=not batch_norm, name=f"{name}_conv")(x)
+    x = layers.Conv2D(
+        filters, 3, strides=stride, padding=padding, use_bias=not batch_norm, name=f"{name}_conv"
+    )(x)
     if batch_norm:
         x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
@@ -90,13 +93,31 @@ class SSD(Detector):
 
     loss_names = ("classification", "box")
 
-    def __init__(self, num_classes: int, image_size: int = 96, backbone: str = "resnet_mini",
-                 backbone_args: dict | None = None, feature_levels=("C3", "C4"), fc_units: int = 0,
-                 fc_dilation: int = 6, extra_blocks=(128, 128), aspect_ratios=None, scales=None,
-                 s_min: float = 0.2, s_max: float = 0.9, first_scale: float | None = None,
-                 l2_normalize_first: bool = False, match_iou: float = 0.5, negative_ratio: float = 3.0,
-                 box_weights=(10.0, 10.0, 5.0, 5.0), extra_batch_norm: bool = True, preprocessing: str = "unit",
-                 class_names=None, postprocess: dict | None = None, **kwargs):
+    def __init__(
+        self,
+        num_classes: int,
+        image_size: int = 96,
+        backbone: str = "resnet_mini",
+        backbone_args: dict | None = None,
+        feature_levels=("C3", "C4"),
+        fc_units: int = 0,
+        fc_dilation: int = 6,
+        extra_blocks=(128, 128),
+        aspect_ratios=None,
+        scales=None,
+        s_min: float = 0.2,
+        s_max: float = 0.9,
+        first_scale: float | None = None,
+        l2_normalize_first: bool = False,
+        match_iou: float = 0.5,
+        negative_ratio: float = 3.0,
+        box_weights=(10.0, 10.0, 5.0, 5.0),
+        extra_batch_norm: bool = True,
+        preprocessing: str = "unit",
+        class_names=None,
+        postprocess: dict | None = None,
+        **kwargs,
+    ):
         # === Layers ===
         feature_levels = list(feature_levels)
         extra_blocks = json.loads(json.dumps(list(extra_blocks)))
@@ -112,8 +133,9 @@ class SSD(Detector):
             maps[0] = L2Normalization(name="first_map_l2norm")(maps[0])
         if fc_units:
             x = layers.MaxPooling2D(3, strides=1, padding="same", name="pool5")(maps[-1])
-            x = layers.Conv2D(fc_units, 3, padding="same", dilation_rate=fc_dilation, activation="relu",
-                              name="fc6")(x)
+            x = layers.Conv2D(
+                fc_units, 3, padding="same", dilation_rate=fc_dilation, activation="relu", name="fc6"
+            )(x)
             maps[-1] = layers.Conv2D(fc_units, 1, activation="relu", name="fc7")(x)
         x = maps[-1]
         for i, spec in enumerate(extra_blocks, start=1):
@@ -125,7 +147,11 @@ class SSD(Detector):
         aspect_ratios = [[float(r) for r in rs] for rs in aspect_ratios]
         if len(aspect_ratios) != num_maps:
             raise ValueError(f"{num_maps} feature maps but {len(aspect_ratios)} aspect-ratio lists")
-        scales = [float(s) for s in scales] if scales is not None else ssd_scales(num_maps, s_min, s_max, first_scale)
+        scales = (
+            [float(s) for s in scales]
+            if scales is not None
+            else ssd_scales(num_maps, s_min, s_max, first_scale)
+        )
         sizes = [int(m.shape[1]) for m in maps]
         logits, deltas = [], []
         for k, (m, ratios) in enumerate(zip(maps, aspect_ratios)):
@@ -139,8 +165,15 @@ class SSD(Detector):
             "box_deltas": layers.Concatenate(axis=1, name="box_deltas", dtype="float32")(deltas),
         }
         kwargs.setdefault("name", f"ssd_{backbone}")
-        super().__init__(inputs, outputs, num_classes=num_classes, image_size=image_size,
-                         class_names=class_names, postprocess=postprocess, **kwargs)
+        super().__init__(
+            inputs,
+            outputs,
+            num_classes=num_classes,
+            image_size=image_size,
+            class_names=class_names,
+            postprocess=postprocess,
+            **kwargs,
+        )
 
         # === Config ===
         self.anchors = ssd_default_boxes(image_size, sizes, aspect_ratios, scales)
@@ -148,18 +181,37 @@ class SSD(Detector):
         self.coder = BoxCoder(box_weights)
         self.matcher = Matcher(match_iou, force_best=True)
         self._config = {
-            "backbone": backbone, "backbone_args": backbone_args, "feature_levels": feature_levels,
-            "fc_units": fc_units, "fc_dilation": fc_dilation, "extra_blocks": extra_blocks,
-            "aspect_ratios": aspect_ratios, "scales": scales, "s_min": s_min, "s_max": s_max,
-            "first_scale": first_scale, "l2_normalize_first": l2_normalize_first, "match_iou": match_iou,
-            "negative_ratio": negative_ratio, "box_weights": list(box_weights),
-            "extra_batch_norm": extra_batch_norm, "preprocessing": preprocessing}
+            "backbone": backbone,
+            "backbone_args": backbone_args,
+            "feature_levels": feature_levels,
+            "fc_units": fc_units,
+            "fc_dilation": fc_dilation,
+            "extra_blocks": extra_blocks,
+            "aspect_ratios": aspect_ratios,
+            "scales": scales,
+            "s_min": s_min,
+            "s_max": s_max,
+            "first_scale": first_scale,
+            "l2_normalize_first": l2_normalize_first,
+            "match_iou": match_iou,
+            "negative_ratio": negative_ratio,
+            "box_weights": list(box_weights),
+            "extra_batch_norm": extra_batch_norm,
+            "preprocessing": preprocessing,
+        }
 
     def detection_losses(self, y, y_pred):
         anchors = ops.convert_to_tensor(self.anchors)
-        return ssd_multibox_loss(y_pred["class_logits"], y_pred["box_deltas"], anchors,
-                                 ops.cast(y["boxes"], "float32"), y["labels"], matcher=self.matcher,
-                                 coder=self.coder, negative_ratio=self._config["negative_ratio"])
+        return ssd_multibox_loss(
+            y_pred["class_logits"],
+            y_pred["box_deltas"],
+            anchors,
+            ops.cast(y["boxes"], "float32"),
+            y["labels"],
+            matcher=self.matcher,
+            coder=self.coder,
+            negative_ratio=self._config["negative_ratio"],
+        )
 
     def decode(self, y_pred):
         anchors = ops.convert_to_tensor(self.anchors)
@@ -183,11 +235,23 @@ def ssd300_vgg16(num_classes: int, **kwargs) -> SSD:
     """The paper's SSD300: VGG16 (ceil-mode pools) conv4_3 (L2-normalised, scale 0.1) and
     fc7 (dilated fc6), extras conv8_2..conv11_2, 4/6/6/6/4/4 boxes per location: 8732
     default boxes at 300x300, scales 0.2..0.9."""
-    args = dict(image_size=300, backbone="vgg16", backbone_args={"ceil_pooling": True},
-                feature_levels=["block4_conv3", "block5_conv3"], fc_units=1024, fc_dilation=6,
-                extra_blocks=[512, 256, [256, 1, "valid"], [256, 1, "valid"]],
-                aspect_ratios=[[2], [2, 3], [2, 3], [2, 3], [2], [2]], s_min=0.2, s_max=0.9, first_scale=0.1,
-                l2_normalize_first=True, extra_batch_norm=False, preprocessing="caffe", name="ssd300_vgg16")
+    args = dict(
+        image_size=300,
+        backbone="vgg16",
+        backbone_args={"ceil_pooling": True},
+        feature_levels=["block4_conv3", "block5_conv3"],
+        fc_units=1024,
+        fc_dilation=6,
+        extra_blocks=[512, 256, [256, 1, "valid"], [256, 1, "valid"]],
+        aspect_ratios=[[2], [2, 3], [2, 3], [2, 3], [2], [2]],
+        s_min=0.2,
+        s_max=0.9,
+        first_scale=0.1,
+        l2_normalize_first=True,
+        extra_batch_norm=False,
+        preprocessing="caffe",
+        name="ssd300_vgg16",
+    )
     args.update(kwargs)
     return SSD(num_classes, **args)
 

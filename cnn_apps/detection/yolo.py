@@ -50,11 +50,26 @@ class YOLOv1(Detector):
 
     loss_names = ("box", "object", "no_object", "classification")
 
-    def __init__(self, num_classes: int, image_size: int = 112, backbone: str = "resnet_mini",
-                 backbone_args: dict | None = None, feature_level: str | None = None, grid: int = 7,
-                 boxes_per_cell: int = 2, head_filters: int = 64, hidden_units: int = 512, dropout: float = 0.5,
-                 lambda_coord: float = 5.0, lambda_noobj: float = 0.5, preprocessing: str = "unit",
-                 head: str = "fc", class_names=None, postprocess: dict | None = None, **kwargs):
+    def __init__(
+        self,
+        num_classes: int,
+        image_size: int = 112,
+        backbone: str = "resnet_mini",
+        backbone_args: dict | None = None,
+        feature_level: str | None = None,
+        grid: int = 7,
+        boxes_per_cell: int = 2,
+        head_filters: int = 64,
+        hidden_units: int = 512,
+        dropout: float = 0.5,
+        lambda_coord: float = 5.0,
+        lambda_noobj: float = 0.5,
+        preprocessing: str = "unit",
+        head: str = "fc",
+        class_names=None,
+        postprocess: dict | None = None,
+        **kwargs,
+    ):
         if head not in ("fc", "conv"):
             raise ValueError(f"head must be 'fc' or 'conv', got {head!r}")
         # === Layers ===
@@ -67,8 +82,10 @@ class YOLOv1(Detector):
         inputs = keras.Input(shape=(image_size, image_size, 3), name="images")
         x = features(scaling(inputs))
         if head == "conv" and tuple(x.shape[1:3]) != (grid, grid):
-            raise ValueError(f"head='conv' needs a {grid}x{grid} feature map; the backbone gives "
-                             f"{tuple(x.shape[1:3])} at {image_size} px (pick image_size or feature_level)")
+            raise ValueError(
+                f"head='conv' needs a {grid}x{grid} feature map; the backbone gives "
+                f"{tuple(x.shape[1:3])} at {image_size} px (pick image_size or feature_level)"
+            )
         if head_filters:
             x = layers.Conv2D(head_filters, 1 if head == "fc" else 3, padding="same", name="head_reduce")(x)
             x = layers.BatchNormalization(momentum=0.9, name="head_reduce_bn")(x)
@@ -85,38 +102,65 @@ class YOLOv1(Detector):
             if dropout:
                 x = layers.SpatialDropout2D(dropout, name="head_dropout")(x)
             x = layers.Conv2D(outputs_per_cell, 1, name="grid")(x)
-        boxes = layers.Activation("sigmoid", name="box_terms")(x[..., :5 * boxes_per_cell])
-        classes = layers.Softmax(name="class_probabilities")(x[..., 5 * boxes_per_cell:])
+        boxes = layers.Activation("sigmoid", name="box_terms")(x[..., : 5 * boxes_per_cell])
+        classes = layers.Softmax(name="class_probabilities")(x[..., 5 * boxes_per_cell :])
         outputs = layers.Concatenate(axis=-1, name="predictions", dtype="float32")([boxes, classes])
         kwargs.setdefault("name", f"yolo_v1_{backbone}")
-        super().__init__(inputs, outputs, num_classes=num_classes, image_size=image_size,
-                         class_names=class_names, postprocess=postprocess, **kwargs)
+        super().__init__(
+            inputs,
+            outputs,
+            num_classes=num_classes,
+            image_size=image_size,
+            class_names=class_names,
+            postprocess=postprocess,
+            **kwargs,
+        )
 
         # === Config ===
         self.offsets = yolo_cell_offsets(grid)
-        self._config = {"backbone": backbone, "backbone_args": backbone_args, "feature_level": feature_level,
-                        "grid": grid, "boxes_per_cell": boxes_per_cell, "head_filters": head_filters,
-                        "hidden_units": hidden_units, "dropout": dropout, "lambda_coord": lambda_coord,
-                        "lambda_noobj": lambda_noobj, "preprocessing": preprocessing, "head": head}
+        self._config = {
+            "backbone": backbone,
+            "backbone_args": backbone_args,
+            "feature_level": feature_level,
+            "grid": grid,
+            "boxes_per_cell": boxes_per_cell,
+            "head_filters": head_filters,
+            "hidden_units": hidden_units,
+            "dropout": dropout,
+            "lambda_coord": lambda_coord,
+            "lambda_noobj": lambda_noobj,
+            "preprocessing": preprocessing,
+            "head": head,
+        }
 
     def detection_losses(self, y, y_pred):
         c = self._config
-        return yolo_v1_loss(y_pred, ops.cast(y["boxes"], "float32"), y["labels"], image_size=float(self.image_size),
-                            grid=c["grid"], num_boxes=c["boxes_per_cell"], num_classes=self.num_classes,
-                            offsets=ops.convert_to_tensor(self.offsets), lambda_coord=c["lambda_coord"],
-                            lambda_noobj=c["lambda_noobj"])
+        return yolo_v1_loss(
+            y_pred,
+            ops.cast(y["boxes"], "float32"),
+            y["labels"],
+            image_size=float(self.image_size),
+            grid=c["grid"],
+            num_boxes=c["boxes_per_cell"],
+            num_classes=self.num_classes,
+            offsets=ops.convert_to_tensor(self.offsets),
+            lambda_coord=c["lambda_coord"],
+            lambda_noobj=c["lambda_noobj"],
+        )
 
     def decode(self, y_pred):
         c = self._config
         s, nb = c["grid"], c["boxes_per_cell"]
         batch = ops.shape(y_pred)[0]
         p = ops.reshape(ops.cast(y_pred, "float32"), (batch, s * s, 5 * nb + self.num_classes))
-        box_terms = ops.reshape(p[..., :5 * nb], (batch, s * s, nb, 5))
-        boxes = yolo_v1_decode_boxes(box_terms[..., :4], float(self.image_size), s,
-                                     ops.convert_to_tensor(self.offsets))
-        boxes = clip_to_image(ops.reshape(boxes, (batch, s * s * nb, 4)), float(self.image_size),
-                              float(self.image_size))
-        scores = box_terms[..., 4:5] * p[:, :, None, 5 * nb:]  # (B, S², nb, C)
+        box_terms = ops.reshape(p[..., : 5 * nb], (batch, s * s, nb, 5))
+        boxes = yolo_v1_decode_boxes(
+            box_terms[..., :4], float(self.image_size), s, ops.convert_to_tensor(self.offsets)
+        )
+        boxes = clip_to_image(
+            ops.reshape(boxes, (batch, s * s * nb, 4)), float(self.image_size), float(self.image_size)
+        )
+        scores = box_terms[..., 4:5] * p[:, :, None, 5 * nb :]  # (B, S², nb, C)
         return boxes, ops.reshape(scores, (batch, s * s * nb, self.num_classes))
 
     def get_config(self):

@@ -97,14 +97,29 @@ class YOLOv8KerasCV(Detector):
 
     loss_names = ("box", "classification")
 
-    def __init__(self, num_classes: int, image_size: int = 640, stackwise_channels=XS_CHANNELS,
-                 stackwise_depth=XS_DEPTH, activation: str = "swish", fpn_depth: int = 1,
-                 box_loss_weight: float = 7.5, classification_loss_weight: float = 0.5,
-                 max_anchor_matches: int = 10, alpha: float = 0.5, beta: float = 6.0, decoder: str = "keras_cv",
-                 class_names=None, postprocess: dict | None = None, **kwargs):
+    def __init__(
+        self,
+        num_classes: int,
+        image_size: int = 640,
+        stackwise_channels=XS_CHANNELS,
+        stackwise_depth=XS_DEPTH,
+        activation: str = "swish",
+        fpn_depth: int = 1,
+        box_loss_weight: float = 7.5,
+        classification_loss_weight: float = 0.5,
+        max_anchor_matches: int = 10,
+        alpha: float = 0.5,
+        beta: float = 6.0,
+        decoder: str = "keras_cv",
+        class_names=None,
+        postprocess: dict | None = None,
+        **kwargs,
+    ):
         kcv = _keras_cv()
         if image_size % STRIDES[-1]:
-            raise ValueError(f"yolov8_keras_cv needs an image_size divisible by {STRIDES[-1]}, got {image_size}")
+            raise ValueError(
+                f"yolov8_keras_cv needs an image_size divisible by {STRIDES[-1]}, got {image_size}"
+            )
         if decoder not in ("keras_cv", "per_class"):
             raise ValueError(f"decoder must be 'keras_cv' or 'per_class', got {decoder!r}")
         stackwise_channels = [int(c) for c in stackwise_channels]
@@ -112,26 +127,46 @@ class YOLOv8KerasCV(Detector):
 
         # === Layers ===
         self.backbone = kcv.models.YOLOV8Backbone(
-            stackwise_channels=stackwise_channels, stackwise_depth=stackwise_depth, include_rescaling=True,
-            activation=activation, input_shape=(image_size, image_size, 3), name="yolo_v8_backbone")
+            stackwise_channels=stackwise_channels,
+            stackwise_depth=stackwise_depth,
+            include_rescaling=True,
+            activation=activation,
+            input_shape=(image_size, image_size, 3),
+            name="yolo_v8_backbone",
+        )
         self.label_encoder = kcv.models.yolov8.LabelEncoder(
-            num_classes=num_classes, max_anchor_matches=max_anchor_matches, alpha=alpha, beta=beta)
+            num_classes=num_classes, max_anchor_matches=max_anchor_matches, alpha=alpha, beta=beta
+        )
         self.label_encoder.built = True  # weightless and never built by keras-cv: Keras 3 warns otherwise
         self.yolo = kcv.models.YOLOV8Detector(
-            num_classes=num_classes, bounding_box_format="xyxy", backbone=self.backbone, fpn_depth=fpn_depth,
-            label_encoder=self.label_encoder, name="yolo_v8_detector",
-            prediction_decoder=self._nms_layer({**POSTPROCESS_DEFAULTS, **(postprocess or {})}))  # for self.yolo.predict
+            num_classes=num_classes,
+            bounding_box_format="xyxy",
+            backbone=self.backbone,
+            fpn_depth=fpn_depth,
+            label_encoder=self.label_encoder,
+            name="yolo_v8_detector",
+            prediction_decoder=self._nms_layer({**POSTPROCESS_DEFAULTS, **(postprocess or {})}),
+        )  # for self.yolo.predict
 
         # === Functional model ===
         inputs = keras.Input(shape=(image_size, image_size, 3), name="images")
         raw = self.yolo(inputs)
         outputs = {
-            "box_distribution": layers.Activation("linear", dtype="float32", name="box_distribution")(raw["boxes"]),
+            "box_distribution": layers.Activation("linear", dtype="float32", name="box_distribution")(
+                raw["boxes"]
+            ),
             "class_scores": layers.Activation("linear", dtype="float32", name="class_scores")(raw["classes"]),
         }
         kwargs.setdefault("name", "yolov8_keras_cv")
-        super().__init__(inputs, outputs, num_classes=num_classes, image_size=image_size,
-                         class_names=class_names, postprocess=postprocess, **kwargs)
+        super().__init__(
+            inputs,
+            outputs,
+            num_classes=num_classes,
+            image_size=image_size,
+            class_names=class_names,
+            postprocess=postprocess,
+            **kwargs,
+        )
 
         # === Config ===
         from keras_cv.src.models.object_detection.yolo_v8.yolo_v8_detector import get_anchors  # not exported
@@ -140,18 +175,27 @@ class YOLOv8KerasCV(Detector):
         self.anchor_points = np.asarray(points, np.float32)  # (A, 2) xy, in strides
         self.anchor_strides = np.asarray(strides, np.float32)[:, None]  # (A, 1)
         self._config = {
-            "stackwise_channels": stackwise_channels, "stackwise_depth": stackwise_depth,
-            "activation": activation, "fpn_depth": int(fpn_depth), "box_loss_weight": float(box_loss_weight),
+            "stackwise_channels": stackwise_channels,
+            "stackwise_depth": stackwise_depth,
+            "activation": activation,
+            "fpn_depth": int(fpn_depth),
+            "box_loss_weight": float(box_loss_weight),
             "classification_loss_weight": float(classification_loss_weight),
-            "max_anchor_matches": int(max_anchor_matches), "alpha": float(alpha), "beta": float(beta),
-            "decoder": decoder}
+            "max_anchor_matches": int(max_anchor_matches),
+            "alpha": float(alpha),
+            "beta": float(beta),
+            "decoder": decoder,
+        }
 
     @staticmethod
     def _nms_layer(p: dict):
         return _keras_cv().layers.NonMaxSuppression(
-            bounding_box_format="xyxy", from_logits=False,  # the head already ends in a sigmoid
-            iou_threshold=float(p["iou_threshold"]), confidence_threshold=float(p["score_threshold"]),
-            max_detections=int(p["max_detections"]))
+            bounding_box_format="xyxy",
+            from_logits=False,  # the head already ends in a sigmoid
+            iou_threshold=float(p["iou_threshold"]),
+            confidence_threshold=float(p["score_threshold"]),
+            max_detections=int(p["max_detections"]),
+        )
 
     # ------------------------------------------------------------------ training
     def detection_losses(self, y, y_pred):
@@ -162,12 +206,15 @@ class YOLOv8KerasCV(Detector):
         points = ops.convert_to_tensor(self.anchor_points)
         strides = ops.convert_to_tensor(self.anchor_strides)
         scores = ops.cast(y_pred["class_scores"], "float32")
-        pred_boxes = distances_to_boxes(decode_distribution(ops.cast(y_pred["box_distribution"], "float32")), points)
+        pred_boxes = distances_to_boxes(
+            decode_distribution(ops.cast(y_pred["box_distribution"], "float32")), points
+        )
         gt_labels = ops.cast(y["labels"], "int32")
         gt_mask = (gt_labels >= 0)[..., None]  # (B, N, 1): keras-cv broadcasts it over anchors
         gt_boxes = ops.where(gt_mask, ops.cast(y["boxes"], "float32"), -1.0)  # keras-cv's padding
         target_boxes, target_scores, fg_mask = self.label_encoder(
-            scores, pred_boxes * strides, points * strides, gt_labels, gt_boxes, gt_mask)
+            scores, pred_boxes * strides, points * strides, gt_labels, gt_boxes, gt_mask
+        )
         target_boxes = target_boxes / strides
         target_sum = ops.maximum(ops.sum(target_scores), 1.0)
         box_weight = ops.sum(target_scores, axis=-1) * fg_mask  # (B, A): 0 for unmatched anchors
@@ -186,8 +233,9 @@ class YOLOv8KerasCV(Detector):
         points = ops.convert_to_tensor(self.anchor_points)
         strides = ops.convert_to_tensor(self.anchor_strides)
         distances = decode_distribution(ops.cast(y_pred["box_distribution"], "float32"))
-        boxes = clip_to_image(distances_to_boxes(distances, points) * strides, float(self.image_size),
-                              float(self.image_size))
+        boxes = clip_to_image(
+            distances_to_boxes(distances, points) * strides, float(self.image_size), float(self.image_size)
+        )
         return boxes, ops.cast(y_pred["class_scores"], "float32")
 
     def postprocess_outputs(self, y_pred, **postprocess):

@@ -10,10 +10,14 @@ def segmenter_from_config(config, num_classes: int, class_names=None, **override
     """``registry.get("segmenter", config.model.architecture)`` called with the image size, the
     ignore label, the class names (background first), ``model.backbone`` / ``backbone_args``
     when the architecture takes a backbone (the FCNs' VGG) and ``model.architecture_args``."""
-    args = dict(image_size=config.data.image_size, class_names=class_names,
-                ignore_label=config.segmentation.ignore_label)
-    return registry.build_from_config("segmenter", config, num_classes, args, overrides,
-                                      refused=(TypeError, ValueError))
+    args = dict(
+        image_size=config.data.image_size,
+        class_names=class_names,
+        ignore_label=config.segmentation.ignore_label,
+    )
+    return registry.build_from_config(
+        "segmenter", config, num_classes, args, overrides, refused=(TypeError, ValueError)
+    )
 
 
 def segmenter_table(num_classes: int = 21, image_size: int = 224) -> list[dict]:

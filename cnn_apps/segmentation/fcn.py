@@ -62,15 +62,29 @@ class FCN(Segmenter):
     Input (B, H, W, 3) pixels 0..255, H and W multiples of 32; output logits (B, H, W, K).
     """
 
-    def __init__(self, num_classes: int, variant: str = "8s", image_size: int = 96, backbone: str = "vgg16",
-                 backbone_args: dict | None = None, fc_filters: int = 4096, fc_kernel: int = 7,
-                 dropout: float = 0.5, learn_final_upsampling: bool = False, preprocessing: str = "unit",
-                 class_names=None, ignore_label: int = IGNORE_LABEL, **kwargs):
+    def __init__(
+        self,
+        num_classes: int,
+        variant: str = "8s",
+        image_size: int = 96,
+        backbone: str = "vgg16",
+        backbone_args: dict | None = None,
+        fc_filters: int = 4096,
+        fc_kernel: int = 7,
+        dropout: float = 0.5,
+        learn_final_upsampling: bool = False,
+        preprocessing: str = "unit",
+        class_names=None,
+        ignore_label: int = IGNORE_LABEL,
+        **kwargs,
+    ):
         if variant not in VARIANTS:
             raise ValueError(f"FCN variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
         if backbone not in VGG_BACKBONES:
-            raise ValueError(f"FCN is built on a VGG ({', '.join(VGG_BACKBONES)}: its pool3..pool5 and FC "
-                             f"layers), got backbone {backbone!r}")
+            raise ValueError(
+                f"FCN is built on a VGG ({', '.join(VGG_BACKBONES)}: its pool3..pool5 and FC "
+                f"layers), got backbone {backbone!r}"
+            )
         # === Layers ===
         backbone_args = json.loads(json.dumps(dict(backbone_args or {})))
         self.backbone = registry.get("backbone", backbone)(input_shape=(None, None, 3), **backbone_args)
@@ -80,11 +94,14 @@ class FCN(Segmenter):
         fc7 = layers.Conv2D(fc_filters, 1, activation="relu", name="fc7")
         score_fr = layers.Conv2D(num_classes, 1, name="score_fr")
         # zero-initialised: a finer net starts from its coarser parent's prediction
-        score_skips = [layers.Conv2D(num_classes, 1, kernel_initializer="zeros", name=f"score_{s}") for s in skips]
+        score_skips = [
+            layers.Conv2D(num_classes, 1, kernel_initializer="zeros", name=f"score_{s}") for s in skips
+        ]
         up2 = [transposed_upsampler(num_classes, 2, name=f"upscore_{s}") for s in skips]
         final_factor = STRIDE // 2 ** len(skips)
-        final = transposed_upsampler(num_classes, final_factor, trainable=learn_final_upsampling,
-                                     name=f"upscore{final_factor}")
+        final = transposed_upsampler(
+            num_classes, final_factor, trainable=learn_final_upsampling, name=f"upscore{final_factor}"
+        )
 
         # === Functional model ===
         inputs = keras.Input(shape=(None, None, 3), name="images")
@@ -101,13 +118,28 @@ class FCN(Segmenter):
             x = layers.Add(name=f"fuse_{name}")([up(x), score(skip_map)])
         outputs = layers.Activation("linear", dtype="float32", name="logits")(final(x))
         kwargs.setdefault("name", f"fcn{variant}")
-        super().__init__(inputs, outputs, num_classes=num_classes, image_size=image_size, stride=STRIDE,
-                         class_names=class_names, ignore_label=ignore_label, **kwargs)
+        super().__init__(
+            inputs,
+            outputs,
+            num_classes=num_classes,
+            image_size=image_size,
+            stride=STRIDE,
+            class_names=class_names,
+            ignore_label=ignore_label,
+            **kwargs,
+        )
 
         # === Config ===
-        self._config = {"variant": variant, "backbone": backbone, "backbone_args": backbone_args,
-                        "fc_filters": fc_filters, "fc_kernel": fc_kernel, "dropout": dropout,
-                        "learn_final_upsampling": learn_final_upsampling, "preprocessing": preprocessing}
+        self._config = {
+            "variant": variant,
+            "backbone": backbone,
+            "backbone_args": backbone_args,
+            "fc_filters": fc_filters,
+            "fc_kernel": fc_kernel,
+            "dropout": dropout,
+            "learn_final_upsampling": learn_final_upsampling,
+            "preprocessing": preprocessing,
+        }
 
     def get_config(self):
         return {**self.base_config(), **self._config}
@@ -136,8 +168,10 @@ def load_classifier_weights(fcn: FCN, classifier) -> list[str]:
         kernel, bias = dense.get_weights()
         shape = tuple(conv.kernel.shape)
         if int(np.prod(shape[:3])) != kernel.shape[0] or shape[3] != kernel.shape[1]:
-            raise ValueError(f"{dense_name} kernel {kernel.shape} does not fold into {conv_name} {shape}: set "
-                             "fc_kernel to the classifier's pool5 side and fc_filters to its FC width")
+            raise ValueError(
+                f"{dense_name} kernel {kernel.shape} does not fold into {conv_name} {shape}: set "
+                "fc_kernel to the classifier's pool5 side and fc_filters to its FC width"
+            )
         conv.set_weights([kernel.reshape(shape), bias])
         loaded.append(conv_name)
     return loaded

@@ -74,9 +74,14 @@ class ConfusionMatrix:
         elif p.shape == t.shape + (1,):
             p = p[..., 0]
         if t.shape != p.shape:
-            hint = " (pass class ids, e.g. logits_to_class_map(scores), not scores)" if p.ndim == t.ndim + 1 else ""
-            raise MaskLabelError(f"truth has shape {t.shape} but prediction has shape {p.shape}; "
-                                 f"they must match{hint}")
+            hint = (
+                " (pass class ids, e.g. logits_to_class_map(scores), not scores)"
+                if p.ndim == t.ndim + 1
+                else ""
+            )
+            raise MaskLabelError(
+                f"truth has shape {t.shape} but prediction has shape {p.shape}; they must match{hint}"
+            )
         t, p = t.ravel(), p.ravel()
         if self.ignore_label is not None:
             keep = t != self.ignore_label
@@ -91,7 +96,8 @@ class ConfusionMatrix:
                 raise MaskLabelError(
                     f"{what} has values [{listed}] outside the class ids 0..{k - 1}{where} "
                     f"(num_classes={k}, ignore_label={self.ignore_label}); "
-                    "check num_classes and the mask's void value")
+                    "check num_classes and the mask's void value"
+                )
         self._matrix += np.bincount(t * k + p, minlength=k * k).reshape(k, k)
         return self
 
@@ -102,9 +108,13 @@ def _class_ids(mask, what: str) -> np.ndarray:
     if mask.dtype == bool:
         return mask.astype(np.int64)
     if not np.issubdtype(mask.dtype, np.integer):
-        if not np.issubdtype(mask.dtype, np.floating) or not np.all(np.isfinite(mask) & (mask == np.round(mask))):
-            raise MaskLabelError(f"{what} must hold integer class ids, got dtype {mask.dtype} with "
-                                 "non-integral values (scores? take logits_to_class_map first)")
+        if not np.issubdtype(mask.dtype, np.floating) or not np.all(
+            np.isfinite(mask) & (mask == np.round(mask))
+        ):
+            raise MaskLabelError(
+                f"{what} must hold integer class ids, got dtype {mask.dtype} with "
+                "non-integral values (scores? take logits_to_class_map first)"
+            )
     return mask.astype(np.int64)
 
 
@@ -140,8 +150,12 @@ class SegmentationMetrics:
         """Flat floats for ``mlflow.log_metrics``: ``{prefix}miou``, ``{prefix}pixel_accuracy``,
         ``{prefix}mean_accuracy``, ``{prefix}fw_iou`` and ``{prefix}iou_<class>`` (class names
         reduced to [A-Za-z0-9_]). NaNs are left out: MLflow cannot store them."""
-        out = {f"{prefix}miou": self.miou, f"{prefix}pixel_accuracy": self.pixel_accuracy,
-               f"{prefix}mean_accuracy": self.mean_accuracy, f"{prefix}fw_iou": self.frequency_weighted_iou}
+        out = {
+            f"{prefix}miou": self.miou,
+            f"{prefix}pixel_accuracy": self.pixel_accuracy,
+            f"{prefix}mean_accuracy": self.mean_accuracy,
+            f"{prefix}fw_iou": self.frequency_weighted_iou,
+        }
         for key, value in zip(_metric_names(self.class_names), self.per_class_iou.values()):
             out[f"{prefix}iou_{key}"] = value
         return {k: float(v) for k, v in out.items() if not math.isnan(v)}
@@ -153,21 +167,38 @@ class SegmentationMetrics:
         writer = csv.DictWriter(out, fieldnames=_PER_CLASS_COLUMNS, lineterminator="\n")
         writer.writeheader()
         for k, (name, acc) in enumerate(self.per_class_accuracy.items()):
-            writer.writerow({"class": name, "iou": f"{self.per_class_iou[name]:.6f}", "accuracy": f"{acc:.6f}",
-                             "truth_pixels": int(t[k]), "predicted_pixels": int(p[k])})
+            writer.writerow(
+                {
+                    "class": name,
+                    "iou": f"{self.per_class_iou[name]:.6f}",
+                    "accuracy": f"{acc:.6f}",
+                    "truth_pixels": int(t[k]),
+                    "predicted_pixels": int(p[k]),
+                }
+            )
         return out.getvalue()
 
     def markdown(self) -> str:
         """A summary table and the per-class table, in Markdown."""
         _, t, p = _counts(self.confusion)
-        summary = [("mean IoU", self.miou), ("pixel accuracy", self.pixel_accuracy),
-                   ("mean accuracy", self.mean_accuracy), ("frequency weighted IoU", self.frequency_weighted_iou)]
+        summary = [
+            ("mean IoU", self.miou),
+            ("pixel accuracy", self.pixel_accuracy),
+            ("mean accuracy", self.mean_accuracy),
+            ("frequency weighted IoU", self.frequency_weighted_iou),
+        ]
         lines = ["| metric | value |", "|---|---:|"]
         lines += [f"| {name} | {_fmt(value)} |" for name, value in summary]
         lines += [f"| pixels counted | {self.num_pixels} |"]
-        lines += ["", "| class | IoU | accuracy | truth pixels | predicted pixels |", "|---|---:|---:|---:|---:|"]
-        lines += [f"| {name} | {_fmt(self.per_class_iou[name])} | {_fmt(acc)} | {int(t[k])} | {int(p[k])} |"
-                  for k, (name, acc) in enumerate(self.per_class_accuracy.items())]
+        lines += [
+            "",
+            "| class | IoU | accuracy | truth pixels | predicted pixels |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {name} | {_fmt(self.per_class_iou[name])} | {_fmt(acc)} | {int(t[k])} | {int(p[k])} |"
+            for k, (name, acc) in enumerate(self.per_class_accuracy.items())
+        ]
         return "\n".join(lines) + "\n"
 
 
@@ -236,8 +267,9 @@ def segmentation_metrics(matrix, class_names=None) -> SegmentationMetrics:
     )
 
 
-def evaluate_segmentation(truth_masks, pred_masks, num_classes: int, class_names=None,
-                          ignore_label: int | None = 255) -> SegmentationMetrics:
+def evaluate_segmentation(
+    truth_masks, pred_masks, num_classes: int, class_names=None, ignore_label: int | None = 255
+) -> SegmentationMetrics:
     """Metrics over paired iterables of mask batches (each (H, W) or (B, H, W), optional
     trailing axis of 1), e.g. the label and the ``logits_to_class_map`` of each test batch."""
     names = _names(class_names, num_classes)  # fail before a long pass over the data
@@ -248,11 +280,15 @@ def evaluate_segmentation(truth_masks, pred_masks, num_classes: int, class_names
         try:
             pred = next(pred_iter)
         except StopIteration:
-            raise DataError(f"pred_masks ran out after {batches} batches but truth_masks has more; "
-                            "give one prediction batch per truth batch") from None
+            raise DataError(
+                f"pred_masks ran out after {batches} batches but truth_masks has more; "
+                "give one prediction batch per truth batch"
+            ) from None
         confusion.update(truth, pred)
         batches += 1
     if next(pred_iter, _END) is not _END:
-        raise DataError(f"truth_masks has {batches} batches but pred_masks has more; "
-                        "give one prediction batch per truth batch")
+        raise DataError(
+            f"truth_masks has {batches} batches but pred_masks has more; "
+            "give one prediction batch per truth batch"
+        )
     return segmentation_metrics(confusion.matrix, names)

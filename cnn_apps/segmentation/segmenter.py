@@ -20,14 +20,17 @@ IGNORE_LABEL = 255
 
 def segmentation_loss(ignore_label: int = IGNORE_LABEL):
     """Per-pixel softmax cross-entropy on logits, the ignored pixels left out of the mean."""
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=ignore_label,
-                                                      name="pixel_cross_entropy")
+    return keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, ignore_class=ignore_label, name="pixel_cross_entropy"
+    )
 
 
 def check_divisible(image_size: int, stride: int, name: str) -> None:
     if image_size % stride:
-        raise ValueError(f"{name} needs an input side divisible by {stride} (its total stride), got {image_size}; "
-                         f"try {max(stride, round(image_size / stride) * stride)}")
+        raise ValueError(
+            f"{name} needs an input side divisible by {stride} (its total stride), got {image_size}; "
+            f"try {max(stride, round(image_size / stride) * stride)}"
+        )
 
 
 class Segmenter(keras.Model):
@@ -35,25 +38,48 @@ class Segmenter(keras.Model):
     num_classes=..., image_size=..., stride=...)``; ``get_config`` returns
     ``base_config()`` plus their own arguments."""
 
-    def __init__(self, inputs, outputs, *, num_classes: int, image_size: int, stride: int, class_names=None,
-                 ignore_label: int = IGNORE_LABEL, **kwargs):
+    def __init__(
+        self,
+        inputs,
+        outputs,
+        *,
+        num_classes: int,
+        image_size: int,
+        stride: int,
+        class_names=None,
+        ignore_label: int = IGNORE_LABEL,
+        **kwargs,
+    ):
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         self.num_classes = int(num_classes)
         self.image_size = int(image_size)
         self.stride = int(stride)
         self.ignore_label = int(ignore_label)
-        self.class_names = list(class_names) if class_names is not None else \
-            ["background", *[str(i) for i in range(1, num_classes)]]
+        self.class_names = (
+            list(class_names)
+            if class_names is not None
+            else ["background", *[str(i) for i in range(1, num_classes)]]
+        )
         if len(self.class_names) != self.num_classes:
-            raise ValueError(f"{len(self.class_names)} class names for {num_classes} classes (background included)")
+            raise ValueError(
+                f"{len(self.class_names)} class names for {num_classes} classes (background included)"
+            )
 
     def segment(self, images) -> dict:
         """Raw-pixel images (B, H, W, 3), sides divisible by ``stride`` -> ``class_map`` (B, H, W)
         int32 and ``probabilities`` (B, H, W, K)."""
         logits = self(images, training=False)
-        return {"class_map": ops.cast(ops.argmax(logits, axis=-1), "int32"),
-                "probabilities": ops.softmax(logits, axis=-1)}
+        return {
+            "class_map": ops.cast(ops.argmax(logits, axis=-1), "int32"),
+            "probabilities": ops.softmax(logits, axis=-1),
+        }
 
     def base_config(self) -> dict:
-        return {"name": self.name, "trainable": self.trainable, "num_classes": self.num_classes,
-                "image_size": self.image_size, "class_names": self.class_names, "ignore_label": self.ignore_label}
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "num_classes": self.num_classes,
+            "image_size": self.image_size,
+            "class_names": self.class_names,
+            "ignore_label": self.ignore_label,
+        }

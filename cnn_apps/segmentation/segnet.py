@@ -43,13 +43,24 @@ class SegNet(Segmenter):
     (B, H, W, K).
     """
 
-    def __init__(self, num_classes: int, image_size: int = 96, repeats=(2, 2, 3, 3, 3), width: float = 1.0,
-                 batch_norm: bool = True, dropout: float = 0.0, pooling: str = "auto", preprocessing: str = "unit",
-                 class_names=None, ignore_label: int = IGNORE_LABEL, **kwargs):
+    def __init__(
+        self,
+        num_classes: int,
+        image_size: int = 96,
+        repeats=(2, 2, 3, 3, 3),
+        width: float = 1.0,
+        batch_norm: bool = True,
+        dropout: float = 0.0,
+        pooling: str = "auto",
+        preprocessing: str = "unit",
+        class_names=None,
+        ignore_label: int = IGNORE_LABEL,
+        **kwargs,
+    ):
         repeats = [int(r) for r in repeats]
         if not 1 <= len(repeats) <= len(VGG_FILTERS) or min(repeats) < 1:
             raise ValueError(f"repeats needs 1..{len(VGG_FILTERS)} blocks of >= 1 conv, got {repeats}")
-        filters = [scale_filters(f, width) for f in VGG_FILTERS[:len(repeats)]]
+        filters = [scale_filters(f, width) for f in VGG_FILTERS[: len(repeats)]]
         deep = set(range(max(len(repeats) - 3, 0), len(repeats)))  # blocks with dropout
 
         # === Functional model ===
@@ -74,12 +85,26 @@ class SegNet(Segmenter):
         logits = layers.Conv2D(num_classes, 1, name="score")(x)
         outputs = layers.Activation("linear", dtype="float32", name="logits")(logits)
         kwargs.setdefault("name", "segnet")
-        super().__init__(inputs, outputs, num_classes=num_classes, image_size=image_size, stride=2 ** len(repeats),
-                         class_names=class_names, ignore_label=ignore_label, **kwargs)
+        super().__init__(
+            inputs,
+            outputs,
+            num_classes=num_classes,
+            image_size=image_size,
+            stride=2 ** len(repeats),
+            class_names=class_names,
+            ignore_label=ignore_label,
+            **kwargs,
+        )
 
         # === Config ===
-        self._config = {"repeats": repeats, "width": width, "batch_norm": batch_norm, "dropout": dropout,
-                        "pooling": pooling, "preprocessing": preprocessing}
+        self._config = {
+            "repeats": repeats,
+            "width": width,
+            "batch_norm": batch_norm,
+            "dropout": dropout,
+            "pooling": pooling,
+            "preprocessing": preprocessing,
+        }
 
     def get_config(self):
         return {**self.base_config(), **self._config}

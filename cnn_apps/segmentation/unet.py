@@ -40,9 +40,19 @@ class UNet(Segmenter):
     Input (B, H, W, 3) pixels 0..255, H and W multiples of 2**depth; output logits (B, H, W, K).
     """
 
-    def __init__(self, num_classes: int, image_size: int = 96, filters: int = 64, depth: int = 4,
-                 batch_norm: bool = True, dropout: float = 0.0, preprocessing: str = "unit", class_names=None,
-                 ignore_label: int = IGNORE_LABEL, **kwargs):
+    def __init__(
+        self,
+        num_classes: int,
+        image_size: int = 96,
+        filters: int = 64,
+        depth: int = 4,
+        batch_norm: bool = True,
+        dropout: float = 0.0,
+        preprocessing: str = "unit",
+        class_names=None,
+        ignore_label: int = IGNORE_LABEL,
+        **kwargs,
+    ):
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
 
@@ -55,28 +65,41 @@ class UNet(Segmenter):
         x = preprocessing_layer(preprocessing)(inputs)
         skips = []
         for level in range(depth):
-            x = double_conv(x, filters * 2 ** level, f"down{level + 1}")
+            x = double_conv(x, filters * 2**level, f"down{level + 1}")
             if dropout and level == depth - 1:
                 x = layers.Dropout(dropout, name=f"down{level + 1}_dropout")(x)
             skips.append(x)
             x = layers.MaxPooling2D(2, name=f"down{level + 1}_pool")(x)
-        x = double_conv(x, filters * 2 ** depth, "bottom")
+        x = double_conv(x, filters * 2**depth, "bottom")
         if dropout:
             x = layers.Dropout(dropout, name="bottom_dropout")(x)
         for level in reversed(range(depth)):
-            f = filters * 2 ** level
+            f = filters * 2**level
             x = layers.Conv2DTranspose(f, 2, strides=2, name=f"up{level + 1}_upconv")(x)
             x = layers.Concatenate(name=f"up{level + 1}_concat")([skips[level], x])
             x = double_conv(x, f, f"up{level + 1}")
         logits = layers.Conv2D(num_classes, 1, name="score")(x)
         outputs = layers.Activation("linear", dtype="float32", name="logits")(logits)
         kwargs.setdefault("name", "unet")
-        super().__init__(inputs, outputs, num_classes=num_classes, image_size=image_size, stride=2 ** depth,
-                         class_names=class_names, ignore_label=ignore_label, **kwargs)
+        super().__init__(
+            inputs,
+            outputs,
+            num_classes=num_classes,
+            image_size=image_size,
+            stride=2**depth,
+            class_names=class_names,
+            ignore_label=ignore_label,
+            **kwargs,
+        )
 
         # === Config ===
-        self._config = {"filters": filters, "depth": depth, "batch_norm": batch_norm, "dropout": dropout,
-                        "preprocessing": preprocessing}
+        self._config = {
+            "filters": filters,
+            "depth": depth,
+            "batch_norm": batch_norm,
+            "dropout": dropout,
+            "preprocessing": preprocessing,
+        }
 
     def get_config(self):
         return {**self.base_config(), **self._config}

@@ -85,8 +85,13 @@ class Upsample2D(keras.layers.Layer):
         if x.shape[1] is None or x.shape[2] is None:
             # ops.image.resize wants a static size (so does keras.layers.UpSampling2D)
             return upsample_bilinear(x, f)
-        return ops.image.resize(x, (x.shape[1] * f, x.shape[2] * f), interpolation="bilinear", antialias=False,
-                                data_format="channels_last")
+        return ops.image.resize(
+            x,
+            (x.shape[1] * f, x.shape[2] * f),
+            interpolation="bilinear",
+            antialias=False,
+            data_format="channels_last",
+        )
 
     def compute_output_shape(self, input_shape):
         b, h, w, c = input_shape
@@ -157,17 +162,20 @@ class BilinearInitializer(keras.initializers.Initializer):
 
     def __call__(self, shape, dtype=None):
         if len(shape) != 4 or shape[0] != shape[1] or shape[2] != shape[3]:
-            raise ConfigError(f"a bilinear kernel needs the shape (k, k, C, C) (square, filters == input channels), "
-                              f"got {tuple(shape)}: give the transposed conv as many filters as it has input "
-                              "channels, or bilinear_init=False")
+            raise ConfigError(
+                f"a bilinear kernel needs the shape (k, k, C, C) (square, filters == input channels), "
+                f"got {tuple(shape)}: give the transposed conv as many filters as it has input "
+                "channels, or bilinear_init=False"
+            )
         return ops.convert_to_tensor(bilinear_kernel(shape[0], shape[2]), dtype=dtype or "float32")
 
     def get_config(self):
         return {}
 
 
-def transposed_upsampler(filters: int, factor: int, *, bilinear_init: bool = True, trainable: bool = True,
-                         name: str | None = None) -> keras.layers.Conv2DTranspose:
+def transposed_upsampler(
+    filters: int, factor: int, *, bilinear_init: bool = True, trainable: bool = True, name: str | None = None
+) -> keras.layers.Conv2DTranspose:
     """FCN's learnable upsampling: (B, H, W, C) -> (B, H f, W f, filters).
 
     A Conv2DTranspose with kernel ``2f - f % 2``, stride ``f``, ``"same"`` padding and no bias. With
@@ -178,9 +186,15 @@ def transposed_upsampler(filters: int, factor: int, *, bilinear_init: bool = Tru
     filters = _positive_int(filters, "filters")
     factor = _positive_int(factor, "factor")
     return keras.layers.Conv2DTranspose(
-        filters, kernel_size=2 * factor - factor % 2, strides=factor, padding="same", use_bias=False,
+        filters,
+        kernel_size=2 * factor - factor % 2,
+        strides=factor,
+        padding="same",
+        use_bias=False,
         kernel_initializer=BilinearInitializer() if bilinear_init else "glorot_uniform",
-        trainable=trainable, name=name)
+        trainable=trainable,
+        name=name,
+    )
 
 
 # --------------------------------------------------------------------------- max pooling with indices
@@ -193,8 +207,10 @@ def _check_poolable(shape, pool: int):
         raise ValueError(f"max pooling with indices needs a (B, H, W, C) map, got the shape {shape}")
     for size in shape[1:3]:
         if size is not None and size % pool:
-            raise ValueError(f"max pooling with indices needs H and W divisible by the pool size {pool}, got the "
-                             f"shape {shape}: crop or pad the input (or change the pool size)")
+            raise ValueError(
+                f"max pooling with indices needs H and W divisible by the pool size {pool}, got the "
+                f"shape {shape}: crop or pad the input (or change the pool size)"
+            )
 
 
 def _window_view(x, pool: int):
@@ -262,8 +278,10 @@ class MaxPoolingWithIndices2D(keras.layers.Layer):
     def call(self, x):
         if self.implementation == "tf":
             if keras.backend.backend() != "tensorflow":
-                raise ConfigError(f"implementation='tf' needs the TensorFlow backend, this is "
-                                  f"{keras.backend.backend()!r}: use 'auto' or 'portable'")
+                raise ConfigError(
+                    f"implementation='tf' needs the TensorFlow backend, this is "
+                    f"{keras.backend.backend()!r}: use 'auto' or 'portable'"
+                )
             return max_pool_with_indices_tf(x, self.pool_size)
         return max_pool_with_indices(x, self.pool_size)
 
@@ -295,10 +313,15 @@ class MaxUnpooling2D(keras.layers.Layer):
 
     def call(self, inputs):
         x, indices = inputs
-        if len(x.shape) != 4 or (None not in x.shape and None not in indices.shape
-                                 and tuple(x.shape[1:]) != tuple(indices.shape[1:])):
-            raise ValueError(f"max unpooling needs x and indices of the same (B, h, w, C) shape, got "
-                             f"{tuple(x.shape)} and {tuple(indices.shape)}")
+        if len(x.shape) != 4 or (
+            None not in x.shape
+            and None not in indices.shape
+            and tuple(x.shape[1:]) != tuple(indices.shape[1:])
+        ):
+            raise ValueError(
+                f"max unpooling needs x and indices of the same (B, h, w, C) shape, got "
+                f"{tuple(x.shape)} and {tuple(indices.shape)}"
+            )
         return max_unpool(x, indices, self.pool_size)
 
     def compute_output_shape(self, input_shape):

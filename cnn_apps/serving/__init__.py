@@ -2,11 +2,32 @@
 aliases (:mod:`.registry`), TF Serving's REST request format (:mod:`.rest`), MLflow's model
 server (:mod:`.model_server`) and batch prediction from any of them (:mod:`.predict`)."""
 
-from cnn_apps.serving.saved_model import (SIGNATURES, encode_png, export_classifier, export_detector,
-                                          export_segmenter, image_input_shape, load_export, next_version,
-                                          staging_folder, verify_classifier_export, verify_detector_export,
-                                          verify_segmenter_export)
+from cnn_apps.serving.saved_model import (
+    SIGNATURES,
+    encode_png,
+    export_classifier,
+    export_detector,
+    export_segmenter,
+    image_input_shape,
+    load_export,
+    next_version,
+    staging_folder,
+    verify_classifier_export,
+    verify_detector_export,
+    verify_segmenter_export,
+)
 
-__all__ = ["SIGNATURES", "encode_png", "export_classifier", "export_detector", "export_segmenter",
-           "image_input_shape", "load_export", "next_version", "staging_folder", "verify_classifier_export",
-           "verify_detector_export", "verify_segmenter_export"]
+__all__ = [
+    "SIGNATURES",
+    "encode_png",
+    "export_classifier",
+    "export_detector",
+    "export_segmenter",
+    "image_input_shape",
+    "load_export",
+    "next_version",
+    "staging_folder",
+    "verify_classifier_export",
+    "verify_detector_export",
+    "verify_segmenter_export",
+]

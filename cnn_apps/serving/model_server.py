@@ -23,31 +23,64 @@ from pathlib import Path
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", metavar="URI", help="models:/<name>@<alias>, models:/<name>/<version> or "
-                        "runs:/<run_id>/model")
-    source.add_argument("--from-run", dest="from_run", metavar="RUN_ID",
-                        help="a train/finetune run: export and register it first, then serve that version")
+    source.add_argument(
+        "--model",
+        metavar="URI",
+        help="models:/<name>@<alias>, models:/<name>/<version> or runs:/<run_id>/model",
+    )
+    source.add_argument(
+        "--from-run",
+        dest="from_run",
+        metavar="RUN_ID",
+        help="a train/finetune run: export and register it first, then serve that version",
+    )
     p.add_argument("--config", help="with --from-run: the export's config (default: the run's own)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="with --from-run: export config overrides (repeatable)")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=5001, help="default 5001 (the UI of `make mlflow-ui` has 5000)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --from-run: export config overrides (repeatable)",
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)"
+    )
+    p.add_argument(
+        "--port", type=int, default=5001, help="default 5001 (the UI of `make mlflow-ui` has 5000)"
+    )
     p.add_argument("--workers", type=int, default=1)
 
 
 def serve_command(model_uri: str, host: str = "127.0.0.1", port: int = 5001, workers: int = 1) -> list[str]:
     """The ``mlflow models serve`` command line for ``model_uri`` in this Python environment."""
     mlflow_cli = Path(sys.executable).with_name("mlflow")
-    return [str(mlflow_cli) if mlflow_cli.exists() else "mlflow", "models", "serve", "-m", model_uri,
-            "--env-manager", "local", "--host", host, "--port", str(port), "--workers", str(workers)]
+    return [
+        str(mlflow_cli) if mlflow_cli.exists() else "mlflow",
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
 
 
 def serve_environment(tracking_uri: str) -> dict:
     """The server's environment: the tracking URI that resolves ``models:/``, and this
     environment's bin folder first on PATH (MLflow starts ``uvicorn`` by name)."""
     bin_dir = str(Path(sys.executable).parent)
-    return {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
-            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
 
 
 def run_serve(args) -> int:
@@ -63,8 +96,10 @@ def run_serve(args) -> int:
         if model_uri is None:
             from cnn_apps.errors import ConfigError
 
-            raise ConfigError("export.register is false, so there is no registered version to serve; "
-                              "drop that override or serve runs:/<run_id>/model with --model")
+            raise ConfigError(
+                "export.register is false, so there is no registered version to serve; "
+                "drop that override or serve runs:/<run_id>/model with --model"
+            )
         import mlflow
 
         tracking_uri = mlflow.get_tracking_uri()  # the export's, which may come from the run's config

@@ -48,25 +48,47 @@ SIGNATURE = "serve_bytes"
 
 
 def add_predict_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, metavar="MODEL",
-                   help="an export folder (exports/<name> for its newest version, or exports/<name>/<version>), "
-                        "runs:/<run_id>/model, models:/<name>@<alias> or models:/<name>/<version>, "
-                        "or a TF Serving REST URL (http://host:8501/v1/models/<name>)")
-    p.add_argument("--input", required=True, metavar="INPUT", help="an image file, a folder of images, or a glob")
-    p.add_argument("--output", default="results.jsonl", help="one JSON line per file (default: results.jsonl)")
-    p.add_argument("--coco-json", dest="coco_json", metavar="FILE",
-                   help="detection: also write the detections as COCO results JSON")
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="MODEL",
+        help="an export folder (exports/<name> for its newest version, or exports/<name>/<version>), "
+        "runs:/<run_id>/model, models:/<name>@<alias> or models:/<name>/<version>, "
+        "or a TF Serving REST URL (http://host:8501/v1/models/<name>)",
+    )
+    p.add_argument(
+        "--input", required=True, metavar="INPUT", help="an image file, a folder of images, or a glob"
+    )
+    p.add_argument(
+        "--output", default="results.jsonl", help="one JSON line per file (default: results.jsonl)"
+    )
+    p.add_argument(
+        "--coco-json",
+        dest="coco_json",
+        metavar="FILE",
+        help="detection: also write the detections as COCO results JSON",
+    )
     p.add_argument("--masks", metavar="DIR", help="segmentation: also write each class map as a PNG in DIR")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=16)
-    p.add_argument("--tracking-uri", dest="tracking_uri", help="for runs:/ and models:/ (default: "
-                   "MLFLOW_TRACKING_URI, else ./mlruns)")
-    p.add_argument("--coco-gt", dest="coco_gt", metavar="FILE",
-                   help="with --coco-json: a COCO annotations file whose image ids (matched by file_name) and "
-                        "category ids (matched by name) the results use; without it image_id is the file's "
-                        "1-based position in the input and category_id is class_id + 1")
-    p.add_argument("--metadata", metavar="FILE",
-                   help="for a TF Serving URL: the export's assets.extra/cnn_apps.json (or its export folder), "
-                        "for the class names and a Fast R-CNN's proposal settings")
+    p.add_argument(
+        "--tracking-uri",
+        dest="tracking_uri",
+        help="for runs:/ and models:/ (default: MLFLOW_TRACKING_URI, else ./mlruns)",
+    )
+    p.add_argument(
+        "--coco-gt",
+        dest="coco_gt",
+        metavar="FILE",
+        help="with --coco-json: a COCO annotations file whose image ids (matched by file_name) and "
+        "category ids (matched by name) the results use; without it image_id is the file's "
+        "1-based position in the input and category_id is class_id + 1",
+    )
+    p.add_argument(
+        "--metadata",
+        metavar="FILE",
+        help="for a TF Serving URL: the export's assets.extra/cnn_apps.json (or its export folder), "
+        "for the class names and a Fast R-CNN's proposal settings",
+    )
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per TF Serving request (default: 60)")
 
 
@@ -222,8 +244,11 @@ def image_proposals(images: list[ImageFile], settings, model_size: tuple[int, in
     resized = []
     for image in images:
         shrink = image.height * image.width > height * width
-        resized.append(cv2.resize(image.pixels, (width, height),
-                                  interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR))
+        resized.append(
+            cv2.resize(
+                image.pixels, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+            )
+        )
     boxes, _ = propose(resized, settings)
     scale = np.array([[[image.width / width, image.height / height] * 2] for image in images], np.float32)
     padding = np.all(boxes < 0, axis=-1, keepdims=True)
@@ -267,17 +292,21 @@ def _signature_results(task: str, out: dict, images: list[ImageFile], class_name
         elif task == "detection":
             n = int(out["num_detections"][i])
             classes = np.asarray(out["detection_classes"][i][:n], np.int64)
-            result = {"boxes": np.asarray(out["detection_boxes"][i][:n], np.float64).reshape(-1, 4),
-                      "scores": np.asarray(out["detection_scores"][i][:n], np.float64),
-                      "classes": classes}
+            result = {
+                "boxes": np.asarray(out["detection_boxes"][i][:n], np.float64).reshape(-1, 4),
+                "scores": np.asarray(out["detection_scores"][i][:n], np.float64),
+                "classes": classes,
+            }
             if "detection_class_names" in out:
                 result["class_names"] = [_text(s) for s in out["detection_class_names"][i][:n]]
         else:
             class_map = np.asarray(out["class_map"][i])
             height, width = (int(v) for v in np.asarray(out["image_size"][i]))
             if (height, width) != (image.height, image.width):
-                raise ModelError(f"{image.file}: the model decoded a {height}x{width} image, "
-                                 f"this reader {image.height}x{image.width}")
+                raise ModelError(
+                    f"{image.file}: the model decoded a {height}x{width} image, "
+                    f"this reader {image.height}x{image.width}"
+                )
             result = {"class_map": resize_nearest(class_map, height, width)}
             if "class_names" in out and class_names is None:
                 result["class_names_seen"] = [_text(s) for s in out["class_names"][i]]
@@ -300,12 +329,20 @@ def resolve_export(path: str | os.PathLike) -> Path:
     path = Path(path)
     if (path / "saved_model.pb").is_file():
         return path
-    versions = sorted((int(p.name), p) for p in path.iterdir()
-                      if p.is_dir() and p.name.isdigit() and (p / "saved_model.pb").is_file()) \
-        if path.is_dir() else []
+    versions = (
+        sorted(
+            (int(p.name), p)
+            for p in path.iterdir()
+            if p.is_dir() and p.name.isdigit() and (p / "saved_model.pb").is_file()
+        )
+        if path.is_dir()
+        else []
+    )
     if not versions:
-        raise ModelError(f"--model {path}: no SavedModel there (expected {path}/saved_model.pb or "
-                         f"{path}/<version>/saved_model.pb, as `cnn-apps export` writes)")
+        raise ModelError(
+            f"--model {path}: no SavedModel there (expected {path}/saved_model.pb or "
+            f"{path}/<version>/saved_model.pb, as `cnn-apps export` writes)"
+        )
     return versions[-1][1]
 
 
@@ -323,7 +360,9 @@ class ExportPredictor(Predictor):
         except ModelError:
             raise
         except Exception as exc:  # TensorFlow's many load errors
-            raise ModelError(f"cannot load the SavedModel at {self.path}: {str(exc).splitlines()[0]}") from exc
+            raise ModelError(
+                f"cannot load the SavedModel at {self.path}: {str(exc).splitlines()[0]}"
+            ) from exc
         self.signature = self.loaded.signatures[SIGNATURE]
         meta = read_export_metadata(self.path)
         _check_metadata(meta, str(self.path))
@@ -333,8 +372,10 @@ class ExportPredictor(Predictor):
         inputs = self.signature.structured_input_signature[1]
         if "proposals" in inputs:
             if not meta.get("proposals") or self.model_size is None:
-                raise ModelError(f"{self.path} takes region proposals but its {SIGNATURE} metadata "
-                                 "(assets.extra/cnn_apps.json) lacks the proposal settings; re-export it")
+                raise ModelError(
+                    f"{self.path} takes region proposals but its {SIGNATURE} metadata "
+                    "(assets.extra/cnn_apps.json) lacks the proposal settings; re-export it"
+                )
             self.proposal_settings = ProposalSettings(**meta["proposals"])
 
     def predict(self, images):
@@ -356,7 +397,7 @@ def _set_tracking(uri: str | None) -> str:
 
     tracking._mlflow()  # quiet MLflow set-up
     uri = uri or tracking.tracking_uri(None)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
         raise TrackingError(f"no MLflow store at {uri}; pass --tracking-uri (or set MLFLOW_TRACKING_URI)")
     tracking.set_tracking_uri(uri)
     return uri
@@ -367,13 +408,12 @@ class KerasPredictor(Predictor):
     resizing and post-processing done here in eager TensorFlow."""
 
     def __init__(self, uri: str, tracking_uri: str | None = None):
+        import cnn_apps.segmentation  # noqa: F401  (registers the segmenters' classes for loading)
         from cnn_apps import tracking
         from cnn_apps.data.proposal_cache import ProposalSettings
-        from cnn_apps.serving.saved_model import image_input_shape
-
-        import cnn_apps.segmentation  # noqa: F401  (registers the segmenters' classes for loading)
         from cnn_apps.detection import Detector
         from cnn_apps.segmentation import Segmenter
+        from cnn_apps.serving.saved_model import image_input_shape
 
         store = _set_tracking(tracking_uri)
         self.source = uri
@@ -382,8 +422,13 @@ class KerasPredictor(Predictor):
         except TrackingError as exc:
             raise TrackingError(f"{exc} (tracking URI {store})") from exc
         model = self.model
-        self.task = ("detection" if isinstance(model, Detector) else
-                     "segmentation" if isinstance(model, Segmenter) else "classification")
+        self.task = (
+            "detection"
+            if isinstance(model, Detector)
+            else "segmentation"
+            if isinstance(model, Segmenter)
+            else "classification"
+        )
         height, width, self.channels = image_input_shape(model)
         self.model_size = (height, width)
         count = None
@@ -409,7 +454,9 @@ class KerasPredictor(Predictor):
                 sizes.append(tf.shape(decoded)[:2].numpy())
                 decoded = tf.cast(decoded, tf.float32)
                 if always_resize:  # the classifier export resizes every decoded file
-                    pixels.append(tf.image.resize(decoded, (height, width), method="bilinear", antialias=True))
+                    pixels.append(
+                        tf.image.resize(decoded, (height, width), method="bilinear", antialias=True)
+                    )
                 else:
                     pixels.append(_resize_to(decoded, height, width))
         except tf.errors.InvalidArgumentError as exc:
@@ -444,8 +491,13 @@ class KerasPredictor(Predictor):
         for i in range(len(images)):
             n = int(out["num_detections"][i])
             classes = out["labels"][i][:n].astype(np.int64)
-            results.append({"boxes": (out["boxes"][i][:n].astype(np.float32) * factors[i]).astype(np.float64),
-                            "scores": out["scores"][i][:n].astype(np.float64), "classes": classes})
+            results.append(
+                {
+                    "boxes": (out["boxes"][i][:n].astype(np.float32) * factors[i]).astype(np.float64),
+                    "scores": out["scores"][i][:n].astype(np.float64),
+                    "classes": classes,
+                }
+            )
         return results
 
 
@@ -460,22 +512,28 @@ class ServingPredictor(Predictor):
         self.source = self.client.url
         signatures = self.client.signatures()
         if SIGNATURE not in signatures:
-            raise ModelError(f"TF Serving at {self.client.url} has no {SIGNATURE} signature "
-                             f"(it has {sorted(signatures)}); serve an export written by `cnn-apps export`")
+            raise ModelError(
+                f"TF Serving at {self.client.url} has no {SIGNATURE} signature "
+                f"(it has {sorted(signatures)}); serve an export written by `cnn-apps export`"
+            )
         signature = signatures[SIGNATURE]
         meta = _read_metadata_option(metadata) if metadata else {}
         self.task = task_from_outputs(signature.get("outputs", {}))
         if meta.get("task") and meta["task"] != self.task:
-            raise ModelError(f"--metadata {metadata} describes a {meta['task']} model, but TF Serving at "
-                             f"{self.client.url} serves a {self.task} model")
+            raise ModelError(
+                f"--metadata {metadata} describes a {meta['task']} model, but TF Serving at "
+                f"{self.client.url} serves a {self.task} model"
+            )
         self.class_names = _names(meta.get("class_names"))
         self.model_size = tuple(meta["image_size"]) if meta.get("image_size") else None
         self.inputs = sorted(signature.get("inputs", {}))
         if "proposals" in self.inputs:
             if not meta.get("proposals") or self.model_size is None:
-                raise ModelError(f"TF Serving at {self.client.url} serves a detector fed region proposals: pass "
-                                 "--metadata <export>/assets.extra/cnn_apps.json so they are made with the settings "
-                                 "it was trained with (export folders and runs:/ or models:/ URIs need nothing more)")
+                raise ModelError(
+                    f"TF Serving at {self.client.url} serves a detector fed region proposals: pass "
+                    "--metadata <export>/assets.extra/cnn_apps.json so they are made with the settings "
+                    "it was trained with (export folders and runs:/ or models:/ URIs need nothing more)"
+                )
             self.proposal_settings = ProposalSettings(**meta["proposals"])
 
     def predict(self, images):
@@ -508,16 +566,19 @@ def _read_metadata_option(value: str) -> dict:
     return meta
 
 
-def open_predictor(model: str, tracking_uri: str | None = None, metadata: str | None = None,
-                   timeout: float = 60.0) -> Predictor:
+def open_predictor(
+    model: str, tracking_uri: str | None = None, metadata: str | None = None, timeout: float = 60.0
+) -> Predictor:
     """The :class:`Predictor` for what ``--model`` names."""
     if model.startswith(("http://", "https://")):
         return ServingPredictor(model, metadata=metadata, timeout=timeout)
     if model.startswith(("runs:/", "models:/")):
         return KerasPredictor(model, tracking_uri=tracking_uri)
     if ":/" in model and not Path(model).exists():
-        raise ModelError(f"--model {model}: expected an export folder, runs:/..., models:/... or an http(s):// "
-                         "TF Serving URL")
+        raise ModelError(
+            f"--model {model}: expected an export folder, runs:/..., models:/... or an http(s):// "
+            "TF Serving URL"
+        )
     if not Path(model).exists():
         raise ModelError(f"--model {model}: no such export folder")
     return ExportPredictor(model)
@@ -534,20 +595,37 @@ def make_record(predictor: Predictor, image: ImageFile, raw: dict) -> dict:
     if predictor.task == "classification":
         probabilities = raw["probabilities"]
         class_id = int(np.argmax(probabilities))
-        keys = names if names is not None and len(names) == len(probabilities) else \
-            [str(i) for i in range(len(probabilities))]
+        keys = (
+            names
+            if names is not None and len(names) == len(probabilities)
+            else [str(i) for i in range(len(probabilities))]
+        )
         class_name = raw.get("class_name") or (names[class_id] if names is not None else str(class_id))
-        return {"file": image.file, "class_name": class_name, "class_id": class_id,
-                "score": _round(probabilities[class_id], 6),
-                "probabilities": {k: _round(p, 6) for k, p in zip(keys, probabilities)}}
+        return {
+            "file": image.file,
+            "class_name": class_name,
+            "class_id": class_id,
+            "score": _round(probabilities[class_id], 6),
+            "probabilities": {k: _round(p, 6) for k, p in zip(keys, probabilities)},
+        }
     if predictor.task == "detection":
         detections = []
         given = raw.get("class_names")
         for j, (box, score, cls) in enumerate(zip(raw["boxes"], raw["scores"], raw["classes"])):
             cls = int(cls)
-            name = given[j] if given else (names[cls] if names is not None and 0 <= cls < len(names) else str(cls))
-            detections.append({"box": [_round(v, 3) for v in box], "score": _round(score, 6),
-                               "class_id": cls, "class_name": name})
+            name = (
+                given[j]
+                if given
+                else (names[cls] if names is not None and 0 <= cls < len(names) else str(cls))
+            )
+            detections.append(
+                {
+                    "box": [_round(v, 3) for v in box],
+                    "score": _round(score, 6),
+                    "class_id": cls,
+                    "class_name": name,
+                }
+            )
         return {"file": image.file, "width": image.width, "height": image.height, "detections": detections}
     class_map = raw["class_map"]
     seen = raw.get("class_names_seen")
@@ -555,8 +633,12 @@ def make_record(predictor: Predictor, image: ImageFile, raw: dict) -> dict:
     count = len(keys) if keys is not None else int(class_map.max()) + 1
     counts = np.bincount(class_map.ravel(), minlength=count)
     keys = keys if keys is not None else [str(i) for i in range(len(counts))]
-    return {"file": image.file, "width": image.width, "height": image.height,
-            "class_pixels": {k: int(c) for k, c in zip(keys, counts)}}
+    return {
+        "file": image.file,
+        "width": image.width,
+        "height": image.height,
+        "class_pixels": {k: int(c) for k, c in zip(keys, counts)},
+    }
 
 
 def _coco_ids(path: str | None):
@@ -568,7 +650,9 @@ def _coco_ids(path: str | None):
         images = {str(img["file_name"]): int(img["id"]) for img in gt["images"]}
         categories = {str(cat["name"]): int(cat["id"]) for cat in gt["categories"]}
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"--coco-gt {path}: not a COCO annotations file ({type(exc).__name__}: {exc})") from exc
+        raise DataError(
+            f"--coco-gt {path}: not a COCO annotations file ({type(exc).__name__}: {exc})"
+        ) from exc
     by_name = {}
     for name, image_id in images.items():
         by_name.setdefault(Path(name).name, []).append(image_id)
@@ -626,8 +710,12 @@ def run_predict(args) -> int:
         raise ConfigError("--coco-gt only names the ids of --coco-json's results; pass --coco-json FILE too")
     files = list_inputs(args.input)
     coco_images, coco_categories = _coco_ids(args.coco_gt)
-    predictor = open_predictor(args.model, tracking_uri=args.tracking_uri, metadata=getattr(args, "metadata", None),
-                               timeout=getattr(args, "timeout", 60.0))
+    predictor = open_predictor(
+        args.model,
+        tracking_uri=args.tracking_uri,
+        metadata=getattr(args, "metadata", None),
+        timeout=getattr(args, "timeout", 60.0),
+    )
     if args.coco_json and predictor.task != "detection":
         raise ConfigError(f"--coco-json is for detectors; {predictor.source} is a {predictor.task} model")
     if args.masks and predictor.task != "segmentation":
@@ -649,10 +737,12 @@ def run_predict(args) -> int:
             warned.add(message)
             tqdm.write(f"warning: {message}", file=sys.stderr)
 
-    with open(output, "w") as out, tqdm(total=len(files), desc="predict", unit="img", file=sys.stderr,
-                                        dynamic_ncols=True) as bar:
+    with (
+        open(output, "w") as out,
+        tqdm(total=len(files), desc="predict", unit="img", file=sys.stderr, dynamic_ncols=True) as bar,
+    ):
         for start in range(0, len(files), args.batch_size):
-            batch = files[start:start + args.batch_size]
+            batch = files[start : start + args.batch_size]
             slots: list = []  # per file: ImageFile or the error record
             for path in batch:
                 try:
@@ -687,7 +777,9 @@ def run_predict(args) -> int:
     if args.coco_json:
         Path(args.coco_json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.coco_json).write_text(json.dumps(coco) + "\n")
-    print(f"predicted {predicted} file{'s' * (predicted != 1)}, {failed} failed (see {output})", file=sys.stderr)
+    print(
+        f"predicted {predicted} file{'s' * (predicted != 1)}, {failed} failed (see {output})", file=sys.stderr
+    )
     return 0 if predicted else 1
 
 
@@ -707,7 +799,9 @@ def _coco_results(record: dict, position: int, images, categories, warn) -> list
     else:
         image_id = images.get(file, images.get(Path(file).name))
         if image_id is None:
-            warn(f"{file} is not an image of --coco-gt (by file_name): its detections are left out of --coco-json")
+            warn(
+                f"{file} is not an image of --coco-gt (by file_name): its detections are left out of --coco-json"
+            )
             return []
     results = []
     for det in record["detections"]:
@@ -719,6 +813,12 @@ def _coco_results(record: dict, position: int, images, categories, warn) -> list
                 warn(f"class {det['class_name']!r} is not a category of --coco-gt: left out of --coco-json")
                 continue
         x1, y1, x2, y2 = det["box"]
-        results.append({"image_id": image_id, "category_id": category_id,
-                        "bbox": [x1, y1, _round(x2 - x1, 3), _round(y2 - y1, 3)], "score": det["score"]})
+        results.append(
+            {
+                "image_id": image_id,
+                "category_id": category_id,
+                "bbox": [x1, y1, _round(x2 - x1, 3), _round(y2 - y1, 3)],
+                "score": det["score"],
+            }
+        )
     return results

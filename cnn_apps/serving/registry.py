@@ -21,13 +21,16 @@ from cnn_apps.errors import TrackingError
 
 CHAMPION = "champion"
 LATEST = "latest"  # MLflow's own: always the newest version, cannot be set
-MAIN_METRIC = {"classification": "test_accuracy", "pretext": "test_accuracy", "detection": "test_map50",
-               "segmentation": "test_miou"}
+MAIN_METRIC = {
+    "classification": "test_accuracy",
+    "pretext": "test_accuracy",
+    "detection": "test_map50",
+    "segmentation": "test_miou",
+}
 
 
 def _client(tracking_uri: str | None = None):
     import mlflow
-
     from cnn_apps import tracking
 
     if tracking_uri:
@@ -40,8 +43,10 @@ def find_evaluation(source_run_id: str, experiment_id: str):
     runs = _client().search_runs(
         [experiment_id],
         filter_string=f"tags.stage = 'evaluate' and tags.source_run = '{source_run_id}' "
-                      "and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=1)
+        "and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     return runs[0] if runs else None
 
 
@@ -61,8 +66,9 @@ def _metric(version, metric: str) -> float | None:
         return None
 
 
-def register_export(name: str, source, model_uri: str, *, task: str, export_path: str,
-                    export_version: int) -> dict:
+def register_export(
+    name: str, source, model_uri: str, *, task: str, export_path: str, export_version: int
+) -> dict:
     """Register ``model_uri`` (the source run's MLflow model) as a new version of ``name``;
     tag it, and move ``champion`` to it when it wins (see the module docstring).
 
@@ -78,33 +84,61 @@ def register_export(name: str, source, model_uri: str, *, task: str, export_path
         metrics.update(evaluation.data.metrics)
     main = MAIN_METRIC.get(task)
     value = metrics.get(main) if evaluation is not None else None
-    tags = {"export_path": export_path, "export_version": str(export_version), "source_run": source_id,
-            "task": task, **{f"metric.{k}": f"{v:.6g}" for k, v in sorted(metrics.items())}}
+    tags = {
+        "export_path": export_path,
+        "export_version": str(export_version),
+        "source_run": source_id,
+        "task": task,
+        **{f"metric.{k}": f"{v:.6g}" for k, v in sorted(metrics.items())},
+    }
     if evaluation is not None:
         tags["evaluate_run"] = evaluation.info.run_id
     if main:
         tags["main_metric"] = main
     mv = mlflow.register_model(model_uri, name, tags=tags)
-    client.update_model_version(name, mv.version, description=(
-        f"Exported to {export_path} (TF Serving version {export_version}) from run {source_id}."))
+    client.update_model_version(
+        name,
+        mv.version,
+        description=(
+            f"Exported to {export_path} (TF Serving version {export_version}) from run {source_id}."
+        ),
+    )
 
     current = alias_version(name, CHAMPION)
     best = _metric(current, main) if main else None
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        promoted, why = False, (f"no evaluate run of {source_id} with {main}: champion unchanged "
-                                f"(run `cnn-apps evaluate --from-run {source_id}`, then `cnn-apps promote`)")
+        promoted, why = (
+            False,
+            (
+                f"no evaluate run of {source_id} with {main}: champion unchanged "
+                f"(run `cnn-apps evaluate --from-run {source_id}`, then `cnn-apps promote`)"
+            ),
+        )
     elif current is None:
         promoted, why = True, f"first version with {main} ({value:.4g})"
     elif best is None or value > best:
-        promoted, why = True, (f"{main} {value:.4g} beats champion version {current.version} "
-                               f"({'none' if best is None else f'{best:.4g}'})")
+        promoted, why = (
+            True,
+            (
+                f"{main} {value:.4g} beats champion version {current.version} "
+                f"({'none' if best is None else f'{best:.4g}'})"
+            ),
+        )
     else:
-        promoted, why = False, f"{main} {value:.4g} does not beat champion version {current.version} ({best:.4g})"
+        promoted, why = (
+            False,
+            f"{main} {value:.4g} does not beat champion version {current.version} ({best:.4g})",
+        )
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, mv.version)
     client.set_model_version_tag(name, mv.version, "champion_decision", why)
-    return {"version": int(mv.version), "champion": promoted, "champion_decision": why,
-            "main_metric": main, "main_metric_value": value}
+    return {
+        "version": int(mv.version),
+        "champion": promoted,
+        "champion_decision": why,
+        "main_metric": main,
+        "main_metric_value": value,
+    }
 
 
 def promote(name: str, version: str | int, alias: str = CHAMPION, tracking_uri: str | None = None) -> str:
@@ -113,23 +147,32 @@ def promote(name: str, version: str | int, alias: str = CHAMPION, tracking_uri: 
 
     client = _client(tracking_uri or tracking.tracking_uri())
     if alias.lower() == LATEST:
-        raise TrackingError("the alias 'latest' is MLflow's own: models:/<name>@latest is always the newest "
-                            "version and cannot be moved; promote to another alias (e.g. champion)")
+        raise TrackingError(
+            "the alias 'latest' is MLflow's own: models:/<name>@latest is always the newest "
+            "version and cannot be moved; promote to another alias (e.g. champion)"
+        )
     try:
         versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
     except Exception as exc:
-        raise TrackingError(f"cannot read registered model '{name}' from {client.tracking_uri}: "
-                            f"{str(exc).splitlines()[0]}") from exc
+        raise TrackingError(
+            f"cannot read registered model '{name}' from {client.tracking_uri}: {str(exc).splitlines()[0]}"
+        ) from exc
     if not versions:
         names = sorted(m.name for m in client.search_registered_models())
-        raise TrackingError(f"no registered model '{name}' in {client.tracking_uri}; registered: "
-                            f"{', '.join(names) or 'none'}")
+        raise TrackingError(
+            f"no registered model '{name}' in {client.tracking_uri}; registered: {', '.join(names) or 'none'}"
+        )
     if str(version) not in {str(v) for v in versions}:
-        raise TrackingError(f"registered model '{name}' has no version {version}; versions: "
-                            f"{', '.join(map(str, versions))}")
+        raise TrackingError(
+            f"registered model '{name}' has no version {version}; versions: {', '.join(map(str, versions))}"
+        )
     before = alias_version(name, alias)
     client.set_registered_model_alias(name, alias, str(version))
-    client.set_model_version_tag(name, str(version), "champion_decision" if alias == CHAMPION else f"{alias}_decision",
-                                 "promoted by hand")
+    client.set_model_version_tag(
+        name,
+        str(version),
+        "champion_decision" if alias == CHAMPION else f"{alias}_decision",
+        "promoted by hand",
+    )
     was = f" (was version {before.version})" if before is not None else ""
     return f"models:/{name}@{alias} -> version {version}{was}"

@@ -51,8 +51,9 @@ def b64(data: bytes) -> dict:
     return {"b64": base64.b64encode(bytes(data)).decode("ascii")}
 
 
-def predict_request(files: list[bytes], signature: str = "serve_bytes", inputs: dict | None = None,
-                    input_name: str = "images") -> dict:
+def predict_request(
+    files: list[bytes], signature: str = "serve_bytes", inputs: dict | None = None, input_name: str = "images"
+) -> dict:
     """The body of a ``:predict`` call in TF Serving's row format for encoded image ``files``.
 
     Without ``inputs``: ``{"signature_name": signature, "instances": [{"b64": ...}, ...]}``.
@@ -66,8 +67,10 @@ def predict_request(files: list[bytes], signature: str = "serve_bytes", inputs: 
     for name, values in columns.items():
         if len(values) != len(files):
             raise ModelError(f"input {name} has {len(values)} rows for {len(files)} files")
-    instances = [{input_name: b64(f), **{name: values[i] for name, values in columns.items()}}
-                 for i, f in enumerate(files)]
+    instances = [
+        {input_name: b64(f), **{name: values[i] for name, values in columns.items()}}
+        for i, f in enumerate(files)
+    ]
     return {"signature_name": signature, "instances": instances}
 
 
@@ -82,9 +85,9 @@ def _decode_value(value):
         try:
             return base64.b64decode(value["b64"], validate=True)
         except (ValueError, TypeError) as exc:
-            raise ModelError(f"invalid base64 in a {{\"b64\": ...}} value: {exc}") from exc
+            raise ModelError(f'invalid base64 in a {{"b64": ...}} value: {exc}') from exc
     if isinstance(value, dict):
-        raise ModelError(f"an object other than {{\"b64\": ...}} where a value was expected: {sorted(value)}")
+        raise ModelError(f'an object other than {{"b64": ...}} where a value was expected: {sorted(value)}')
     if isinstance(value, list):
         return [_decode_value(v) for v in value]
     if isinstance(value, str):
@@ -94,6 +97,7 @@ def _decode_value(value):
 
 def _array(values, name: str) -> np.ndarray:
     """A rectangular array of decoded values (object dtype for strings)."""
+
     def has_bytes(v):
         return isinstance(v, bytes) or (isinstance(v, list) and any(has_bytes(x) for x in v))
 
@@ -141,7 +145,9 @@ def decode_instances(body: dict, input_name: str = "images") -> dict:
     ``{"b64": ...}`` becomes bytes and text becomes UTF-8 bytes (object arrays); numbers
     stay numbers (the server casts them to the signature's dtype)."""
     if not isinstance(body, dict) or ("instances" in body) == ("inputs" in body):
-        raise ModelError('a predict body needs exactly one of "instances" (row format) or "inputs" (columnar)')
+        raise ModelError(
+            'a predict body needs exactly one of "instances" (row format) or "inputs" (columnar)'
+        )
     if "inputs" in body:
         inputs = body["inputs"]
         if isinstance(inputs, dict) and not _is_b64(inputs):
@@ -171,8 +177,9 @@ def _jsonable(value, binary: bool):
         try:
             return value.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise ModelError("a string output is not valid UTF-8; name the output *_bytes to have it "
-                             "returned as base64") from exc
+            raise ModelError(
+                "a string output is not valid UTF-8; name the output *_bytes to have it returned as base64"
+            ) from exc
     return value
 
 
@@ -194,7 +201,9 @@ def row_format_response(outputs: dict) -> dict:
         if batch is None:
             batch = array.shape[0]
         elif array.shape[0] != batch:
-            raise ModelError(f"Tensor name: {name} has inconsistent batch size: {array.shape[0]} expecting: {batch}")
+            raise ModelError(
+                f"Tensor name: {name} has inconsistent batch size: {array.shape[0]} expecting: {batch}"
+            )
     columns = {name: _jsonable(array.tolist(), name.endswith("_bytes")) for name, array in arrays.items()}
     if len(columns) == 1:
         return {"predictions": next(iter(columns.values()))}
@@ -232,8 +241,10 @@ class TFServingClient:
         for suffix in (":predict", ":classify", ":regress", "/metadata"):
             url = url.removesuffix(suffix)
         if not URL_PATTERN.match(url):
-            raise ModelError(f"{url!r} is not a TF Serving REST model URL; expected "
-                             "http://HOST:8501/v1/models/NAME[/versions/N]")
+            raise ModelError(
+                f"{url!r} is not a TF Serving REST model URL; expected "
+                "http://HOST:8501/v1/models/NAME[/versions/N]"
+            )
         self.url = url
         self.timeout = float(timeout)
 
@@ -242,16 +253,26 @@ class TFServingClient:
 
     def _call(self, url: str, body: dict | None = None) -> dict:
         data = None if body is None else json.dumps(body).encode("utf-8")
-        request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
-                                         headers={"Content-Type": "application/json", "Accept": "application/json"})
+        request = urllib.request.Request(
+            url,
+            data=data,
+            method="GET" if body is None else "POST",
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+        )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 text = response.read().decode("utf-8", errors="replace")
         except urllib.error.HTTPError as exc:
             text = exc.read().decode("utf-8", errors="replace") if exc.fp else ""
-            raise ServingError(f"TF Serving at {url} answered HTTP {exc.code}: {_error_text(text) or exc.reason}",
-                               status=exc.code) from exc
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:  # socket.timeout is TimeoutError
+            raise ServingError(
+                f"TF Serving at {url} answered HTTP {exc.code}: {_error_text(text) or exc.reason}",
+                status=exc.code,
+            ) from exc
+        except (
+            urllib.error.URLError,
+            TimeoutError,
+            ConnectionError,
+        ) as exc:  # socket.timeout is TimeoutError
             reason = getattr(exc, "reason", exc)
             if isinstance(reason, TimeoutError) or isinstance(exc, TimeoutError):
                 reason = f"no answer within {self.timeout:g} s"
@@ -259,7 +280,9 @@ class TFServingClient:
         try:
             reply = json.loads(text)
         except ValueError as exc:
-            raise ServingError(f"TF Serving at {url} answered something other than JSON: {text[:200]!r}") from exc
+            raise ServingError(
+                f"TF Serving at {url} answered something other than JSON: {text[:200]!r}"
+            ) from exc
         if isinstance(reply, dict) and "error" in reply:
             raise ServingError(f"TF Serving at {url} answered an error: {reply['error']}", status=200)
         return reply
@@ -291,8 +314,10 @@ class TFServingClient:
         columns = response_columns(reply)
         for name, values in columns.items():
             if len(values) != len(files):
-                raise ServingError(f"TF Serving at {self.url}:predict returned {len(values)} rows of {name} "
-                                   f"for {len(files)} files")
+                raise ServingError(
+                    f"TF Serving at {self.url}:predict returned {len(values)} rows of {name} "
+                    f"for {len(files)} files"
+                )
         return columns
 
 

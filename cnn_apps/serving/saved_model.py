@@ -93,7 +93,9 @@ def _proposal_count(model) -> int | None:
 def next_version(base: str | os.PathLike) -> int:
     """1 + the highest integer version folder under ``base`` (1 when there is none)."""
     base = Path(base)
-    versions = [int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit()] if base.is_dir() else []
+    versions = (
+        [int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit()] if base.is_dir() else []
+    )
     return max(versions, default=0) + 1
 
 
@@ -130,11 +132,19 @@ def _write_archive(model, path, from_pixels, from_bytes, channels: int, extra=()
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serving_default", from_pixels,
-                         [tf.TensorSpec((None, None, None, channels), tf.float32, name="images"), *extra])
-    archive.add_endpoint("serve_uint8", from_pixels,
-                         [tf.TensorSpec((None, None, None, channels), tf.uint8, name="images"), *extra])
-    archive.add_endpoint("serve_bytes", from_bytes, [tf.TensorSpec((None,), tf.string, name="images"), *extra])
+    archive.add_endpoint(
+        "serving_default",
+        from_pixels,
+        [tf.TensorSpec((None, None, None, channels), tf.float32, name="images"), *extra],
+    )
+    archive.add_endpoint(
+        "serve_uint8",
+        from_pixels,
+        [tf.TensorSpec((None, None, None, channels), tf.uint8, name="images"), *extra],
+    )
+    archive.add_endpoint(
+        "serve_bytes", from_bytes, [tf.TensorSpec((None,), tf.string, name="images"), *extra]
+    )
     path = Path(path)
     try:
         archive.write_out(str(path), verbose=False)
@@ -178,12 +188,16 @@ def export_classifier(model, path: str | os.PathLike, class_names) -> Path:
         images = tf.cond(
             (shape[1] == height) & (shape[2] == width),
             lambda: images,
-            lambda: tf.image.resize(images, (height, width), method="bilinear", antialias=True))
+            lambda: tf.image.resize(images, (height, width), method="bilinear", antialias=True),
+        )
         images = tf.ensure_shape(images, (None, height, width, channels))
         probabilities = model(images, training=False)
         class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
-        return {"probabilities": probabilities, "class_id": class_id,
-                "class_name": tf.gather(names, class_id)}
+        return {
+            "probabilities": probabilities,
+            "class_id": class_id,
+            "class_name": tf.gather(names, class_id),
+        }
 
     def decode(data):
         image = tf.io.decode_image(data, channels=channels, expand_animations=False)
@@ -191,11 +205,17 @@ def export_classifier(model, path: str | os.PathLike, class_names) -> Path:
         return tf.ensure_shape(image, (height, width, channels))
 
     def classify_bytes(images):
-        pixels = tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec((height, width, channels), tf.float32))
+        pixels = tf.map_fn(
+            decode, images, fn_output_signature=tf.TensorSpec((height, width, channels), tf.float32)
+        )
         return classify(pixels)
 
-    metadata = {"task": "classification", "class_names": [str(n) for n in class_names],
-                "image_size": [height, width], "channels": channels}
+    metadata = {
+        "task": "classification",
+        "class_names": [str(n) for n in class_names],
+        "image_size": [height, width],
+        "channels": channels,
+    }
     return _write_archive(model, path, classify, classify_bytes, channels, metadata=metadata)
 
 
@@ -212,8 +232,9 @@ def encode_png(images: np.ndarray) -> list[bytes]:
     return out
 
 
-def verify_classifier_export(path: str | os.PathLike, model, images: np.ndarray,
-                             tolerance: float = 1e-4) -> dict:
+def verify_classifier_export(
+    path: str | os.PathLike, model, images: np.ndarray, tolerance: float = 1e-4
+) -> dict:
     """Reload the SavedModel and compare every signature with the Keras model.
 
     ``images``: (B, H, W, C) uint8-valued pixels at the model's input size.
@@ -235,8 +256,10 @@ def verify_classifier_export(path: str | os.PathLike, model, images: np.ndarray,
         probs = out["probabilities"].numpy()
         diffs[name] = float(np.max(np.abs(probs - expected)))
         if diffs[name] > tolerance:
-            raise ModelError(f"export {path}: signature {name} differs from the Keras model by "
-                             f"{diffs[name]:.2e} (> tolerance {tolerance:g})")
+            raise ModelError(
+                f"export {path}: signature {name} differs from the Keras model by "
+                f"{diffs[name]:.2e} (> tolerance {tolerance:g})"
+            )
         if not np.array_equal(out["class_id"].numpy(), expected.argmax(axis=1)):
             raise ModelError(f"export {path}: signature {name} returns other class ids than the Keras model")
     return diffs
@@ -249,8 +272,11 @@ def _resize_to(images, height: int, width: int):
     import tensorflow as tf
 
     shape = tf.shape(images)
-    return tf.cond((shape[-3] == height) & (shape[-2] == width), lambda: images,
-                   lambda: tf.image.resize(images, (height, width), method="bilinear", antialias=True))
+    return tf.cond(
+        (shape[-3] == height) & (shape[-2] == width),
+        lambda: images,
+        lambda: tf.image.resize(images, (height, width), method="bilinear", antialias=True),
+    )
 
 
 def export_detector(model, path: str | os.PathLike, class_names) -> Path:
@@ -299,22 +325,36 @@ def export_detector(model, path: str | os.PathLike, class_names) -> Path:
         return tf.ensure_shape(image, (height, width, channels)), size
 
     def detect_bytes(images, proposals=None):
-        pixels, sizes = tf.map_fn(decode, images, fn_output_signature=(
-            tf.TensorSpec((height, width, channels), tf.float32), tf.TensorSpec((2,), tf.int32)))
+        pixels, sizes = tf.map_fn(
+            decode,
+            images,
+            fn_output_signature=(
+                tf.TensorSpec((height, width, channels), tf.float32),
+                tf.TensorSpec((2,), tf.int32),
+            ),
+        )
         return detect(pixels, sizes, proposals)
 
     # a detector fed proposals takes them as a second input of every signature
     extra = [] if count is None else [tf.TensorSpec((None, None, 4), tf.float32, name="proposals")]
-    metadata = {"task": "detection", "class_names": [str(n) for n in class_names],
-                "image_size": [height, width], "channels": channels,
-                "proposals": getattr(model, "proposal_settings", None) or None}
+    metadata = {
+        "task": "detection",
+        "class_names": [str(n) for n in class_names],
+        "image_size": [height, width],
+        "channels": channels,
+        "proposals": getattr(model, "proposal_settings", None) or None,
+    }
     return _write_archive(model, path, detect_pixels, detect_bytes, channels, extra, metadata)
 
 
 def _numpy_detections(out) -> dict:
     """A detection dict (``model.detect``'s keys or the signatures') as NumPy arrays."""
-    keys = {"boxes": "detection_boxes", "scores": "detection_scores", "labels": "detection_classes",
-            "num_detections": "num_detections"}
+    keys = {
+        "boxes": "detection_boxes",
+        "scores": "detection_scores",
+        "labels": "detection_classes",
+        "num_detections": "num_detections",
+    }
     return {k: np.asarray(out[k] if k in out else out[v]) for k, v in keys.items()}
 
 
@@ -340,15 +380,27 @@ def _detection_diff(got: dict, want: dict, image: int, tolerance: float) -> tupl
     dist = np.where(gl[:, None] == wl[None], dist, np.inf)
     full = n == got["boxes"].shape[1]
     cut = min(gs.min(), ws.min()) + tolerance if full else -np.inf
-    diff = float(max(np.max(np.where(gs > cut, dist.min(axis=1), 0.0)),
-                     np.max(np.where(ws > cut, dist.min(axis=0), 0.0))))
+    diff = float(
+        max(
+            np.max(np.where(gs > cut, dist.min(axis=1), 0.0)),
+            np.max(np.where(ws > cut, dist.min(axis=0), 0.0)),
+        )
+    )
     if diff > tolerance:
-        return diff, f"differs from the Keras model by {diff:.2e} on image {image} (> tolerance {tolerance:g})"
+        return (
+            diff,
+            f"differs from the Keras model by {diff:.2e} on image {image} (> tolerance {tolerance:g})",
+        )
     return diff, None
 
 
-def verify_detector_export(path: str | os.PathLike, model, images: np.ndarray, tolerance: float = 1e-4,
-                           proposals: np.ndarray | None = None) -> dict:
+def verify_detector_export(
+    path: str | os.PathLike,
+    model,
+    images: np.ndarray,
+    tolerance: float = 1e-4,
+    proposals: np.ndarray | None = None,
+) -> dict:
     """Reload a detector's SavedModel and compare every signature with ``model.detect``.
 
     ``images``: (B, S, S, 3) uint8-valued pixels at the model's input size. Besides them,
@@ -384,7 +436,9 @@ def verify_detector_export(path: str | os.PathLike, model, images: np.ndarray, t
         return data if boxes is None else {"images": np.asarray(data, np.float32), "proposals": boxes}
 
     expected = _numpy_detections(model.detect(model_inputs(pixels, props)))
-    expected_big = _numpy_detections(model.detect(model_inputs(resized, None if props is None else props[:1])))
+    expected_big = _numpy_detections(
+        model.detect(model_inputs(resized, None if props is None else props[:1]))
+    )
     expected_big["boxes"] = expected_big["boxes"] * 2.0
     batch = len(pixels)
 
@@ -436,10 +490,15 @@ def export_segmenter(model, path: str | os.PathLike, class_names) -> Path:
         size = tf.shape(images)[1:3]
         probabilities = segment(_resize_to(images, height, width))
         probabilities = tf.cond(
-            (size[0] == height) & (size[1] == width), lambda: probabilities,
-            lambda: tf.image.resize(probabilities, size, method="bilinear"))
-        return {"probabilities": probabilities, "class_map": tf.argmax(probabilities, axis=-1, output_type=tf.int32),
-                "class_names": _per_image(names, images)}
+            (size[0] == height) & (size[1] == width),
+            lambda: probabilities,
+            lambda: tf.image.resize(probabilities, size, method="bilinear"),
+        )
+        return {
+            "probabilities": probabilities,
+            "class_map": tf.argmax(probabilities, axis=-1, output_type=tf.int32),
+            "class_names": _per_image(names, images),
+        }
 
     def decode(data):
         image = tf.io.decode_image(data, channels=channels, expand_animations=False)
@@ -448,14 +507,28 @@ def export_segmenter(model, path: str | os.PathLike, class_names) -> Path:
         return tf.ensure_shape(image, (height, width, channels)), size
 
     def segment_bytes(images):
-        pixels, sizes = tf.map_fn(decode, images, fn_output_signature=(
-            tf.TensorSpec((height, width, channels), tf.float32), tf.TensorSpec((2,), tf.int32)))
+        pixels, sizes = tf.map_fn(
+            decode,
+            images,
+            fn_output_signature=(
+                tf.TensorSpec((height, width, channels), tf.float32),
+                tf.TensorSpec((2,), tf.int32),
+            ),
+        )
         probabilities = segment(pixels)
-        return {"probabilities": probabilities, "class_map": tf.argmax(probabilities, axis=-1, output_type=tf.int32),
-                "image_size": sizes, "class_names": _per_image(names, images)}
+        return {
+            "probabilities": probabilities,
+            "class_map": tf.argmax(probabilities, axis=-1, output_type=tf.int32),
+            "image_size": sizes,
+            "class_names": _per_image(names, images),
+        }
 
-    metadata = {"task": "segmentation", "class_names": [str(n) for n in class_names],
-                "image_size": [height, width], "channels": channels}
+    metadata = {
+        "task": "segmentation",
+        "class_names": [str(n) for n in class_names],
+        "image_size": [height, width],
+        "channels": channels,
+    }
     return _write_archive(model, path, segment_pixels, segment_bytes, channels, metadata=metadata)
 
 
@@ -466,7 +539,9 @@ def _per_image(values, images):
     return tf.tile(values[None], [tf.shape(images)[0], 1])
 
 
-def verify_segmenter_export(path: str | os.PathLike, model, images: np.ndarray, tolerance: float = 1e-4) -> dict:
+def verify_segmenter_export(
+    path: str | os.PathLike, model, images: np.ndarray, tolerance: float = 1e-4
+) -> dict:
     """Reload a segmenter's SavedModel and compare every signature with the Keras model.
 
     ``images``: (B, S, S, 3) uint8-valued pixels at the model's input size. Probabilities
@@ -489,23 +564,33 @@ def verify_segmenter_export(path: str | os.PathLike, model, images: np.ndarray, 
     checks = [
         ("serving_default", loaded.signatures["serving_default"](images=tf.constant(pixels)), expected),
         ("serving_default", loaded.signatures["serving_default"](images=tf.constant(big)), expected_big),
-        ("serve_uint8", loaded.signatures["serve_uint8"](images=tf.constant(pixels.astype(np.uint8))), expected),
+        (
+            "serve_uint8",
+            loaded.signatures["serve_uint8"](images=tf.constant(pixels.astype(np.uint8))),
+            expected,
+        ),
         ("serve_bytes", loaded.signatures["serve_bytes"](images=tf.constant(encode_png(pixels))), expected),
     ]
     diffs = {}
     for name, out, want in checks:
         got = out["probabilities"].numpy()
         if got.shape != want.shape:
-            raise ModelError(f"export {path}: signature {name} returns probabilities {got.shape}, expected {want.shape}")
+            raise ModelError(
+                f"export {path}: signature {name} returns probabilities {got.shape}, expected {want.shape}"
+            )
         diff = float(np.max(np.abs(got - want)))
         diffs[name] = max(diffs.get(name, 0.0), diff)
         if diff > tolerance:
-            raise ModelError(f"export {path}: signature {name} differs from the Keras model by {diff:.2e} "
-                             f"(> tolerance {tolerance:g})")
+            raise ModelError(
+                f"export {path}: signature {name} differs from the Keras model by {diff:.2e} "
+                f"(> tolerance {tolerance:g})"
+            )
         top2 = np.sort(want, axis=-1)[..., -2:]
         decided = (top2[..., 1] - top2[..., 0]) > tolerance
         if not np.array_equal(out["class_map"].numpy()[decided], want.argmax(-1)[decided]):
-            raise ModelError(f"export {path}: signature {name} returns another class map than the Keras model")
+            raise ModelError(
+                f"export {path}: signature {name} returns another class map than the Keras model"
+            )
     sizes = checks[3][1]["image_size"].numpy()
     if not np.array_equal(sizes, np.tile([height, width], (len(pixels), 1))):
         raise ModelError(f"export {path}: serve_bytes reports image sizes {sizes.tolist()}")

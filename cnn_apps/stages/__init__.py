@@ -28,12 +28,21 @@ def run_all(config) -> StageResult:
     trained = train(config, from_run=prepared.run_id)
     evaluated = evaluate(config, from_run=trained.run_id)
     if config.task == "detection" and is_region_detector(config.model.architecture):
-        log.info("%s is evaluate-only (proposals and SVMs outside TensorFlow): no export", config.model.architecture)
+        log.info(
+            "%s is evaluate-only (proposals and SVMs outside TensorFlow): no export",
+            config.model.architecture,
+        )
         evaluated.outputs.update({"prepare_run": prepared.run_id, "train_run": trained.run_id})
         return evaluated
     exported = export(config, from_run=trained.run_id)
-    exported.outputs.update({"prepare_run": prepared.run_id, "train_run": trained.run_id,
-                             "evaluate_run": evaluated.run_id, **evaluated.outputs})
+    exported.outputs.update(
+        {
+            "prepare_run": prepared.run_id,
+            "train_run": trained.run_id,
+            "evaluate_run": evaluated.run_id,
+            **evaluated.outputs,
+        }
+    )
     return exported
 
 

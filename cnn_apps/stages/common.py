@@ -33,13 +33,22 @@ def dataset_label(spec: DatasetSpec) -> str:
 
 def check_task(config: Config, supported=("classification", "pretext")) -> None:
     if config.task not in supported:
-        raise ConfigError(f"task '{config.task}' is not supported by this stage yet "
-                          f"(supported: {', '.join(supported)})")
+        raise ConfigError(
+            f"task '{config.task}' is not supported by this stage yet (supported: {', '.join(supported)})"
+        )
 
 
-def split_dataset(spec: DatasetSpec, config: Config, split: str, *, training: bool,
-                  batch_size: int | None = None, limit: int | None = None, proposals=None,
-                  epochs: tuple[int, int] | None = None):
+def split_dataset(
+    spec: DatasetSpec,
+    config: Config,
+    split: str,
+    *,
+    training: bool,
+    batch_size: int | None = None,
+    limit: int | None = None,
+    proposals=None,
+    epochs: tuple[int, int] | None = None,
+):
     """A batched tf.data pipeline for one split of a prepared dataset (the first ``limit``
     examples only, when given). ``proposals``: a
     :class:`~cnn_apps.data.proposal_cache.ProposalSettings` (detection, Fast R-CNN): each
@@ -72,10 +81,19 @@ def split_dataset(spec: DatasetSpec, config: Config, split: str, *, training: bo
         # a flipped rotation looks like another rotation: flipping would make labels ambiguous
         task, augment = "classification", dataclasses.replace(augment, flip=False)
     return make_pipeline(
-        ds, task=task, image_size=config.data.image_size,
-        batch_size=batch_size or config.training.batch_size, training=training,
-        augment=augment, seed=config.training.seed, num_examples=count,
-        channels=spec.channels, cache=config.training.cache, proposals=boxes, epochs=epochs)
+        ds,
+        task=task,
+        image_size=config.data.image_size,
+        batch_size=batch_size or config.training.batch_size,
+        training=training,
+        augment=augment,
+        seed=config.training.seed,
+        num_examples=count,
+        channels=spec.channels,
+        cache=config.training.cache,
+        proposals=boxes,
+        epochs=epochs,
+    )
 
 
 def source_config(config: Config) -> Config:

@@ -55,17 +55,35 @@ def config_study(config: Config, kind: str, paths: list[str], field: str, from_r
         from_run = prepare(config).run_id
     tracking.setup(config)
     spec = tracking.load_dataset_spec(from_run)
-    with tracking.stage_run(config, "study", model=kind, dataset=dataset_label(spec), source_run=from_run,
-                            fingerprint=spec.fingerprint, tags={"study": kind}) as parent:
+    with tracking.stage_run(
+        config,
+        "study",
+        model=kind,
+        dataset=dataset_label(spec),
+        source_run=from_run,
+        fingerprint=spec.fingerprint,
+        tags={"study": kind},
+    ) as parent:
+
         def run_children():
             for path, child in children:
                 name = child.model.architecture
                 log.info("study %s: %s (%s)", kind, name, path)
                 tags = {"study": kind, "setting": name, "study_run": parent.info.run_id}
-                trained = train(child, from_run, nested=True, tags=tags,
-                                run_name=f"train:{name}:{dataset_label(spec)}:{kind}")
+                trained = train(
+                    child,
+                    from_run,
+                    nested=True,
+                    tags=tags,
+                    run_name=f"train:{name}:{dataset_label(spec)}:{kind}",
+                )
                 evaluated = evaluate(child, trained.run_id, nested=True)
-                yield (name, trained, evaluated, tracking.get_run(evaluated.run_id).data.metrics,
-                       tracking.get_run(trained.run_id).data.metrics)
+                yield (
+                    name,
+                    trained,
+                    evaluated,
+                    tracking.get_run(evaluated.run_id).data.metrics,
+                    tracking.get_run(trained.run_id).data.metrics,
+                )
 
         yield parent, spec, run_children

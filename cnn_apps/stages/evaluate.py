@@ -17,17 +17,24 @@ import numpy as np
 
 from cnn_apps import tracking
 from cnn_apps.config import Config
-from cnn_apps.stages.common import (StageResult, at_model_size, check_task, dataset_label, metric_key, split_dataset,
-                                    training_classes)
+from cnn_apps.stages.common import (
+    StageResult,
+    at_model_size,
+    check_task,
+    dataset_label,
+    metric_key,
+    split_dataset,
+    training_classes,
+)
 
 SOURCE_STAGES = ("train", "finetune")
 MAX_ERROR_IMAGES = 32
 
 
 def evaluate(config: Config, from_run: str, *, nested: bool = False) -> StageResult:
-    import mlflow
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+    import mlflow
     from cnn_apps import plots
 
     check_task(config, ("classification", "pretext", "detection", "segmentation"))
@@ -72,12 +79,22 @@ def evaluate(config: Config, from_run: str, *, nested: bool = False) -> StageRes
     speed = _images_per_second(model, test_ds, config.evaluate.speed_batches)
 
     model_name = source.data.params.get("model.backbone", "model")
-    with tracking.stage_run(config, "evaluate", model=model_name, dataset=dataset_label(spec),
-                            source_run=from_run, fingerprint=spec.fingerprint, nested=nested) as run:
+    with tracking.stage_run(
+        config,
+        "evaluate",
+        model=model_name,
+        dataset=dataset_label(spec),
+        source_run=from_run,
+        fingerprint=spec.fingerprint,
+        nested=nested,
+    ) as run:
         metrics = {
-            "test_loss": test_loss, "test_accuracy": accuracy,
-            "test_macro_precision": float(p.mean()), "test_macro_recall": float(r.mean()),
-            "test_macro_f1": float(f1.mean()), "test_images_per_s": speed,
+            "test_loss": test_loss,
+            "test_accuracy": accuracy,
+            "test_macro_precision": float(p.mean()),
+            "test_macro_recall": float(r.mean()),
+            "test_macro_f1": float(f1.mean()),
+            "test_images_per_s": speed,
             "test_examples": int(len(labels)),
         }
         for i, name in enumerate(class_names):
@@ -94,12 +111,19 @@ def evaluate(config: Config, from_run: str, *, nested: bool = False) -> StageRes
         wrong = np.flatnonzero(pred != labels)[:MAX_ERROR_IMAGES]
         if len(wrong):
             titles = [f"{class_names[labels[i]]}->{class_names[pred[i]]}" for i in wrong]
-            images = np.concatenate(wrong_images)[:len(wrong)]
-            tracking.log_figure(plots.image_grid(images, titles, title="test errors (true->predicted)"),
-                                "test_errors.png")
-        return StageResult(run.info.run_id, "evaluate",
-                           {"test_accuracy": round(accuracy, 4), "test_loss": round(test_loss, 4),
-                            "test_images_per_s": round(speed, 1)})
+            images = np.concatenate(wrong_images)[: len(wrong)]
+            tracking.log_figure(
+                plots.image_grid(images, titles, title="test errors (true->predicted)"), "test_errors.png"
+            )
+        return StageResult(
+            run.info.run_id,
+            "evaluate",
+            {
+                "test_accuracy": round(accuracy, 4),
+                "test_loss": round(test_loss, 4),
+                "test_images_per_s": round(speed, 1),
+            },
+        )
 
 
 def _images_per_second(model, ds, batches: int) -> float:

@@ -17,12 +17,27 @@ import os
 
 from cnn_apps import tracking
 from cnn_apps.config import Config
-from cnn_apps.serving import (SIGNATURES, export_classifier, export_detector, export_segmenter, next_version,
-                              staging_folder,
-                              verify_classifier_export, verify_detector_export, verify_segmenter_export)
+from cnn_apps.serving import (
+    SIGNATURES,
+    export_classifier,
+    export_detector,
+    export_segmenter,
+    next_version,
+    staging_folder,
+    verify_classifier_export,
+    verify_detector_export,
+    verify_segmenter_export,
+)
 from cnn_apps.serving.registry import register_export
-from cnn_apps.stages.common import (StageResult, at_model_size, check_task, dataset_label, log, split_dataset,
-                                    training_classes)
+from cnn_apps.stages.common import (
+    StageResult,
+    at_model_size,
+    check_task,
+    dataset_label,
+    log,
+    split_dataset,
+    training_classes,
+)
 
 SOURCE_STAGES = ("train", "finetune")
 TASKS = ("classification", "pretext", "detection", "segmentation")
@@ -57,28 +72,52 @@ def export(config: Config, from_run: str) -> StageResult:
         else:
             export_classifier(model, staged, class_names)
             diffs = verify_classifier_export(staged, model, batch, tolerance=config.export.tolerance)
-    log.info("exported %s (signatures %s), max |SavedModel - Keras| = %.2e",
-             path, ", ".join(SIGNATURES), max(diffs.values()))
+    log.info(
+        "exported %s (signatures %s), max |SavedModel - Keras| = %.2e",
+        path,
+        ", ".join(SIGNATURES),
+        max(diffs.values()),
+    )
 
     params = source.data.params
     model_name = params.get("model.backbone", "model")
     if config.task in ("detection", "segmentation"):
         model_name = params.get("model.architecture") or model_name
-    with tracking.stage_run(config, "export", model=model_name, dataset=dataset_label(spec),
-                            source_run=from_run, fingerprint=spec.fingerprint) as run:
-        mlflow.log_metrics({"export_max_abs_diff": max(diffs.values()),
-                            **{f"export_diff_{k}": v for k, v in diffs.items()},
-                            "export_version": version,
-                            "export_size_bytes": _folder_size(path)})
+    with tracking.stage_run(
+        config,
+        "export",
+        model=model_name,
+        dataset=dataset_label(spec),
+        source_run=from_run,
+        fingerprint=spec.fingerprint,
+    ) as run:
+        mlflow.log_metrics(
+            {
+                "export_max_abs_diff": max(diffs.values()),
+                **{f"export_diff_{k}": v for k, v in diffs.items()},
+                "export_version": version,
+                "export_size_bytes": _folder_size(path),
+            }
+        )
         mlflow.set_tags({"export_path": path, "export_version": str(version)})
         mlflow.log_text(_describe(path), "saved_model_signatures.txt")
         outputs = {"export_path": path, "version": version}
         if config.export.register:
-            reg = register_export(name, source, tracking.model_uri(from_run), task=config.task,
-                                  export_path=path, export_version=version)
-            mlflow.set_tags({"registered_model": f"models:/{name}/{reg['version']}",
-                             "champion": str(reg["champion"]).lower(),
-                             "champion_decision": reg["champion_decision"]})
+            reg = register_export(
+                name,
+                source,
+                tracking.model_uri(from_run),
+                task=config.task,
+                export_path=path,
+                export_version=version,
+            )
+            mlflow.set_tags(
+                {
+                    "registered_model": f"models:/{name}/{reg['version']}",
+                    "champion": str(reg["champion"]).lower(),
+                    "champion_decision": reg["champion_decision"],
+                }
+            )
             log.info("registered models:/%s/%s; champion: %s", name, reg["version"], reg["champion_decision"])
             outputs["registered"] = f"models:/{name}/{reg['version']}"
             if reg["champion"]:

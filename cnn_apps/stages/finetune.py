@@ -35,17 +35,22 @@ import os
 from cnn_apps import tracking
 from cnn_apps.config import Config
 from cnn_apps.errors import ConfigError, ModelError
-from cnn_apps.stages.common import (StageResult, at_model_size, check_task, dataset_label, log,
-                                    split_dataset)
+from cnn_apps.stages.common import StageResult, at_model_size, check_task, dataset_label, log, split_dataset
 
 SOURCE_STAGES = ("train", "finetune")
 
 
-def finetune(config: Config, from_run: str | None = None, *, nested: bool = False, tags: dict | None = None,
-             run_name: str | None = None) -> StageResult:
+def finetune(
+    config: Config,
+    from_run: str | None = None,
+    *,
+    nested: bool = False,
+    tags: dict | None = None,
+    run_name: str | None = None,
+) -> StageResult:
     import keras
-    import mlflow
 
+    import mlflow
     from cnn_apps.classification.transfer import freeze_batch_norm, parameter_counts, unfreeze_top_blocks
     from cnn_apps.training.fit import fit_and_log
 
@@ -59,8 +64,10 @@ def finetune(config: Config, from_run: str | None = None, *, nested: bool = Fals
     config = at_model_size(config, base)
     spec, data_run = _target_data(config, source_spec)
     if spec.channels != base.input_shape[-1]:
-        raise ConfigError(f"the source model takes {base.input_shape[-1]}-channel images, the data has "
-                          f"{spec.channels}: set data.channels={base.input_shape[-1]}")
+        raise ConfigError(
+            f"the source model takes {base.input_shape[-1]}-channel images, the data has "
+            f"{spec.channels}: set data.channels={base.input_shape[-1]}"
+        )
 
     keras.utils.set_random_seed(config.training.seed)
     model = _target_model(base, spec, fresh=ft.mode == "scratch")
@@ -70,9 +77,17 @@ def finetune(config: Config, from_run: str | None = None, *, nested: bool = Fals
     num_train = spec.counts["train"]
     backbone = model.backbone_name
     run_tags = {"finetune_mode": ft.mode, "finetune_source": ft.source, **(tags or {})}
-    with tracking.stage_run(config, "finetune", model=backbone, dataset=dataset_label(spec),
-                            source_run=source_ref, fingerprint=spec.fingerprint, nested=nested,
-                            tags=run_tags, run_name=run_name or f"finetune:{backbone}:{dataset_label(spec)}:{ft.mode}") as run:
+    with tracking.stage_run(
+        config,
+        "finetune",
+        model=backbone,
+        dataset=dataset_label(spec),
+        source_run=source_ref,
+        fingerprint=spec.fingerprint,
+        nested=nested,
+        tags=run_tags,
+        run_name=run_name or f"finetune:{backbone}:{dataset_label(spec)}:{ft.mode}",
+    ) as run:
         if data_run:
             mlflow.set_tag("data_run", data_run)
         mlflow.log_text(spec.to_json(), tracking.DATASET_ARTIFACT)
@@ -84,10 +99,26 @@ def finetune(config: Config, from_run: str | None = None, *, nested: bool = Fals
             counts = parameter_counts(model)
             mlflow.log_metrics({f"{name}_{k}": v for k, v in counts.items()})
             mlflow.log_params({f"{name}_learning_rate": lr, f"{name}_epochs": epochs})
-            log.info("%s: %d trainable / %d frozen parameters, lr %g, %d epochs", name,
-                     counts["params_trainable"], counts["params_frozen"], lr, epochs)
-            return fit_and_log(model, train_ds, val_ds, config.training, epochs=epochs, learning_rate=lr,
-                               initial_epoch=initial_epoch, prefix=prefix, title=f"{title} ({name})", **fit)
+            log.info(
+                "%s: %d trainable / %d frozen parameters, lr %g, %d epochs",
+                name,
+                counts["params_trainable"],
+                counts["params_frozen"],
+                lr,
+                epochs,
+            )
+            return fit_and_log(
+                model,
+                train_ds,
+                val_ds,
+                config.training,
+                epochs=epochs,
+                learning_rate=lr,
+                initial_epoch=initial_epoch,
+                prefix=prefix,
+                title=f"{title} ({name})",
+                **fit,
+            )
 
         if ft.mode == "shallow":
             summary = _shallow(model, config, train_eval_ds, val_ds)
@@ -103,12 +134,24 @@ def finetune(config: Config, from_run: str | None = None, *, nested: bool = Fals
                 head = phase("head", "head_", ft.epochs, ft.learning_rate)
                 blocks = unfreeze_top_blocks(model, ft.unfreeze_blocks)
                 mlflow.log_param("unfrozen_blocks", ",".join(blocks) or "none")
-                summary = phase("fine_tune", "", ft.fine_tune_epochs, ft.fine_tune_learning_rate,
-                                initial_epoch=head["epochs_trained"])
+                summary = phase(
+                    "fine_tune",
+                    "",
+                    ft.fine_tune_epochs,
+                    ft.fine_tune_learning_rate,
+                    initial_epoch=head["epochs_trained"],
+                )
         tracking.log_keras_model(model, next(iter(val_ds))[0][:2].numpy())
-        return StageResult(run.info.run_id, "finetune", {
-            "mode": ft.mode, "val_accuracy": round(summary["best_val_accuracy"], 4),
-            "diagnosis": summary["diagnosis"].verdict}, extra={"summary": summary})
+        return StageResult(
+            run.info.run_id,
+            "finetune",
+            {
+                "mode": ft.mode,
+                "val_accuracy": round(summary["best_val_accuracy"], 4),
+                "diagnosis": summary["diagnosis"].verdict,
+            },
+            extra={"summary": summary},
+        )
 
 
 # ---------------------------------------------------------------------- sources
@@ -118,8 +161,10 @@ def _load_source(config: Config, from_run: str | None):
     if ft.source == "run":
         ref = from_run or ft.from_uri
         if not ref:
-            raise ConfigError("finetune.source=run needs --from-run RUN_ID or finetune.from_uri "
-                              "(runs:/<id>/model, models:/<name>@<alias>)")
+            raise ConfigError(
+                "finetune.source=run needs --from-run RUN_ID or finetune.from_uri "
+                "(runs:/<id>/model, models:/<name>@<alias>)"
+            )
         spec = None
         run_id = ref if ":/" not in ref else _run_id_of(ref)
         if run_id:
@@ -137,7 +182,7 @@ def _load_source(config: Config, from_run: str | None):
 
 def _run_id_of(uri: str) -> str | None:
     if uri.startswith("runs:/"):
-        return uri[len("runs:/"):].split("/")[0]
+        return uri[len("runs:/") :].split("/")[0]
     return None
 
 
@@ -171,10 +216,14 @@ def _from_weights_file(config: Config, path: str):
         try:
             model.backbone.set_weights(loaded.get_weights())
         except ValueError as exc:
-            raise ModelError(f"{path} is not a '{config.model.backbone}' backbone like model.* describes: {exc}") from exc
+            raise ModelError(
+                f"{path} is not a '{config.model.backbone}' backbone like model.* describes: {exc}"
+            ) from exc
         return model
     if not path.endswith(".weights.h5"):
-        raise ConfigError(f"finetune.weights: {path} must end in .weights.h5 (a backbone's weights) or .keras")
+        raise ConfigError(
+            f"finetune.weights: {path} must end in .weights.h5 (a backbone's weights) or .keras"
+        )
     model = _fresh_classifier(config, channels)
     try:
         model.backbone.load_weights(path)
@@ -189,20 +238,30 @@ def _from_imagenet(config: Config):
 
     name = config.model.backbone
     if name not in KERAS_APPLICATIONS:
-        raise ConfigError(f"finetune.source=imagenet: no ImageNet weights for backbone '{name}'; "
-                          f"use one of {', '.join(sorted(KERAS_APPLICATIONS))}")
+        raise ConfigError(
+            f"finetune.source=imagenet: no ImageNet weights for backbone '{name}'; "
+            f"use one of {', '.join(sorted(KERAS_APPLICATIONS))}"
+        )
     weights = config.finetune.weights or "imagenet"
     local = os.path.isfile(weights)
     if not local and not is_online(timeout=3.0):
         raise ModelError(
             f"ImageNet weights for {name} must be downloaded, and this machine is offline. Fix: download "
             f"keras.applications' {name} 'notop' weights file elsewhere and pass it: "
-            f"--set finetune.weights=/path/to/{name}_weights_tf_dim_ordering_tf_kernels_notop.h5")
+            f"--set finetune.weights=/path/to/{name}_weights_tf_dim_ordering_tf_kernels_notop.h5"
+        )
     size = config.data.image_size
     extra = dict(KERAS_APPLICATIONS[name][1])
-    model = _fresh_classifier(config, 3, preprocessing="caffe", backbone_args={**config.model.backbone_args, **extra})
-    ours = from_keras_applications(name, weights=weights, input_shape=(size, size, 3), include_top=False,
-                                   **{**config.model.backbone_args, **extra})
+    model = _fresh_classifier(
+        config, 3, preprocessing="caffe", backbone_args={**config.model.backbone_args, **extra}
+    )
+    ours = from_keras_applications(
+        name,
+        weights=weights,
+        input_shape=(size, size, 3),
+        include_top=False,
+        **{**config.model.backbone_args, **extra},
+    )
     model.backbone.set_weights(ours.get_weights())
     return model
 
@@ -232,9 +291,9 @@ def _target_model(base, spec, fresh: bool):
 
 def _shallow(model, config: Config, train_eval_ds, val_ds) -> dict:
     """Frozen features once per split -> scikit-learn linear model -> folded back into Keras."""
-    import mlflow
     import numpy as np
 
+    import mlflow
     from cnn_apps.classification import shallow
     from cnn_apps.training.diagnosis import diagnose
 
@@ -244,18 +303,34 @@ def _shallow(model, config: Config, train_eval_ds, val_ds) -> dict:
     x_val, y_val = shallow.extract_features(extractor, val_ds)
     mlflow.log_metrics({"shallow_features": x_train.shape[1], "shallow_train_examples": len(y_train)})
     scaler = shallow.fit_scaler(x_train)
-    estimator = shallow.fit_shallow(scaler.transform(x_train), y_train, kind=ft.shallow_model, C=ft.shallow_c,
-                                    seed=config.training.seed)
+    estimator = shallow.fit_shallow(
+        scaler.transform(x_train), y_train, kind=ft.shallow_model, C=ft.shallow_c, seed=config.training.seed
+    )
     shallow.log_sklearn_model(estimator, scaler, x_train[:5])
     keras_model = shallow.to_keras(model, scaler, estimator, model.class_names)
     train_error = float(np.mean(estimator.predict(scaler.transform(x_train)) != y_train))
     val_error = float(np.mean(estimator.predict(scaler.transform(x_val)) != y_val))
-    result = diagnose(train_error, val_error, human_error=config.diagnosis.human_error,
-                      bias_threshold=config.diagnosis.bias_threshold,
-                      variance_threshold=config.diagnosis.variance_threshold)
-    mlflow.log_metrics({**result.metrics(), "final_train_error": train_error, "final_val_error": val_error,
-                        "best_val_accuracy": 1 - val_error})
+    result = diagnose(
+        train_error,
+        val_error,
+        human_error=config.diagnosis.human_error,
+        bias_threshold=config.diagnosis.bias_threshold,
+        variance_threshold=config.diagnosis.variance_threshold,
+    )
+    mlflow.log_metrics(
+        {
+            **result.metrics(),
+            "final_train_error": train_error,
+            "final_val_error": val_error,
+            "best_val_accuracy": 1 - val_error,
+        }
+    )
     mlflow.set_tag("diagnosis", result.verdict)
     mlflow.log_text(result.markdown(), "diagnosis.md")
-    return {"model": keras_model, "best_val_accuracy": 1 - val_error, "diagnosis": result,
-            "epochs_trained": 0, "series": {"train_error": [], "val_error": []}}
+    return {
+        "model": keras_model,
+        "best_val_accuracy": 1 - val_error,
+        "diagnosis": result,
+        "epochs_trained": 0,
+        "series": {"train_error": [], "val_error": []},
+    }

@@ -19,8 +19,17 @@ from cnn_apps.stages.common import StageResult, dataset_label
 from cnn_apps.stages.config_study import config_study
 from cnn_apps.stages.study import csv_table, markdown_table
 
-COLUMNS = ("detector", "test_map50", "test_coco_ap", "ms_per_image", "proposal_ms", "speedup", "train_seconds",
-           "train_run", "evaluate_run")
+COLUMNS = (
+    "detector",
+    "test_map50",
+    "test_coco_ap",
+    "ms_per_image",
+    "proposal_ms",
+    "speedup",
+    "train_seconds",
+    "train_run",
+    "evaluate_run",
+)
 # the course's table: test time per image of the R-CNN lineage and its speed-up
 COURSE = {"rcnn": (50.0, 1), "fast_rcnn": (2.0, 25), "faster_rcnn": (0.2, 250)}
 
@@ -42,36 +51,67 @@ def ladder_study(config: Config, from_run: str | None = None) -> StageResult:
         raise ConfigError("study detectors needs task: detection")
     rows = []
     with config_study(config, "detectors", list(config.study.detectors), "detectors", from_run) as (
-            parent, spec, children):
+        parent,
+        spec,
+        children,
+    ):
         for name, trained, evaluated, metrics, train_metrics in children():
             total, proposal = time_per_image_ms(metrics)
-            rows.append({"detector": name, "test_map50": metrics["test_map50"],
-                         "test_coco_ap": metrics.get("test_coco_ap", float("nan")), "ms_per_image": total,
-                         "proposal_ms": proposal, "train_seconds": train_metrics.get("train_seconds", 0.0),
-                         "train_run": trained.run_id, "evaluate_run": evaluated.run_id})
+            rows.append(
+                {
+                    "detector": name,
+                    "test_map50": metrics["test_map50"],
+                    "test_coco_ap": metrics.get("test_coco_ap", float("nan")),
+                    "ms_per_image": total,
+                    "proposal_ms": proposal,
+                    "train_seconds": train_metrics.get("train_seconds", 0.0),
+                    "train_run": trained.run_id,
+                    "evaluate_run": evaluated.run_id,
+                }
+            )
         base = rows[0]["ms_per_image"]
         for row in rows:
             row["speedup"] = base / max(row["ms_per_image"], 1e-9)
-            mlflow.log_metrics({f"{row['detector']}_map50": row["test_map50"],
-                                f"{row['detector']}_ms_per_image": row["ms_per_image"],
-                                f"{row['detector']}_speedup": row["speedup"]})
+            mlflow.log_metrics(
+                {
+                    f"{row['detector']}_map50": row["test_map50"],
+                    f"{row['detector']}_ms_per_image": row["ms_per_image"],
+                    f"{row['detector']}_speedup": row["speedup"],
+                }
+            )
         mlflow.log_text(csv_table(rows, COLUMNS), "ladder.csv")
-        mlflow.log_text(markdown_table(rows, title=f"Detector ladder on {dataset_label(spec)}", columns=COLUMNS)
-                        + _course_note(rows), "ladder.md")
+        mlflow.log_text(
+            markdown_table(rows, title=f"Detector ladder on {dataset_label(spec)}", columns=COLUMNS)
+            + _course_note(rows),
+            "ladder.md",
+        )
         tracking.log_figure(_plot(rows), "ladder.png")
-        return StageResult(parent.info.run_id, "study", {
-            "study": "detectors", "children": len(rows),
-            **{f"{r['detector']}_speedup": round(r["speedup"], 1) for r in rows}}, extra={"rows": rows})
+        return StageResult(
+            parent.info.run_id,
+            "study",
+            {
+                "study": "detectors",
+                "children": len(rows),
+                **{f"{r['detector']}_speedup": round(r["speedup"], 1) for r in rows},
+            },
+            extra={"rows": rows},
+        )
 
 
 def _course_note(rows) -> str:
-    lines = ["", "Course table (test time per image, speed-up): R-CNN 50 s (1x), Fast R-CNN 2 s (25x), "
-             "Faster R-CNN 0.2 s (250x).", ""]
+    lines = [
+        "",
+        "Course table (test time per image, speed-up): R-CNN 50 s (1x), Fast R-CNN 2 s (25x), "
+        "Faster R-CNN 0.2 s (250x).",
+        "",
+    ]
     for r in rows:
         if r["detector"] in COURSE:
             seconds, speedup = COURSE[r["detector"]]
-            lines.append(f"- {r['detector']}: {r['ms_per_image'] / 1000:.3f} s here, {r['speedup']:.1f}x "
-                         f"(course: {seconds} s, {speedup}x)")
+            lines.append(
+                f"- {r['detector']}: {r['ms_per_image'] / 1000:.3f} s here, {r['speedup']:.1f}x "
+                f"(course: {seconds} s, {speedup}x)"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -81,8 +121,13 @@ def _plot(rows):
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
         ax.scatter(r["ms_per_image"] / 1000, r["test_map50"], s=40)
-        ax.annotate(f"{r['detector']} ({r['speedup']:.{1 if r['speedup'] < 10 else 0}f}x)", (r["ms_per_image"] / 1000, r["test_map50"]),
-                    textcoords="offset points", xytext=(5, 5), fontsize=8)
+        ax.annotate(
+            f"{r['detector']} ({r['speedup']:.{1 if r['speedup'] < 10 else 0}f}x)",
+            (r["ms_per_image"] / 1000, r["test_map50"]),
+            textcoords="offset points",
+            xytext=(5, 5),
+            fontsize=8,
+        )
     ax.set_xscale("log")
     ax.set_xlabel("test time per image, proposals included (s, log scale)")
     ax.set_ylabel("test mAP50")

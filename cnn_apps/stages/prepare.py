@@ -29,7 +29,6 @@ from cnn_apps.stages.common import StageResult, dataset_label, log, metric_key, 
 
 def prepare(config: Config) -> StageResult:
     import mlflow
-
     from cnn_apps import plots
     from cnn_apps.data.sources import get_source
 
@@ -40,8 +39,9 @@ def prepare(config: Config) -> StageResult:
     if spec.skipped:
         log.warning("%d records skipped; see skipped_records.csv in the prepare run", len(spec.skipped))
 
-    with tracking.stage_run(config, "prepare", model="-", dataset=dataset_label(spec),
-                            fingerprint=spec.fingerprint) as run:
+    with tracking.stage_run(
+        config, "prepare", model="-", dataset=dataset_label(spec), fingerprint=spec.fingerprint
+    ) as run:
         metrics = {f"count_{s}": n for s, n in spec.counts.items()}
         for split, per_class in spec.class_counts.items():
             for name, n in per_class.items():
@@ -62,20 +62,29 @@ def prepare(config: Config) -> StageResult:
                 from cnn_apps.data.sources import skipped_summary
                 from cnn_apps.errors import DataError
 
-                raise DataError(f"data.skip_bad_records is false and {dataset_label(spec)} has bad records"
-                                f"{skipped_summary(spec.skipped)} (all in skipped_records.csv of run "
-                                f"{run.info.run_id}); fix or remove them, or set data.skip_bad_records=true")
-        tracking.log_figure(plots.class_balance(spec.class_counts, f"{dataset_label(spec)}: per class"),
-                            "class_balance.png")
+                raise DataError(
+                    f"data.skip_bad_records is false and {dataset_label(spec)} has bad records"
+                    f"{skipped_summary(spec.skipped)} (all in skipped_records.csv of run "
+                    f"{run.info.run_id}); fix or remove them, or set data.skip_bad_records=true"
+                )
+        tracking.log_figure(
+            plots.class_balance(spec.class_counts, f"{dataset_label(spec)}: per class"), "class_balance.png"
+        )
         images, titles, boxes, labels = _samples(source, spec, n=32)
         grid = plots.image_grid(images, titles, title=f"{dataset_label(spec)}: train samples", boxes=boxes)
         if boxes is not None:
             _name_boxes(grid, boxes, labels, spec.class_names)
         tracking.log_figure(grid, "samples.png")
-        return StageResult(run.info.run_id, "prepare",
-                           {"dataset": dataset_label(spec), "fingerprint": spec.fingerprint,
-                            **{f"count_{s}": n for s, n in spec.counts.items()},
-                            "skipped_records": len(spec.skipped)})
+        return StageResult(
+            run.info.run_id,
+            "prepare",
+            {
+                "dataset": dataset_label(spec),
+                "fingerprint": spec.fingerprint,
+                **{f"count_{s}": n for s, n in spec.counts.items()},
+                "skipped_records": len(spec.skipped),
+            },
+        )
 
 
 # per-split tallies a detection source may keep in ``spec.extra`` (objects left out of the targets)
@@ -118,5 +127,12 @@ def _name_boxes(fig, boxes, labels, class_names) -> None:
     for ax, image_boxes, image_labels in zip(fig.axes, boxes, labels):
         for (x1, y1, _, _), label in zip(image_boxes, image_labels):
             name = class_names[int(label)] if 0 <= int(label) < len(class_names) else str(int(label))
-            ax.text(x1, y1, name, fontsize=5, color="black", va="bottom",
-                    bbox={"facecolor": "yellow", "alpha": 0.7, "pad": 0.5, "linewidth": 0})
+            ax.text(
+                x1,
+                y1,
+                name,
+                fontsize=5,
+                color="black",
+                va="bottom",
+                bbox={"facecolor": "yellow", "alpha": 0.7, "pad": 0.5, "linewidth": 0},
+            )

@@ -33,8 +33,18 @@ from cnn_apps.stages.common import StageResult, check_task, dataset_label, log
 
 STUDIES = ("regularization", "learning-curve", "depth", "transfer", "detectors", "segmentation")
 REGULARIZATION_SETTINGS = ("none", "l1", "l2", "dropout", "batch_norm", "batch_norm+dropout", "all")
-_COLUMNS = ("setting", "train_error", "val_error", "bias", "variance", "verdict", "val_accuracy",
-            "epochs", "seconds", "run_id")
+_COLUMNS = (
+    "setting",
+    "train_error",
+    "val_error",
+    "bias",
+    "variance",
+    "verdict",
+    "val_accuracy",
+    "epochs",
+    "seconds",
+    "run_id",
+)
 
 
 def regularization_setting(config: Config, setting: str) -> Config:
@@ -46,8 +56,10 @@ def regularization_setting(config: Config, setting: str) -> Config:
         parts = set() if setting == "none" else set(setting.split("+"))
     unknown = parts - {"l1", "l2", "dropout", "batch_norm"}
     if unknown or not setting:
-        raise ConfigError(f"study.settings: unknown setting '{setting}'; use "
-                          f"{', '.join(REGULARIZATION_SETTINGS)} or '+'-joined tools")
+        raise ConfigError(
+            f"study.settings: unknown setting '{setting}'; use "
+            f"{', '.join(REGULARIZATION_SETTINGS)} or '+'-joined tools"
+        )
     for tool in ("l1", "l2", "dropout"):
         if tool in parts and getattr(r, tool) <= 0:
             raise ConfigError(f"regularization.{tool} must be > 0 for the study's '{setting}' setting")
@@ -80,7 +92,6 @@ def _variants(kind: str, config: Config):
 def study(kind: str, config: Config, from_run: str | None = None) -> StageResult:
     """Run study ``kind`` on the data of prepare run ``from_run`` (prepared first when None)."""
     import mlflow
-
     from cnn_apps.stages.train import train
 
     if kind == "detectors":  # the detector speed ladder
@@ -104,30 +115,65 @@ def study(kind: str, config: Config, from_run: str | None = None) -> StageResult
     spec = tracking.load_dataset_spec(from_run)
 
     rows, series = [], {}
-    with tracking.stage_run(config, "study", model=kind, dataset=dataset_label(spec), source_run=from_run,
-                            fingerprint=spec.fingerprint, tags={"study": kind}) as parent:
+    with tracking.stage_run(
+        config,
+        "study",
+        model=kind,
+        dataset=dataset_label(spec),
+        source_run=from_run,
+        fingerprint=spec.fingerprint,
+        tags={"study": kind},
+    ) as parent:
         for label, child_config, limit in variants:
             log.info("study %s: %s", kind, label)
             backbone = child_config.model.backbone
-            result = train(child_config, from_run, nested=True, train_limit=limit,
-                           tags={"study": kind, "setting": label, "study_run": parent.info.run_id},
-                           run_name=f"train:{backbone}:{dataset_label(spec)}:{label}")
+            result = train(
+                child_config,
+                from_run,
+                nested=True,
+                train_limit=limit,
+                tags={"study": kind, "setting": label, "study_run": parent.info.run_id},
+                run_name=f"train:{backbone}:{dataset_label(spec)}:{label}",
+            )
             summary = result.extra["summary"]
             d = summary["diagnosis"]
-            rows.append({"setting": label, "train_error": d.train_error, "val_error": d.val_error,
-                         "bias": d.bias, "variance": d.variance, "verdict": d.verdict,
-                         "val_accuracy": summary["best_val_accuracy"], "epochs": summary["epochs_trained"],
-                         "seconds": summary["train_seconds"], "run_id": result.run_id})
+            rows.append(
+                {
+                    "setting": label,
+                    "train_error": d.train_error,
+                    "val_error": d.val_error,
+                    "bias": d.bias,
+                    "variance": d.variance,
+                    "verdict": d.verdict,
+                    "val_accuracy": summary["best_val_accuracy"],
+                    "epochs": summary["epochs_trained"],
+                    "seconds": summary["train_seconds"],
+                    "run_id": result.run_id,
+                }
+            )
             series[label] = summary["series"]
-        mlflow.log_metrics({f"{k}_{_key(r['setting'])}": r[k] for r in rows
-                            for k in ("train_error", "val_error", "variance")})
+        mlflow.log_metrics(
+            {
+                f"{k}_{_key(r['setting'])}": r[k]
+                for r in rows
+                for k in ("train_error", "val_error", "variance")
+            }
+        )
         mlflow.log_text(csv_table(rows), "results.csv")
         mlflow.log_text(markdown_table(rows, title=f"Study: {kind} on {dataset_label(spec)}"), "results.md")
         tracking.log_figure(_plot(kind, rows, series, dataset_label(spec)), f"{kind}.png")
         best = min(rows, key=lambda r: r["val_error"])
-        return StageResult(parent.info.run_id, "study", {
-            "study": kind, "children": len(rows), "best_setting": best["setting"],
-            "best_val_error": round(best["val_error"], 4)}, extra={"rows": rows, "series": series})
+        return StageResult(
+            parent.info.run_id,
+            "study",
+            {
+                "study": kind,
+                "children": len(rows),
+                "best_setting": best["setting"],
+                "best_val_error": round(best["val_error"], 4),
+            },
+            extra={"rows": rows, "series": series},
+        )
 
 
 def _key(label: str) -> str:
@@ -159,32 +205,52 @@ def _plot(kind: str, rows, series, dataset: str):
 
     labels = [r["setting"] for r in rows]
     if kind == "learning-curve":
-        return plots.curves([int(x) for x in labels],
-                            {"training error": [r["train_error"] for r in rows],
-                             "validation error": [r["val_error"] for r in rows]},
-                            title=f"learning curve on {dataset}", xlabel="training examples", logx=True)
+        return plots.curves(
+            [int(x) for x in labels],
+            {
+                "training error": [r["train_error"] for r in rows],
+                "validation error": [r["val_error"] for r in rows],
+            },
+            title=f"learning curve on {dataset}",
+            xlabel="training examples",
+            logx=True,
+        )
     if kind == "depth":
         lines = {}
         for label in labels:
             lines[f"{label} train"] = series[label]["train_error"]
             lines[f"{label} validation"] = series[label]["val_error"]
         longest = max(len(v) for v in lines.values())
-        return plots.curves(list(range(1, longest + 1)), lines, title=f"plain vs residual on {dataset}",
-                            xlabel="epoch")
-    return plots.grouped_bars(labels, {"training error": [r["train_error"] for r in rows],
-                                       "validation error": [r["val_error"] for r in rows]},
-                              title=f"regularization study on {dataset}")
+        return plots.curves(
+            list(range(1, longest + 1)), lines, title=f"plain vs residual on {dataset}", xlabel="epoch"
+        )
+    return plots.grouped_bars(
+        labels,
+        {
+            "training error": [r["train_error"] for r in rows],
+            "validation error": [r["val_error"] for r in rows],
+        },
+        title=f"regularization study on {dataset}",
+    )
 
 
 # ---------------------------------------------------------------------- transfer
-_TRANSFER_COLUMNS = ("mode", "examples_per_class", "train_examples", "test_accuracy", "val_accuracy",
-                     "train_error", "val_error", "verdict", "run_id")
+_TRANSFER_COLUMNS = (
+    "mode",
+    "examples_per_class",
+    "train_examples",
+    "test_accuracy",
+    "val_accuracy",
+    "train_error",
+    "val_error",
+    "verdict",
+    "run_id",
+)
 
 
 def transfer_study(config: Config) -> StageResult:
     """Source model once, then every (mode, examples per class) as a finetune child, evaluated."""
     import mlflow
-
     from cnn_apps.stages.evaluate import evaluate
     from cnn_apps.stages.finetune import finetune
     from cnn_apps.stages.prepare import prepare
@@ -193,7 +259,9 @@ def transfer_study(config: Config) -> StageResult:
     s = config.study
     unknown = set(s.modes) - {"feature_extraction", "shallow", "fine_tune", "scratch"}
     if unknown or not s.modes:
-        raise ConfigError(f"study.modes: unknown {sorted(unknown)}; use feature_extraction, shallow, fine_tune, scratch")
+        raise ConfigError(
+            f"study.modes: unknown {sorted(unknown)}; use feature_extraction, shallow, fine_tune, scratch"
+        )
     source_config = copy.deepcopy(config)
     source_config.task = s.source_task
     try:
@@ -208,12 +276,23 @@ def transfer_study(config: Config) -> StageResult:
     spec = tracking.load_dataset_spec(target.run_id)
     sizes = s.examples_per_class or [None]
     rows = []
-    with tracking.stage_run(config, "study", model="transfer", dataset=dataset_label(spec),
-                            source_run=target.run_id, fingerprint=spec.fingerprint,
-                            tags={"study": "transfer", "source_task": s.source_task}) as parent:
+    with tracking.stage_run(
+        config,
+        "study",
+        model="transfer",
+        dataset=dataset_label(spec),
+        source_run=target.run_id,
+        fingerprint=spec.fingerprint,
+        tags={"study": "transfer", "source_task": s.source_task},
+    ) as parent:
         log.info("study transfer: training the source model (%s on %s)", s.source_task, merged.source)
-        src = train(source_config, None, nested=True, tags={"study": "transfer", "setting": "source"},
-                    run_name=f"train:{config.model.backbone}:{merged.source}:source-{s.source_task}")
+        src = train(
+            source_config,
+            None,
+            nested=True,
+            tags={"study": "transfer", "setting": "source"},
+            run_name=f"train:{config.model.backbone}:{merged.source}:source-{s.source_task}",
+        )
         mlflow.set_tag("source_model_run", src.run_id)
         for n in sizes:
             child_config = copy.deepcopy(config)
@@ -223,27 +302,49 @@ def transfer_study(config: Config) -> StageResult:
                 child_config.finetune.mode = mode
                 label = f"{mode}" + ("" if n is None else f"@{n}")
                 log.info("study transfer: %s", label)
-                result = finetune(child_config, src.run_id, nested=True,
-                                  tags={"study": "transfer", "setting": label, "study_run": parent.info.run_id})
+                result = finetune(
+                    child_config,
+                    src.run_id,
+                    nested=True,
+                    tags={"study": "transfer", "setting": label, "study_run": parent.info.run_id},
+                )
                 tested = evaluate(child_config, result.run_id, nested=True)
                 summary = result.extra["summary"]
                 d = summary["diagnosis"]
-                rows.append({"mode": mode, "examples_per_class": n if n is not None else "all",
-                             "train_examples": int(mlflow.get_run(result.run_id).data.metrics["train_examples"]),
-                             "test_accuracy": tested.outputs["test_accuracy"],
-                             "val_accuracy": summary["best_val_accuracy"], "train_error": d.train_error,
-                             "val_error": d.val_error, "verdict": d.verdict, "run_id": result.run_id})
-        mlflow.log_metrics({f"test_accuracy_{r['mode']}_{r['examples_per_class']}": r["test_accuracy"]
-                            for r in rows})
+                rows.append(
+                    {
+                        "mode": mode,
+                        "examples_per_class": n if n is not None else "all",
+                        "train_examples": int(mlflow.get_run(result.run_id).data.metrics["train_examples"]),
+                        "test_accuracy": tested.outputs["test_accuracy"],
+                        "val_accuracy": summary["best_val_accuracy"],
+                        "train_error": d.train_error,
+                        "val_error": d.val_error,
+                        "verdict": d.verdict,
+                        "run_id": result.run_id,
+                    }
+                )
+        mlflow.log_metrics(
+            {f"test_accuracy_{r['mode']}_{r['examples_per_class']}": r["test_accuracy"] for r in rows}
+        )
         mlflow.log_text(csv_table(rows, _TRANSFER_COLUMNS), "results.csv")
-        mlflow.log_text(markdown_table(rows, f"Study: transfer to {dataset_label(spec)}", _TRANSFER_COLUMNS),
-                        "results.md")
+        mlflow.log_text(
+            markdown_table(rows, f"Study: transfer to {dataset_label(spec)}", _TRANSFER_COLUMNS), "results.md"
+        )
         tracking.log_figure(_transfer_plot(rows, s.source_task, dataset_label(spec)), "transfer.png")
         best = max(rows, key=lambda r: r["test_accuracy"])
-        return StageResult(parent.info.run_id, "study", {
-            "study": "transfer", "source_run": src.run_id, "children": len(rows),
-            "best": f"{best['mode']}@{best['examples_per_class']}", "best_test_accuracy": best["test_accuracy"]},
-            extra={"rows": rows})
+        return StageResult(
+            parent.info.run_id,
+            "study",
+            {
+                "study": "transfer",
+                "source_run": src.run_id,
+                "children": len(rows),
+                "best": f"{best['mode']}@{best['examples_per_class']}",
+                "best_test_accuracy": best["test_accuracy"],
+            },
+            extra={"rows": rows},
+        )
 
 
 def _transfer_plot(rows, source_task: str, dataset: str):
@@ -252,11 +353,25 @@ def _transfer_plot(rows, source_task: str, dataset: str):
     sizes = sorted({r["examples_per_class"] for r in rows}, key=lambda v: (isinstance(v, str), v))
     modes = list(dict.fromkeys(r["mode"] for r in rows))
     if len(sizes) > 1 and all(isinstance(v, int) for v in sizes):
-        series = {m: [next(r["test_accuracy"] for r in rows if r["mode"] == m and r["examples_per_class"] == n)
-                      for n in sizes] for m in modes}
-        fig = plots.curves(sizes, series, title=f"transfer ({source_task} source) to {dataset}",
-                           xlabel="target training examples per class", ylabel="test accuracy", logx=True)
+        series = {
+            m: [
+                next(r["test_accuracy"] for r in rows if r["mode"] == m and r["examples_per_class"] == n)
+                for n in sizes
+            ]
+            for m in modes
+        }
+        fig = plots.curves(
+            sizes,
+            series,
+            title=f"transfer ({source_task} source) to {dataset}",
+            xlabel="target training examples per class",
+            ylabel="test accuracy",
+            logx=True,
+        )
         return fig
-    return plots.grouped_bars(modes, {"test accuracy": [next(r["test_accuracy"] for r in rows if r["mode"] == m)
-                                                        for m in modes]},
-                              title=f"transfer ({source_task} source) to {dataset}", ylabel="test accuracy")
+    return plots.grouped_bars(
+        modes,
+        {"test accuracy": [next(r["test_accuracy"] for r in rows if r["mode"] == m) for m in modes]},
+        title=f"transfer ({source_task} source) to {dataset}",
+        ylabel="test accuracy",
+    )

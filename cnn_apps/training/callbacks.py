@@ -39,7 +39,8 @@ class FailOnNaN(keras.callbacks.Callback):
             self.model.stop_training = True
             raise TrainingError(
                 f"the training loss became {float(loss)} at epoch {self._epoch + 1}, batch {batch + 1}: lower "
-                "training.learning_rate, or look for NaN/inf values or broken boxes/masks in the data")
+                "training.learning_rate, or look for NaN/inf values or broken boxes/masks in the data"
+            )
 
 
 class MlflowEpochLogger(keras.callbacks.Callback):
@@ -82,12 +83,12 @@ class InferenceErrorLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         import mlflow
-
         from cnn_apps.training.diagnosis import classification_error
 
         logs = logs or {}
-        metrics = {"regularization_loss": float(sum(float(keras.ops.convert_to_numpy(v))
-                                                    for v in self.model.losses))}
+        metrics = {
+            "regularization_loss": float(sum(float(keras.ops.convert_to_numpy(v)) for v in self.model.losses))
+        }
         if self.train_eval_ds is not None:
             metrics["train_error"] = classification_error(self.model, self.train_eval_ds)
         if "val_accuracy" in logs:

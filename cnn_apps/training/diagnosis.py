@@ -48,8 +48,12 @@ class Diagnosis:
     remedies: list = field(default_factory=list)
 
     def metrics(self) -> dict:
-        out = {"train_error": self.train_error, "val_error": self.val_error, "bias": self.bias,
-               "variance": self.variance}
+        out = {
+            "train_error": self.train_error,
+            "val_error": self.val_error,
+            "bias": self.bias,
+            "variance": self.variance,
+        }
         if self.avoidable_bias is not None:
             out["avoidable_bias"] = self.avoidable_bias
         return out
@@ -59,21 +63,41 @@ class Diagnosis:
 
     def markdown(self, title: str = "Bias/variance diagnosis") -> str:
         pct = lambda v: f"{100 * v:.2f}%"  # noqa: E731
-        rows = [("training error (inference mode)", pct(self.train_error)),
-                ("validation error", pct(self.val_error))]
+        rows = [
+            ("training error (inference mode)", pct(self.train_error)),
+            ("validation error", pct(self.val_error)),
+        ]
         if self.human_error is not None:
             rows.append(("human-level / Bayes error", pct(self.human_error)))
             rows.append(("avoidable bias (train - human)", pct(self.avoidable_bias)))
-        rows += [("bias (training error)", pct(self.bias)),
-                 ("variance (validation - training)", pct(self.variance))]
-        lines = [f"# {title}", "", f"**Verdict: `{self.verdict}`**", "", "| quantity | value |",
-                 "| --- | --- |", *[f"| {k} | {v} |" for k, v in rows], "", "## What to try", ""]
+        rows += [
+            ("bias (training error)", pct(self.bias)),
+            ("variance (validation - training)", pct(self.variance)),
+        ]
+        lines = [
+            f"# {title}",
+            "",
+            f"**Verdict: `{self.verdict}`**",
+            "",
+            "| quantity | value |",
+            "| --- | --- |",
+            *[f"| {k} | {v} |" for k, v in rows],
+            "",
+            "## What to try",
+            "",
+        ]
         lines += [f"- {r}" for r in self.remedies]
         return "\n".join(lines) + "\n"
 
 
-def diagnose(train_error: float, val_error: float, *, human_error: float | None = None,
-             bias_threshold: float = 0.05, variance_threshold: float = 0.05) -> Diagnosis:
+def diagnose(
+    train_error: float,
+    val_error: float,
+    *,
+    human_error: float | None = None,
+    bias_threshold: float = 0.05,
+    variance_threshold: float = 0.05,
+) -> Diagnosis:
     """The verdict for one run; errors are fractions in [0, 1]."""
     for name, value in (("train_error", train_error), ("val_error", val_error)):
         if not 0.0 <= value <= 1.0:
@@ -92,9 +116,16 @@ def diagnose(train_error: float, val_error: float, *, human_error: float | None 
         verdict, remedies = "high_variance", REMEDIES["high_variance"]
     else:
         verdict, remedies = "good_fit", REMEDIES["good_fit"]
-    return Diagnosis(train_error=train_error, val_error=val_error, bias=bias, variance=variance,
-                     avoidable_bias=avoidable, human_error=human_error, verdict=verdict,
-                     remedies=list(remedies))
+    return Diagnosis(
+        train_error=train_error,
+        val_error=val_error,
+        bias=bias,
+        variance=variance,
+        avoidable_bias=avoidable,
+        human_error=human_error,
+        verdict=verdict,
+        remedies=list(remedies),
+    )
 
 
 def classification_error(model, dataset) -> float:

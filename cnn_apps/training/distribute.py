@@ -45,7 +45,9 @@ def split_cpu(replicas: int | None = None) -> None:
     try:
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
     except RuntimeError as exc:  # devices already initialized
-        raise ConfigError(f"{CPU_REPLICAS_ENV}={replicas} must be set before TensorFlow starts: {exc}") from exc
+        raise ConfigError(
+            f"{CPU_REPLICAS_ENV}={replicas} must be set before TensorFlow starts: {exc}"
+        ) from exc
 
 
 def strategy_for(cfg):
@@ -70,9 +72,11 @@ def start_multi_worker():
     startup"), so ``cnn-apps`` calls this as soon as it has read a config asking for it."""
     if not _MULTI_WORKER:
         if not os.environ.get("TF_CONFIG"):
-            raise ConfigError('training.distribution: multi_worker needs TF_CONFIG on every worker, e.g. '
-                              '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", '
-                              '"index": 0}}')
+            raise ConfigError(
+                "training.distribution: multi_worker needs TF_CONFIG on every worker, e.g. "
+                '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", '
+                '"index": 0}}'
+            )
         import tensorflow as tf
 
         _MULTI_WORKER.append(tf.distribute.MultiWorkerMirroredStrategy())
@@ -110,16 +114,26 @@ def evaluate_local(model, dataset) -> tuple[float, float]:
     for x, y in dataset:
         probabilities = model(x, training=False)
         y = np.asarray(y)
-        total += float(np.sum(keras.ops.convert_to_numpy(keras.losses.sparse_categorical_crossentropy(
-            y, probabilities))))
+        total += float(
+            np.sum(keras.ops.convert_to_numpy(keras.losses.sparse_categorical_crossentropy(y, probabilities)))
+        )
         correct += float(np.sum(np.argmax(keras.ops.convert_to_numpy(probabilities), -1) == y))
         count += y.size
     penalty = float(sum(float(keras.ops.convert_to_numpy(v)) for v in model.losses))
     return total / count + penalty, correct / count
 
 
-def fit_distributed(model, train_ds, val_ds, *, epochs: int, initial_epoch: int, steps_per_epoch: int,
-                    global_batch: int, callbacks) -> "object":
+def fit_distributed(
+    model,
+    train_ds,
+    val_ds,
+    *,
+    epochs: int,
+    initial_epoch: int,
+    steps_per_epoch: int,
+    global_batch: int,
+    callbacks,
+) -> object:
     """Train a compiled classifier like ``fit`` (same callbacks, same per-epoch logs ``loss``,
     ``accuracy``, ``val_loss``, ``val_accuracy``) with the strategy in scope: each step runs
     on every replica of every worker, losses are averaged over the global batch and the
@@ -145,14 +159,19 @@ def fit_distributed(model, train_ds, val_ds, *, epochs: int, initial_epoch: int,
                     loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
             grads = tape.gradient(loss, model.trainable_variables)
             model.optimizer.apply_gradients(zip(grads, model.trainable_variables))
-            hits = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probabilities, -1), tf.cast(y, tf.int64)), tf.float32))
+            hits = tf.reduce_sum(
+                tf.cast(tf.equal(tf.argmax(probabilities, -1), tf.cast(y, tf.int64)), tf.float32)
+            )
             return loss, hits, tf.cast(tf.shape(y)[0], tf.float32)
 
-        return tuple(strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
-                     for v in strategy.run(replica_step, args=(x, y)))
+        return tuple(
+            strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+            for v in strategy.run(replica_step, args=(x, y))
+        )
 
-    calls = keras.callbacks.CallbackList(callbacks, add_history=True, model=model, epochs=epochs,
-                                         steps=steps_per_epoch, verbose=0)
+    calls = keras.callbacks.CallbackList(
+        callbacks, add_history=True, model=model, epochs=epochs, steps=steps_per_epoch, verbose=0
+    )
     model.stop_training = False
     calls.on_train_begin()
     for epoch in range(initial_epoch, epochs):
@@ -165,8 +184,12 @@ def fit_distributed(model, train_ds, val_ds, *, epochs: int, initial_epoch: int,
             loss_sum, hits_sum, seen = loss_sum + float(loss), hits_sum + float(hits), seen + float(count)
             calls.on_train_batch_end(step, {"loss": loss_sum / (step + 1)})
         val_loss, val_accuracy = evaluate_local(model, val_ds)
-        logs = {"loss": loss_sum / steps_per_epoch, "accuracy": hits_sum / max(seen, 1.0),
-                "val_loss": val_loss, "val_accuracy": val_accuracy}
+        logs = {
+            "loss": loss_sum / steps_per_epoch,
+            "accuracy": hits_sum / max(seen, 1.0),
+            "val_loss": val_loss,
+            "val_accuracy": val_accuracy,
+        }
         calls.on_epoch_end(epoch, logs)
         if model.stop_training:
             break

@@ -102,10 +102,18 @@ class EpochBackup(keras.callbacks.Callback):
         stopper = None
         if self.stopper is not None:
             stopper = [_number(self.stopper.best), int(self.stopper.wait), int(self.stopper.best_epoch)]
-        seeds = [np.asarray(keras.ops.convert_to_numpy(g.state)).tolist() for g in seed_generators(self.model)]
-        progress = {"epochs": epoch + 1, "state": state, "seeds": seeds, "history": self.history,
-                    "series": self.series or {},
-                    "best": None if self.best == float("inf") else self.best, "stopper": stopper}
+        seeds = [
+            np.asarray(keras.ops.convert_to_numpy(g.state)).tolist() for g in seed_generators(self.model)
+        ]
+        progress = {
+            "epochs": epoch + 1,
+            "state": state,
+            "seeds": seeds,
+            "history": self.history,
+            "series": self.series or {},
+            "best": None if self.best == float("inf") else self.best,
+            "stopper": stopper,
+        }
         tmp = self.dir / (PROGRESS + ".tmp")
         tmp.write_text(json.dumps(progress))
         os.replace(tmp, self.dir / PROGRESS)
