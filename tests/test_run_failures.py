@@ -165,7 +165,7 @@ def test_offline_tfds_fails_in_seconds_naming_the_local_alternative(tmp_path, mo
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.delenv("CNN_APPS_OFFLINE", raising=False)
-    monkeypatch.setattr(sources, "_TFDS_HOST", ("127.0.0.1", port))
+    monkeypatch.setattr("cnn_apps.data.sources.online._TFDS_HOST", ("127.0.0.1", port))
     config = load_config(
         None, tiny_overrides(tmp_path, **{"data.source": "tfds", "data.tfds_name": "cifar10"})
     )

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from cnn_apps.config import load_config
-from cnn_apps.data.mask_folders import MaskFolderSource, colours_to_ids, voc_colormap
 from cnn_apps.data.sources import SOURCES, VOC_CLASSES, TfdsSource, get_source, pet_trimap_to_mask
+from cnn_apps.data.sources.masks import MaskFolderSource, colours_to_ids, voc_colormap
 from cnn_apps.errors import ConfigError, DataError
 
 CMAP = voc_colormap()

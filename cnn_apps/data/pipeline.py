@@ -56,8 +56,15 @@ def _place_proposals(moved, w, h):
     """Clip moved (P, 4) proposals to the (h, w) image; rows left without width or height
     (pushed outside, or padding all along) become -1 padding rows. None is dropped."""
     wf, hf = tf.cast(w, tf.float32), tf.cast(h, tf.float32)
-    clipped = tf.stack([tf.clip_by_value(moved[:, 0], 0.0, wf), tf.clip_by_value(moved[:, 1], 0.0, hf),
-                        tf.clip_by_value(moved[:, 2], 0.0, wf), tf.clip_by_value(moved[:, 3], 0.0, hf)], 1)
+    clipped = tf.stack(
+        [
+            tf.clip_by_value(moved[:, 0], 0.0, wf),
+            tf.clip_by_value(moved[:, 1], 0.0, hf),
+            tf.clip_by_value(moved[:, 2], 0.0, wf),
+            tf.clip_by_value(moved[:, 3], 0.0, hf),
+        ],
+        1,
+    )
     keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
     return tf.where(keep[:, None], clipped, -tf.ones_like(clipped))
 
@@ -78,8 +85,9 @@ def flip_example(ex: dict, seed) -> dict:
         w = tf.shape(ex["image"])[1]
         p = ex["proposals"]
         wf = tf.cast(w, tf.float32)
-        flipped = _place_proposals(tf.stack([wf - p[:, 2], p[:, 1], wf - p[:, 0], p[:, 3]], axis=1),
-                                   w, tf.shape(ex["image"])[0])
+        flipped = _place_proposals(
+            tf.stack([wf - p[:, 2], p[:, 1], wf - p[:, 0], p[:, 3]], axis=1), w, tf.shape(ex["image"])[0]
+        )
         out["proposals"] = tf.cond(do, lambda: flipped, lambda: p)
     return out
 
@@ -88,8 +96,15 @@ def _place_boxes(out: dict, ex: dict, moved, w, h, min_visible: float) -> dict:
     """Clip ``moved`` (N, 4) boxes to the (h, w) image; drop, with their labels, those
     keeping less than ``min_visible`` of their (unclipped) area or left without width or height."""
     wf, hf = tf.cast(w, tf.float32), tf.cast(h, tf.float32)
-    clipped = tf.stack([tf.clip_by_value(moved[:, 0], 0.0, wf), tf.clip_by_value(moved[:, 1], 0.0, hf),
-                        tf.clip_by_value(moved[:, 2], 0.0, wf), tf.clip_by_value(moved[:, 3], 0.0, hf)], 1)
+    clipped = tf.stack(
+        [
+            tf.clip_by_value(moved[:, 0], 0.0, wf),
+            tf.clip_by_value(moved[:, 1], 0.0, hf),
+            tf.clip_by_value(moved[:, 2], 0.0, wf),
+            tf.clip_by_value(moved[:, 3], 0.0, hf),
+        ],
+        1,
+    )
     area = (moved[:, 2] - moved[:, 0]) * (moved[:, 3] - moved[:, 1])
     cw, ch = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
     keep = (cw > 0) & (ch > 0) & (cw * ch >= min_visible * area)
@@ -121,7 +136,7 @@ def translate_example(ex: dict, max_fraction: float, seed, min_visible: float = 
 
     def shift(x):
         padded = tf.pad(x, [[pad_y, pad_y], [pad_x, pad_x], [0, 0]])
-        return padded[oy:oy + h, ox:ox + w]
+        return padded[oy : oy + h, ox : ox + w]
 
     out = dict(ex)
     out["image"] = tf.ensure_shape(shift(image), image.shape)
@@ -160,10 +175,16 @@ def scale_example(ex: dict, scale_range, seed, min_visible: float = 0.5) -> dict
 
     def place(x, nearest):
         resized = _resize(x, tf.stack([nh, nw]), nearest)
-        padded = tf.pad(resized, [[tf.maximum(ty, 0), tf.maximum(h - nh - ty, 0)],
-                                  [tf.maximum(tx, 0), tf.maximum(w - nw - tx, 0)], [0, 0]])
+        padded = tf.pad(
+            resized,
+            [
+                [tf.maximum(ty, 0), tf.maximum(h - nh - ty, 0)],
+                [tf.maximum(tx, 0), tf.maximum(w - nw - tx, 0)],
+                [0, 0],
+            ],
+        )
         y0, x0 = tf.maximum(-ty, 0), tf.maximum(-tx, 0)
-        return padded[y0:y0 + h, x0:x0 + w]
+        return padded[y0 : y0 + h, x0 : x0 + w]
 
     out = dict(ex)
     out["image"] = tf.ensure_shape(place(image, False), image.shape)
@@ -179,8 +200,9 @@ def scale_example(ex: dict, scale_range, seed, min_visible: float = 0.5) -> dict
         sx = tf.cast(nw, tf.float32) / tf.cast(w, tf.float32)
         sy = tf.cast(nh, tf.float32) / tf.cast(h, tf.float32)
         dx, dy = tf.cast(tx, tf.float32), tf.cast(ty, tf.float32)
-        out["proposals"] = _place_proposals(ex["proposals"] * tf.stack([sx, sy, sx, sy]) + tf.stack([dx, dy, dx, dy]),
-                                            w, h)
+        out["proposals"] = _place_proposals(
+            ex["proposals"] * tf.stack([sx, sy, sx, sy]) + tf.stack([dx, dy, dx, dy]), w, h
+        )
     return out
 
 
@@ -202,7 +224,7 @@ def crop_example(ex: dict, probability: float, min_fraction: float, seed, min_vi
     x0 = tf.random.stateless_uniform((), seed=seed + 3, minval=0, maxval=w - cw + 1, dtype=tf.int32)
 
     def crop(x, nearest):
-        return _resize(x[y0:y0 + ch, x0:x0 + cw], tf.stack([h, w]), nearest)
+        return _resize(x[y0 : y0 + ch, x0 : x0 + cw], tf.stack([h, w]), nearest)
 
     def cropped():
         out = dict(ex)
@@ -267,11 +289,22 @@ def estimated_bytes(num_examples: int, size: int, channels: int) -> int:
     return num_examples * size * size * channels
 
 
-def make_pipeline(ds: tf.data.Dataset, *, task: str, image_size: int, batch_size: int,
-                  training: bool, augment: AugmentConfig | None = None, seed: int = 0,
-                  num_examples: int | None = None, channels: int = 3, cache: bool = True,
-                  drop_remainder: bool = False, proposals=None, epochs: tuple[int, int] | None = None
-                  ) -> tf.data.Dataset:
+def make_pipeline(
+    ds: tf.data.Dataset,
+    *,
+    task: str,
+    image_size: int,
+    batch_size: int,
+    training: bool,
+    augment: AugmentConfig | None = None,
+    seed: int = 0,
+    num_examples: int | None = None,
+    channels: int = 3,
+    cache: bool = True,
+    drop_remainder: bool = False,
+    proposals=None,
+    epochs: tuple[int, int] | None = None,
+) -> tf.data.Dataset:
     """Turn a source's split into batches for ``fit`` / ``evaluate`` / ``predict``.
 
     ``training`` switches on shuffling and augmentation. The decoded, resized
@@ -296,12 +329,18 @@ def make_pipeline(ds: tf.data.Dataset, *, task: str, image_size: int, batch_size
         if proposals.ndim != 3 or proposals.shape[-1] != 4:
             raise DataError(f"proposals must be (N, P, 4) xyxy pixels, got shape {proposals.shape}")
         if num_examples is not None and len(proposals) != num_examples:
-            raise DataError(f"{len(proposals)} proposal sets for {num_examples} examples: the proposal cache "
-                            "does not belong to this split; delete it to recompute")
+            raise DataError(
+                f"{len(proposals)} proposal sets for {num_examples} examples: the proposal cache "
+                "does not belong to this split; delete it to recompute"
+            )
         ds = tf.data.Dataset.zip(ds, tf.data.Dataset.from_tensor_slices(proposals)).map(
-            lambda ex, p: {**ex, "proposals": p}, num_parallel_calls=AUTOTUNE)
-    if cache and num_examples is not None and \
-            estimated_bytes(num_examples, image_size, channels) <= CACHE_LIMIT_BYTES:
+            lambda ex, p: {**ex, "proposals": p}, num_parallel_calls=AUTOTUNE
+        )
+    if (
+        cache
+        and num_examples is not None
+        and estimated_bytes(num_examples, image_size, channels) <= CACHE_LIMIT_BYTES
+    ):
         ds = ds.cache()
     buffer = min(num_examples or 10_000, 10_000)
 
@@ -310,7 +349,8 @@ def make_pipeline(ds: tf.data.Dataset, *, task: str, image_size: int, batch_size
         if augment is not None and augment.active:
             seeds = tf.data.Dataset.random(seed=epoch_seed, rerandomize_each_iteration=reshuffle).batch(2)
             d = tf.data.Dataset.zip(d, seeds).map(
-                lambda ex, s: augment_example(ex, augment, s), num_parallel_calls=AUTOTUNE)
+                lambda ex, s: augment_example(ex, augment, s), num_parallel_calls=AUTOTUNE
+            )
         return d
 
     def batched(d):

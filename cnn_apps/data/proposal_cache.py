@@ -36,7 +36,7 @@ class ProposalSettings:
     seed: int = 0
 
     @classmethod
-    def of(cls, model) -> "ProposalSettings | None":
+    def of(cls, model) -> ProposalSettings | None:
         """The settings of a model that takes proposals (``model.proposal_settings``), else None."""
         settings = getattr(model, "proposal_settings", None)
         return cls(**settings) if settings else None
@@ -48,15 +48,19 @@ def propose(images, settings: ProposalSettings) -> tuple[np.ndarray, float]:
     found, seconds = [], 0.0
     for image in images:
         start = time.perf_counter()
-        found.append(selective_search(np.asarray(image), mode=settings.mode, max_proposals=settings.count,
-                                      seed=settings.seed))
+        found.append(
+            selective_search(
+                np.asarray(image), mode=settings.mode, max_proposals=settings.count, seed=settings.seed
+            )
+        )
         seconds += time.perf_counter() - start
     padded, _ = pad_proposals(found, settings.count)
     return padded, seconds / max(len(found), 1)
 
 
-def cache_path(data_dir: str | os.PathLike, fingerprint: str, split: str, image_size: int,
-               settings: ProposalSettings) -> Path:
+def cache_path(
+    data_dir: str | os.PathLike, fingerprint: str, split: str, image_size: int, settings: ProposalSettings
+) -> Path:
     name = f"{split}-{int(image_size)}px-{settings.mode}-{int(settings.count)}"
     if settings.seed:
         name += f"-seed{settings.seed}"
@@ -77,10 +81,19 @@ def split_proposals(spec, config, split: str, settings: ProposalSettings) -> np.
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
     counts = ((proposals[..., 2] > proposals[..., 0]) & (proposals[..., 3] > proposals[..., 1])).sum(-1)
-    np.savez(tmp, proposals=proposals, counts=counts.astype(np.int32), seconds_per_image=np.float64(per_image))
+    np.savez(
+        tmp, proposals=proposals, counts=counts.astype(np.int32), seconds_per_image=np.float64(per_image)
+    )
     os.replace(tmp, path)
-    log.info("proposals for %s/%s: %d images, %.1f per image (mean), %.1f ms per image, cached in %s",
-             spec.fingerprint, split, len(proposals), counts.mean() if len(counts) else 0.0, per_image * 1000, path)
+    log.info(
+        "proposals for %s/%s: %d images, %.1f per image (mean), %.1f ms per image, cached in %s",
+        spec.fingerprint,
+        split,
+        len(proposals),
+        counts.mean() if len(counts) else 0.0,
+        per_image * 1000,
+        path,
+    )
     return proposals
 
 
@@ -95,6 +108,12 @@ def compute_split(spec, config, split: str, settings: ProposalSettings) -> tuple
     size = config.data.image_size
     source = get_source(Config(task=spec.task, data=dataclasses.replace(config.data, source=spec.source)))
     ds = source.load(spec, split).map(lambda ex: resize_example(ex, size)["image"])
-    log.info("selective search (%s, top %d) over %s images of split %s at %d px ...", settings.mode,
-             settings.count, spec.counts.get(split, "the"), split, size)
+    log.info(
+        "selective search (%s, top %d) over %s images of split %s at %d px ...",
+        settings.mode,
+        settings.count,
+        spec.counts.get(split, "the"),
+        split,
+        size,
+    )
     return propose(ds.as_numpy_iterator(), settings)

@@ -44,11 +44,18 @@ class Scene:
 
 def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> np.ndarray:
     if kind == "square":
-        pts = [(r * math.cos(angle + math.pi / 4 + k * math.pi / 2),
-                r * math.sin(angle + math.pi / 4 + k * math.pi / 2)) for k in range(4)]
+        pts = [
+            (
+                r * math.cos(angle + math.pi / 4 + k * math.pi / 2),
+                r * math.sin(angle + math.pi / 4 + k * math.pi / 2),
+            )
+            for k in range(4)
+        ]
     elif kind == "triangle":
-        pts = [(r * math.cos(angle + k * 2 * math.pi / 3),
-                r * math.sin(angle + k * 2 * math.pi / 3)) for k in range(3)]
+        pts = [
+            (r * math.cos(angle + k * 2 * math.pi / 3), r * math.sin(angle + k * 2 * math.pi / 3))
+            for k in range(3)
+        ]
     elif kind == "star":
         pts = []
         for k in range(10):
@@ -66,8 +73,15 @@ def _shape_mask(kind: str, size: int, cx: float, cy: float, r: float, angle: flo
     shift = 4
     scale = 1 << shift
     if kind == "circle":
-        cv2.circle(mask, (int(round(cx * scale)), int(round(cy * scale))),
-                   int(round(r * scale)), 1, thickness=-1, lineType=cv2.LINE_8, shift=shift)
+        cv2.circle(
+            mask,
+            (int(round(cx * scale)), int(round(cy * scale))),
+            int(round(r * scale)),
+            1,
+            thickness=-1,
+            lineType=cv2.LINE_8,
+            shift=shift,
+        )
     else:
         pts = np.round(_polygon(kind, cx, cy, r, angle) * scale).astype(np.int32)
         cv2.fillPoly(mask, [pts], 1, lineType=cv2.LINE_8, shift=shift)
@@ -110,8 +124,9 @@ def _place(rng, size, r_range, boxes):
     return None
 
 
-def make_scene(seed: int, split: str, index: int, size: int = 64, task: str = "classification",
-               max_objects: int = 4) -> Scene:
+def make_scene(
+    seed: int, split: str, index: int, size: int = 64, task: str = "classification", max_objects: int = 4
+) -> Scene:
     """Generate example ``index`` of ``split``; the same arguments give the same bytes."""
     if size < 16:
         raise ValueError(f"shapes image size must be at least 16 px, got {size}")

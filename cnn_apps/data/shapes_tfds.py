@@ -70,8 +70,11 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         del dl_manager  # nothing to download
         cfg: ShapesConfig = self.builder_config
-        return {split: self._generate_examples(split, getattr(cfg, attr))
-                for split, attr in _SPLITS.items() if getattr(cfg, attr) > 0}
+        return {
+            split: self._generate_examples(split, getattr(cfg, attr))
+            for split, attr in _SPLITS.items()
+            if getattr(cfg, attr) > 0
+        }
 
     def _generate_examples(self, split: str, count: int):
         cfg: ShapesConfig = self.builder_config
@@ -88,14 +91,28 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
             yield i, example
 
 
-def shapes_builder(task: str, data_dir: str | os.PathLike, fingerprint: str, *, image_size: int,
-                   train_size: int, val_size: int, test_size: int, max_objects: int,
-                   seed: int) -> Shapes:
+def shapes_builder(
+    task: str,
+    data_dir: str | os.PathLike,
+    fingerprint: str,
+    *,
+    image_size: int,
+    train_size: int,
+    val_size: int,
+    test_size: int,
+    max_objects: int,
+    seed: int,
+) -> Shapes:
     """A builder for these settings; ``download_and_prepare`` is a no-op when it exists."""
     config = ShapesConfig(
-        name=f"{task}_{fingerprint}", task=task, image_size=image_size,
-        train_size=train_size, val_size=val_size, test_size=test_size,
-        max_objects=max_objects, seed=seed,
+        name=f"{task}_{fingerprint}",
+        task=task,
+        image_size=image_size,
+        train_size=train_size,
+        val_size=val_size,
+        test_size=test_size,
+        max_objects=max_objects,
+        seed=seed,
         description=f"shapes for {task}, {image_size}px, seed {seed}",
     )
     return Shapes(config=config, data_dir=os.fspath(data_dir))
@@ -108,7 +125,5 @@ def prepare_builder(builder: tfds.core.DatasetBuilder) -> bool:
     """
     if builder.is_prepared():
         return False
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False)
-    )
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     return True

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Optional
 
 from cnn_apps.errors import DataError
 
@@ -30,7 +29,7 @@ class DatasetSpec:
     data: dict = field(default_factory=dict)  # the data config that made it
     skipped: list = field(default_factory=list)  # [{"file": ..., "reason": ...}] records left out
     extra: dict = field(default_factory=dict)  # source-specific, e.g. the TFDS config name
-    name: Optional[str] = None  # a short dataset name for run names, e.g. "shapes"
+    name: str | None = None  # a short dataset name for run names, e.g. "shapes"
 
     @property
     def num_classes(self) -> int:
@@ -44,7 +43,7 @@ class DatasetSpec:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str, where: str = "dataset.json") -> "DatasetSpec":
+    def from_json(cls, text: str, where: str = "dataset.json") -> DatasetSpec:
         try:
             values = json.loads(text)
             return cls(**values)

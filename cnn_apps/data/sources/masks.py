@@ -41,10 +41,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cnn_apps.data.sources import (
-    IMAGE_EXTENSIONS, SOURCES, VOC_CLASSES, Source, _image_size, _random_split, _tf, decode_image_file,
-    read_manifest, skipped_summary,
-)
+from cnn_apps.data.sources.base import Source, _tf, register_source
+from cnn_apps.data.sources.images import IMAGE_EXTENSIONS, _image_size, decode_image_file
+from cnn_apps.data.sources.records import _random_split, read_manifest, skipped_summary
+from cnn_apps.data.sources.voc import VOC_CLASSES
 from cnn_apps.data.spec import SPLITS, DatasetSpec
 from cnn_apps.errors import ConfigError, DataError
 
@@ -80,8 +80,10 @@ def colours_to_ids(rgb: np.ndarray) -> np.ndarray:
     for k, colour in enumerate(colours):
         if int(colour) not in _COLOUR_TO_ID:
             y, x = np.argwhere(key == colour)[0]
-            raise DataError(f"unknown colour {tuple(int(v) for v in rgb[y, x])} at x={x}, y={y}: not in the VOC "
-                            "colour map (RGB masks must use VOC colours; or save class ids as a one-channel PNG)")
+            raise DataError(
+                f"unknown colour {tuple(int(v) for v in rgb[y, x])} at x={x}, y={y}: not in the VOC "
+                "colour map (RGB masks must use VOC colours; or save class ids as a one-channel PNG)"
+            )
         ids[k] = _COLOUR_TO_ID[int(colour)]
     return ids[inverse].reshape(key.shape)
 
@@ -98,8 +100,10 @@ def read_mask(path: Path) -> np.ndarray:
             if mode in ("RGB", "RGBA"):
                 return colours_to_ids(np.asarray(im.convert("RGB")))
             if mode not in ("P", "L", "1", "I", "I;16", "I;16B", "I;16L"):
-                raise DataError(f"mask mode {mode} is not supported (use one-channel class ids, a palette PNG "
-                                "or VOC colours)")
+                raise DataError(
+                    f"mask mode {mode} is not supported (use one-channel class ids, a palette PNG "
+                    "or VOC colours)"
+                )
             values = np.asarray(im)  # P: the palette indices themselves, not their colours
     except DataError:
         raise
@@ -120,6 +124,7 @@ def _read_list(path: Path) -> list:
     return [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+@register_source("masks")
 class MaskFolderSource(Source):
     """Image and mask folders (or a VOC 2012 folder) for segmentation; see the module docstring."""
 
@@ -129,15 +134,23 @@ class MaskFolderSource(Source):
     # ------------------------------------------------------------------ layout
     def _layout(self) -> dict:
         if not self.data.path:
-            raise ConfigError("data.path: set it to the folder holding images/ and masks/ (or a VOC2012 folder "
-                              "with JPEGImages/ and SegmentationClass/) (data.source=masks)")
+            raise ConfigError(
+                "data.path: set it to the folder holding images/ and masks/ (or a VOC2012 folder "
+                "with JPEGImages/ and SegmentationClass/) (data.source=masks)"
+            )
         root = Path(self.data.path).expanduser()
         if (root / "JPEGImages").is_dir() and (root / "SegmentationClass").is_dir():
-            return {"root": root, "images": root / "JPEGImages", "masks": root / "SegmentationClass",
-                    "voc": True}
+            return {
+                "root": root,
+                "images": root / "JPEGImages",
+                "masks": root / "SegmentationClass",
+                "voc": True,
+            }
         if not (root / "images").is_dir() or not (root / "masks").is_dir():
-            raise DataError(f"data.path {root} has no images/ and masks/ folders (nor VOC's JPEGImages/ and "
-                            "SegmentationClass/): see cnn_apps.data.mask_folders for the layout")
+            raise DataError(
+                f"data.path {root} has no images/ and masks/ folders (nor VOC's JPEGImages/ and "
+                "SegmentationClass/): see cnn_apps.data.sources.masks for the layout"
+            )
         return {"root": root, "images": root / "images", "masks": root / "masks", "voc": False}
 
     def _class_names(self, root: Path, voc: bool):
@@ -152,8 +165,10 @@ class MaskFolderSource(Source):
             if not n:
                 raise DataError(f"{path}: line {k} is empty (line k names mask value k)")
             if k == 1 and n.lower() in ("background", "_background_", "__background__"):
-                raise DataError(f"{path}: line 1 is '{n}': list only the classes (mask value 0 is background, "
-                                "line k is value k)")
+                raise DataError(
+                    f"{path}: line 1 is '{n}': list only the classes (mask value 0 is background, "
+                    "line k is value k)"
+                )
         if not names or len(names) >= IGNORE:
             raise DataError(f"{path}: give 1 to 254 class names, one a line, found {len(names)}")
         if len(set(names)) != len(names):
@@ -165,8 +180,11 @@ class MaskFolderSource(Source):
         root = layout["root"]
         if layout["voc"]:
             folder = root / "ImageSets" / "Segmentation"
-            sets = {n: _read_list(folder / f"{n}.txt") for n in ("train", "val", "trainval", "test")
-                    if (folder / f"{n}.txt").is_file()}
+            sets = {
+                n: _read_list(folder / f"{n}.txt")
+                for n in ("train", "val", "trainval", "test")
+                if (folder / f"{n}.txt").is_file()
+            }
             if not sets:
                 return None
             if "train" not in sets and "trainval" in sets:
@@ -203,10 +221,17 @@ class MaskFolderSource(Source):
         images = {}  # name -> image file
         for f in sorted(p for p in image_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
             if f.suffix.lower() not in IMAGE_EXTENSIONS:
-                skipped.append({"file": str(f), "reason": f"not an image file (extension {f.suffix or 'none'}; "
-                                f"use {', '.join(IMAGE_EXTENSIONS)})"})
+                skipped.append(
+                    {
+                        "file": str(f),
+                        "reason": f"not an image file (extension {f.suffix or 'none'}; "
+                        f"use {', '.join(IMAGE_EXTENSIONS)})",
+                    }
+                )
             elif f.stem in images:
-                skipped.append({"file": str(f), "reason": f"another image has the same name ({images[f.stem].name})"})
+                skipped.append(
+                    {"file": str(f), "reason": f"another image has the same name ({images[f.stem].name})"}
+                )
             else:
                 images[f.stem] = f
         lists = self._split_lists(layout)
@@ -215,8 +240,11 @@ class MaskFolderSource(Source):
             stems = sorted(p.stem for p in mask_dir.glob("*.png")) if layout["voc"] else sorted(images)
             lists = {"train": stems}
             if not layout["voc"]:
-                skipped += [{"file": str(p), "reason": f"no image named {p.stem} in {image_dir.name}/"}
-                            for p in sorted(mask_dir.glob("*.png")) if p.stem not in images]
+                skipped += [
+                    {"file": str(p), "reason": f"no image named {p.stem} in {image_dir.name}/"}
+                    for p in sorted(mask_dir.glob("*.png"))
+                    if p.stem not in images
+                ]
         manifest = self._manifest_path(root)
         out_dir = manifest.parent / "masks"
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -237,20 +265,29 @@ class MaskFolderSource(Source):
         class_names = self._class_names(root, layout["voc"])
         named_by = "classes.txt" if (root / "classes.txt").is_file() else "VOC" if layout["voc"] else None
         if class_names is None:
-            top = max((int(np.flatnonzero(r["hist"][:IGNORE]).max(initial=0)) for v in records.values()
-                       for r in v), default=0)
+            top = max(
+                (int(np.flatnonzero(r["hist"][:IGNORE]).max(initial=0)) for v in records.values() for r in v),
+                default=0,
+            )
             if top == 0 and any(records.values()):
-                raise DataError(f"{mask_dir}: the masks hold no class pixels (only 0 background and 255 "
-                                "ignore); write ROOT/classes.txt to name the classes")
+                raise DataError(
+                    f"{mask_dir}: the masks hold no class pixels (only 0 background and 255 "
+                    "ignore); write ROOT/classes.txt to name the classes"
+                )
             class_names = [f"class{k}" for k in range(1, top + 1)]
         k = len(class_names)
         for split, recs in records.items():
             kept = []
             for rec in recs:
-                above = np.flatnonzero(rec["hist"][k + 1:IGNORE])
+                above = np.flatnonzero(rec["hist"][k + 1 : IGNORE])
                 if above.size:
-                    skipped.append({"file": rec["source_mask"], "reason": f"mask value {k + 1 + above[0]} is above "
-                                    f"the {k} classes of {named_by} (values: 0 background, 1..{k}, 255 ignore)"})
+                    skipped.append(
+                        {
+                            "file": rec["source_mask"],
+                            "reason": f"mask value {k + 1 + above[0]} is above "
+                            f"the {k} classes of {named_by} (values: 0 background, 1..{k}, 255 ignore)",
+                        }
+                    )
                 else:
                     kept.append(rec)
             records[split] = kept
@@ -259,15 +296,31 @@ class MaskFolderSource(Source):
         records = self._complete_splits(records)
         splits = {s: records[s] for s in SPLITS if records.get(s)}
         hists = {s: np.sum([r.pop("hist") for r in v], axis=0) for s, v in splits.items()}
-        manifest.write_text(json.dumps({"source": self.name, "root": str(root.resolve()),
-                                        "class_names": class_names, "splits": splits}), encoding="utf-8")
+        manifest.write_text(
+            json.dumps(
+                {
+                    "source": self.name,
+                    "root": str(root.resolve()),
+                    "class_names": class_names,
+                    "splits": splits,
+                }
+            ),
+            encoding="utf-8",
+        )
         channels = self.data.channels or 3
-        return self._spec(class_names=class_names, image_shape=[None, None, channels],
-                          counts={s: len(v) for s, v in splits.items()},
-                          class_counts={s: pixel_counts(h, class_names) for s, h in hists.items()},
-                          location=str(manifest.resolve()), skipped=skipped, name=root.name or self.name,
-                          extra={"layout": "voc" if layout["voc"] else "images+masks",
-                                 "ignored_pixels": {s: int(h[IGNORE]) for s, h in hists.items()}})
+        return self._spec(
+            class_names=class_names,
+            image_shape=[None, None, channels],
+            counts={s: len(v) for s, v in splits.items()},
+            class_counts={s: pixel_counts(h, class_names) for s, h in hists.items()},
+            location=str(manifest.resolve()),
+            skipped=skipped,
+            name=root.name or self.name,
+            extra={
+                "layout": "voc" if layout["voc"] else "images+masks",
+                "ignored_pixels": {s: int(h[IGNORE]) for s, h in hists.items()},
+            },
+        )
 
     @staticmethod
     def _record(stem: str, image: Path, mask_dir: Path, out_dir: Path):
@@ -278,20 +331,32 @@ class MaskFolderSource(Source):
             return None, {"file": str(image), "reason": reason}
         mask_path = mask_dir / f"{stem}.png"
         if not mask_path.is_file():
-            return None, {"file": str(image), "reason": f"mask not found (expected {mask_dir.name}/{stem}.png)"}
+            return None, {
+                "file": str(image),
+                "reason": f"mask not found (expected {mask_dir.name}/{stem}.png)",
+            }
         try:
             ids = read_mask(mask_path)
         except DataError as exc:
             return None, {"file": str(mask_path), "reason": str(exc)}
         if (ids.shape[1], ids.shape[0]) != size:
-            return None, {"file": str(mask_path), "reason": f"mask is {ids.shape[1]}x{ids.shape[0]}, its image "
-                          f"{image.name} is {size[0]}x{size[1]}"}
+            return None, {
+                "file": str(mask_path),
+                "reason": f"mask is {ids.shape[1]}x{ids.shape[0]}, its image "
+                f"{image.name} is {size[0]}x{size[1]}",
+            }
         from PIL import Image
 
         out = out_dir / f"{stem}.png"
         Image.fromarray(ids).save(out)  # (H, W) uint8: mode L
-        return {"path": str(image.resolve()), "mask": str(out.resolve()), "source_mask": str(mask_path),
-                "width": size[0], "height": size[1], "hist": np.bincount(ids.ravel(), minlength=256)}, None
+        return {
+            "path": str(image.resolve()),
+            "mask": str(out.resolve()),
+            "source_mask": str(mask_path),
+            "width": size[0],
+            "height": size[1],
+            "hist": np.bincount(ids.ravel(), minlength=256),
+        }, None
 
     def _complete_splits(self, records: dict) -> dict:
         fractions = {}
@@ -305,7 +370,9 @@ class MaskFolderSource(Source):
             records.update({name: parts[name] for name in fractions})
             train = parts["rest"]
         if self.data.max_train_examples and self.data.max_train_examples < len(train):
-            keep = np.random.default_rng(self.data.seed).permutation(len(train))[:self.data.max_train_examples]
+            keep = np.random.default_rng(self.data.seed).permutation(len(train))[
+                : self.data.max_train_examples
+            ]
             train = [train[i] for i in sorted(keep)]
         records["train"] = train
         return records
@@ -316,9 +383,12 @@ class MaskFolderSource(Source):
         manifest = read_manifest(spec.location)
         records = manifest["splits"].get(split, [])
         channels = spec.channels
-        ds = tf.data.Dataset.from_tensor_slices({  # typed even when the split is empty
-            "path": tf.constant([r["path"] for r in records], tf.string),
-            "mask": tf.constant([r["mask"] for r in records], tf.string)})
+        ds = tf.data.Dataset.from_tensor_slices(
+            {  # typed even when the split is empty
+                "path": tf.constant([r["path"] for r in records], tf.string),
+                "mask": tf.constant([r["mask"] for r in records], tf.string),
+            }
+        )
 
         def decode(x):
             image = decode_image_file(x["path"], channels)
@@ -326,6 +396,3 @@ class MaskFolderSource(Source):
             return {"image": image, "mask": mask}
 
         return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
-
-SOURCES[MaskFolderSource.name] = MaskFolderSource  # sources.py imports this module at its end

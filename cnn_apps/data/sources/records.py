@@ -1,0 +1,82 @@
+"""What the sources do with their records between scanning and the spec: split them
+(stratified by class, or seeded), count them per class, summarize the skipped ones, and
+read back the JSON manifest a file source's prepare wrote."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from cnn_apps.errors import DataError
+
+
+def stratified_split(labels: np.ndarray, fractions: dict, seed: int) -> dict:
+    """Split indices per class: ``{"validation": 0.1, ...}`` -> ``{"validation": idx, ..., "rest": idx}``.
+
+    Each class gives ``round(n * fraction)`` examples to each named part (at most
+    ``n - 1`` in all, so the rest keeps one per class); deterministic for a seed.
+    """
+    rng = np.random.default_rng(seed)
+    parts = {name: [] for name in fractions}
+    parts["rest"] = []
+    for cls in np.unique(labels):
+        idx = np.flatnonzero(labels == cls)
+        idx = idx[rng.permutation(len(idx))]
+        start = 0
+        for name, frac in fractions.items():
+            take = min(int(round(len(idx) * frac)), max(len(idx) - 1 - start, 0))
+            parts[name].extend(idx[start : start + take])
+            start += take
+        parts["rest"].extend(idx[start:])
+    return {k: np.sort(np.asarray(v, np.int64)) for k, v in parts.items()}
+
+
+def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """``n`` indices with the class balance of ``labels`` (for ``max_train_examples``)."""
+    if n >= len(labels):
+        return np.arange(len(labels))
+    return stratified_split(labels, {"keep": n / len(labels)}, seed)["keep"]
+
+
+def _random_split(records: list, fractions: dict, seed: int) -> dict:
+    """Seeded split of a list: ``{"test": 0.1, ...}`` -> ``{"test": [...], ..., "rest": [...]}``
+    (each part keeps the records' order; ``rest`` keeps at least one record)."""
+    order = np.random.default_rng(seed).permutation(len(records))
+    parts, start = {}, 0
+    for name, frac in fractions.items():
+        take = min(int(round(len(records) * frac)), max(len(records) - 1 - start, 0))
+        parts[name] = sorted(order[start : start + take])
+        start += take
+    parts["rest"] = sorted(order[start:])
+    return {k: [records[i] for i in v] for k, v in parts.items()}
+
+
+def _class_counts(labels, class_names) -> dict:
+    counts = Counter(int(v) for v in labels)
+    return {name: counts.get(i, 0) for i, name in enumerate(class_names)}
+
+
+def skipped_summary(skipped: list, show: int = 3) -> str:
+    """``"; 5 records skipped: a.jpg (reason); ... and 2 more"`` for an error raised when bad
+    records left nothing to use (the skipped list is never logged then), else ``""``."""
+    if not skipped:
+        return ""
+    shown = "; ".join(f"{item['file']} ({item['reason']})" for item in skipped[:show])
+    more = f"; and {len(skipped) - show} more" if len(skipped) > show else ""
+    return f"; {len(skipped)} records skipped: {shown}{more}"
+
+
+def read_manifest(location: str) -> dict:
+    """The JSON manifest a folder source's prepare wrote (``spec.location``), or a DataError
+    saying to prepare again."""
+    try:
+        return json.loads(Path(location).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise DataError(f"manifest {location} is gone: run `cnn-apps prepare` again") from exc
+    except ValueError as exc:
+        raise DataError(
+            f"manifest {location} is not valid JSON ({exc}): run `cnn-apps prepare` again"
+        ) from exc
