@@ -48,7 +48,7 @@ def main(argv=None) -> dict:
     from cnn_apps.classification import ImageClassifier
     from cnn_apps.config import load_config
     from cnn_apps.data.sources import get_source
-    from cnn_apps.stages.common import input_shape, split_dataset
+    from cnn_apps.tasks.inputs import input_shape, split_dataset
     from cnn_apps.training.fit import compile_classifier
 
     config = load_config(args.config, args.overrides)

@@ -212,6 +212,7 @@ def build_ours(name: str, spec: Spec, size: int, tiny: bool):
     import keras
     import numpy as np
 
+    import cnn_apps.backbones  # noqa: F401  (registers the backbones looked up here)
     from cnn_apps import registry
 
     # Unseeded initialisers draw from Python's random; keras.utils.set_random_seed would also

@@ -70,6 +70,7 @@ def ladder_rows(args) -> tuple[str, list[dict]]:
 def study_rows(study_run: str) -> list[dict]:
     """The rows of a finished ladder study, from its child runs (in the order they ran)."""
     import mlflow
+
     from cnn_apps import tracking
     from cnn_apps.errors import ConfigError
 
@@ -115,7 +116,7 @@ def inference_call(row: dict):
     from cnn_apps import tracking
     from cnn_apps.data.proposal_cache import ProposalSettings, propose
     from cnn_apps.serving import image_input_shape
-    from cnn_apps.stages.region_detectors import is_region_detector, load_region_detector
+    from cnn_apps.tasks.region_detection import is_region_detector, load_region_detector
 
     if is_region_detector(row["detector"]):
         model = load_region_detector(row["train_run"])
@@ -152,7 +153,7 @@ def test_images(train_run: str, size: int, count: int):
 
     from cnn_apps import tracking
     from cnn_apps.config import from_dict
-    from cnn_apps.stages.common import split_dataset
+    from cnn_apps.tasks.inputs import split_dataset
 
     spec = tracking.load_dataset_spec(train_run)
     config = from_dict(tracking.load_run_config(train_run))

@@ -7,7 +7,8 @@
     cnn-apps evaluate [--config C] [--set k=v ...] --from-run TRAIN_RUN
     cnn-apps export   [--config C] [--set k=v ...] --from-run TRAIN_RUN
     cnn-apps all      --config C [--set k=v ...]     (prepare, train, evaluate, export)
-    cnn-apps study    {regularization,learning-curve,depth,transfer,detectors,segmentation} --config C [--from-run PREPARE_RUN]
+    cnn-apps study    {regularization,learning-curve,depth,transfer,detectors,segmentation}
+                      --config C [--from-run PREPARE_RUN]
     cnn-apps models                                  (the backbone zoo: parameters, FLOPs)
     cnn-apps predict  --model M --input I [--output results.jsonl] [--coco-json F] [--masks DIR]
                       (M: an exports folder, runs:/..., models:/..., or a TF Serving URL)
@@ -21,6 +22,7 @@ config. Every command that makes an MLflow run prints ``run_id: <id>`` last.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import re
@@ -198,6 +200,7 @@ def run_stage(
 
 def list_models() -> None:
     """The backbone zoo at paper size with 1000 classes: parameters and multiply-adds."""
+    import cnn_apps.builtins  # noqa: F401  (registers the built-in models listed here)
     from cnn_apps.backbones.zoo import zoo_table
 
     print(f"{'backbone':<12} {'input':>6} {'parameters':>14} {'GMACs':>8}")
@@ -246,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             from cnn_apps.serving.model_server import run_serve
 
-            return run_serve(args)
+            return run_serve(args, run_export=functools.partial(run_stage, "export"))
         if args.command == "promote":
             from cnn_apps.serving.registry import promote
 

@@ -1,19 +1,28 @@
-"""Name -> builder registries for backbones (and, in later issues, classifiers,
-detectors and segmenters), so that configs pick models by name."""
+"""Name -> builder tables, one per kind (``backbone``, ``detector``, ``segmenter``,
+``region_detector``, ...), so that configs pick models by name.
+
+This module imports no model module: a model module registers itself with
+``@register(kind, name)`` when it is imported, and :mod:`cnn_apps.builtins` imports every
+module that registers a built-in model. Code that looks models up by name (the factories, the
+CLI) imports ``cnn_apps.builtins`` first; :func:`get` on an unknown name lists what is
+registered and says so when the built-ins were never imported.
+"""
 
 from __future__ import annotations
 
 import inspect
+import sys
 import typing
 from collections.abc import Callable
 
 from cnn_apps.errors import ConfigError
 
-_REGISTRIES: dict[str, dict[str, Callable]] = {"backbone": {}}
+_REGISTRIES: dict[str, dict[str, Callable]] = {}
 
 
 def register(kind: str, name: str):
-    """Decorator: ``@register("backbone", "resnet_mini")``."""
+    """Decorator: ``@register("backbone", "resnet_mini")``. Registering the same builder again
+    (a module imported twice) is a no-op; another builder under a taken name is an error."""
 
     def wrap(builder: Callable) -> Callable:
         table = _REGISTRIES.setdefault(kind, {})
@@ -26,15 +35,19 @@ def register(kind: str, name: str):
 
 
 def names(kind: str) -> list[str]:
-    _load_builtins()
+    """The registered names of ``kind``, sorted (the built-ins once ``cnn_apps.builtins`` is imported)."""
     return sorted(_REGISTRIES.get(kind, {}))
 
 
 def get(kind: str, name: str) -> Callable:
-    _load_builtins()
+    """The builder registered as ``name``; an unknown name is a ConfigError listing the registered ones."""
     table = _REGISTRIES.get(kind, {})
     if name not in table:
-        raise ConfigError(f"unknown {kind} '{name}'. Registered: {', '.join(sorted(table)) or 'none'}")
+        # a lookup before anything imported the built-ins: say how to register them
+        hint = ""
+        if "cnn_apps.builtins" not in sys.modules:
+            hint = " (import cnn_apps.builtins to register the built-in models)"
+        raise ConfigError(f"unknown {kind} '{name}'. Registered: {', '.join(sorted(table)) or 'none'}{hint}")
     return table[name]
 
 
@@ -82,10 +95,3 @@ def build_from_config(
         return build(num_classes, **args)
     except refused as exc:  # a bad architecture_args key (or value)
         raise ConfigError(f"model.architecture_args for '{name}': {exc}") from exc
-
-
-def _load_builtins() -> None:
-    # Importing the packages runs their @register decorators.
-    import cnn_apps.backbones  # noqa: F401
-    import cnn_apps.detection  # noqa: F401
-    import cnn_apps.segmentation  # noqa: F401

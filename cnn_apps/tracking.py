@@ -274,11 +274,10 @@ def load_run_config(run_id: str) -> dict:
 def log_keras_model(model, sample_input) -> str:
     """Log ``model`` as the run's MLflow model (Keras flavour, ``.keras`` inside); returns its URI."""
     _mlflow()
+    import mlflow
     import mlflow.tensorflow
     import tensorflow as tf
     from mlflow.models import infer_signature
-
-    import mlflow
 
     if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
         outputs = model(sample_input, training=False)  # predict cannot run under it (keras#20585)

@@ -101,3 +101,33 @@ def signal_training_after_first_epoch(folder: Path, sets: list[str], sig: int, t
         if proc.poll() is None:
             proc.kill()
     return backups[0].parent.name, proc.returncode, output
+
+
+ROOT = Path(__file__).resolve().parents[1]
+# `--set`s (and --config) for a tiny SSD and a tiny FCN-8s on 64 px shapes: the dense tasks the
+# scale tests (distribution, precision, resume) train through the CLI
+TINY_DENSE = {
+    "ssd": [
+        "--config",
+        str(ROOT / "pipelines" / "configs" / "shapes_ssd.yaml"),
+        *set_args(
+            [
+                "data.image_size=64",
+                "model.backbone_args={stage_filters: [8, 16, 16, 32]}",
+                "model.architecture_args={feature_levels: [C3, C4], extra_blocks: [32], "
+                "s_min: 0.15, s_max: 0.6}",
+            ]
+        ),
+    ],
+    "fcn8s": [
+        "--config",
+        str(ROOT / "pipelines" / "configs" / "shapes_fcn8s.yaml"),
+        *set_args(
+            [
+                "data.image_size=64",
+                "model.backbone_args={width: 0.0625}",
+                "model.architecture_args={fc_filters: 16, fc_kernel: 1, dropout: 0.0}",
+            ]
+        ),
+    ],
+}

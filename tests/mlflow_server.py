@@ -215,9 +215,9 @@ def _run_tiny_pipeline(server: MlflowServer, base: Path) -> PipelineOnServer:
     import io
     from contextlib import redirect_stdout
 
+    import mlflow
     from conftest import set_args, tiny_overrides
 
-    import mlflow
     from cnn_apps.cli import main
 
     client_dir = base / "client"

@@ -334,7 +334,7 @@ def test_grouped_conv_trains_on_this_backend():
 @pytest.mark.skipif(find_spec("jax") is None, reason="JAX not installed")
 def test_backbones_build_and_run_under_jax():
     code = (
-        "import numpy as np; from cnn_apps import registry\n"
+        "import numpy as np; import cnn_apps.backbones; from cnn_apps import registry\n"
         "for n in ['alexnet', 'vgg16', 'resnet50', 'plain18']:\n"
         "    m = registry.get('backbone', n)(input_shape=(32, 32, 3), include_top=True, num_classes=3,"
         " width=0.25, grouped=True) if n == 'alexnet' else registry.get('backbone', n)("

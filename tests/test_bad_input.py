@@ -200,7 +200,7 @@ def test_no_good_image_is_lost(folder):
 def _split_images(run, channels=None):
     from cnn_apps.data.sources import get_source
     from cnn_apps.data.spec import DatasetSpec
-    from cnn_apps.stages.common import source_config
+    from cnn_apps.tasks.inputs import source_config
 
     spec = DatasetSpec(**run.spec)
     source = get_source(source_config(run.config()))
@@ -242,7 +242,7 @@ def test_image_smaller_than_the_stride_trains(folder):
     from cnn_apps.data.pipeline import make_pipeline
     from cnn_apps.data.sources import get_source
     from cnn_apps.data.spec import DatasetSpec
-    from cnn_apps.stages.common import source_config
+    from cnn_apps.tasks.inputs import source_config
 
     spec = DatasetSpec(**folder.spec)
     source = get_source(source_config(folder.config()))
@@ -564,6 +564,7 @@ def test_masks_keep_every_good_record(masks):
 # ---------------------------------------------------------------------- data.skip_bad_records
 def test_skip_bad_records_false_fails_the_prepare_run_naming_them(folder, tmp_path, store, monkeypatch):
     import mlflow
+
     from cnn_apps import stages, tracking
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "")

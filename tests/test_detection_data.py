@@ -404,6 +404,7 @@ def test_augment_config_is_validated():
 # ---------------------------------------------------------------------- prepare stage
 def _prepare_run(config):
     import mlflow
+
     from cnn_apps.stages.prepare import prepare
 
     result = prepare(config)

@@ -36,9 +36,8 @@ TINY_BACKBONE = "model.backbone_args={stage_filters: [8, 16, 16, 32]}"
     ],
 )
 def test_detector_pipeline(config, extra, tmp_path, capsys, monkeypatch):
-    import tensorflow as tf
-
     import mlflow
+    import tensorflow as tf
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)

@@ -8,11 +8,11 @@ import subprocess
 import sys
 
 import keras
+import mlflow
 import numpy as np
 import pytest
-from conftest import set_args, tiny_overrides
+from conftest import TINY_DENSE, set_args, tiny_overrides
 
-import mlflow
 from cnn_apps.cli import main
 from cnn_apps.config import load_config
 from cnn_apps.errors import ConfigError
@@ -129,16 +129,19 @@ def test_multi_worker_needs_tf_config(tmp_path, monkeypatch):
         distribute.strategy_for(config.training)
 
 
-def test_two_workers_on_loopback_train_like_one(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("kind", ["classifier", "ssd"])
+def test_two_workers_on_loopback_train_like_one(kind, tmp_path, capsys, monkeypatch):
     """Two `cnn-apps train` processes joined by TF_CONFIG on 127.0.0.1 (one CPU replica each,
-    half of every global batch each) end where a single process does."""
+    half of every global batch each) end where a single process does: a classifier, and a
+    detector (its loss normalizers summed over the workers' replicas)."""
     import json
     import socket
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
     overrides = {"training.epochs": 2, "regularization.dropout": 0.0}
-    assert main(["prepare", *set_args(tiny_overrides(tmp_path, **overrides))]) == 0
+    model = TINY_DENSE.get(kind, [])
+    assert main(["prepare", *set_args(tiny_overrides(tmp_path, **overrides)), *model]) == 0
     prepared = capsys.readouterr().out.strip().splitlines()[-1].split()[1]
     ports = []
     for _ in range(2):
@@ -153,6 +156,7 @@ def test_two_workers_on_loopback_train_like_one(tmp_path, capsys, monkeypatch):
             [
                 *command,
                 *set_args(tiny_overrides(tmp_path, **overrides, **{"training.distribution": "multi_worker"})),
+                *model,
             ],
             cwd=tmp_path,
             stdout=subprocess.PIPE,
@@ -169,7 +173,7 @@ def test_two_workers_on_loopback_train_like_one(tmp_path, capsys, monkeypatch):
     for worker, output in zip(workers, outputs):
         assert worker.returncode == 0, output[-3000:]
     single = subprocess.run(
-        [*command, *set_args(tiny_overrides(tmp_path, **overrides))],
+        [*command, *set_args(tiny_overrides(tmp_path, **overrides)), *model],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -182,7 +186,12 @@ def test_two_workers_on_loopback_train_like_one(tmp_path, capsys, monkeypatch):
     chief, other, alone = run_of(outputs[0]), run_of(outputs[1]), run_of(single.stdout)
     assert chief.data.tags["worker"] == "0" and other.data.tags["worker"] == "1"
     assert chief.data.metrics["replicas"] == 2 and alone.data.metrics["replicas"] == 1
-    for key in ("best_val_loss", "best_val_accuracy", "final_train_error"):
+    keys = (
+        ("best_val_loss", "train_loss")
+        if kind == "ssd"
+        else ("best_val_loss", "best_val_accuracy", "final_train_error")
+    )
+    for key in keys:
         assert chief.data.metrics[key] == pytest.approx(alone.data.metrics[key], rel=1e-3, abs=1e-4), key
         assert other.data.metrics[key] == pytest.approx(chief.data.metrics[key], rel=1e-6, abs=1e-7), key
 

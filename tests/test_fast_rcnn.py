@@ -166,7 +166,7 @@ def _prepared(tmp_path):
 def test_proposal_cache_is_computed_once_and_reused(tmp_path, monkeypatch):
     from cnn_apps.data import proposal_cache
     from cnn_apps.data.proposal_cache import ProposalSettings, cache_path, split_proposals
-    from cnn_apps.stages.common import split_dataset
+    from cnn_apps.tasks.inputs import split_dataset
 
     config, spec = _prepared(tmp_path)
     calls = []
@@ -286,6 +286,7 @@ def test_fast_rcnn_export_takes_proposals_in_the_callers_pixels(tmp_path):
 @pytest.mark.slow
 def test_fast_rcnn_through_the_cli(tmp_path, capsys, monkeypatch):
     import mlflow
+
     from cnn_apps.cli import main
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

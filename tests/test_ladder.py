@@ -54,6 +54,7 @@ def test_time_per_image_counts_proposals():
 @pytest.mark.slow
 def test_tiny_ladder(tmp_path, monkeypatch, capsys):
     import mlflow
+
     from cnn_apps.cli import main
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -116,7 +117,7 @@ def test_tiny_ladder(tmp_path, monkeypatch, capsys):
 def test_the_shipped_ladder_builds_every_detector(tmp_path):
     """Every rung of the shipped ladder builds at the ladder's shared image size."""
     from cnn_apps.detection.factory import detector_from_config
-    from cnn_apps.stages.region_detectors import is_region_detector, region_detector_from_config
+    from cnn_apps.tasks.region_detection import is_region_detector, region_detector_from_config
 
     ladder = load_config(CONFIGS / "shapes_detector_ladder.yaml", [f"data.data_dir={tmp_path}"])
     names = []

@@ -12,10 +12,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 
-import mlflow
 from cnn_apps import tracking
 from cnn_apps.classification import ImageClassifier
 from cnn_apps.segmentation.unet import UNet

@@ -92,6 +92,7 @@ def mlflow_models(exports, tmp_path_factory):
     """The three models logged to a temporary sqlite store; {task: runs:/ URI}, with the
     segmenter also registered (models:/tiny-segmenter/1)."""
     import mlflow
+
     from cnn_apps.tracking import log_keras_model
 
     _, models = exports
@@ -439,6 +440,7 @@ def test_masks_at_each_images_own_size(images, exports, tmp_path):
 @pytest.mark.slow
 def test_fast_rcnn_gets_proposals_from_every_source(images, tmp_path, monkeypatch, capsys):
     import mlflow
+
     from cnn_apps.tracking import log_keras_model
 
     folder, _ = images

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from cnn_apps.config import load_config
-from cnn_apps.detection import rcnn
+from cnn_apps.detection import region_detector
 from cnn_apps.detection.proposals import box_iou
-from cnn_apps.detection.rcnn import (
-    RCNN,
+from cnn_apps.detection.rcnn import RCNN
+from cnn_apps.detection.region_detector import (
     RegionHead,
     context_window,
     train_box_regressor,
@@ -27,7 +27,7 @@ def test_context_window_leaves_p_pixels_of_context_at_the_warp_size():
     box = np.array([[20, 10, 40, 50]], np.float32)  # 20 x 40
     warp, p = 64, 16
     window = context_window(box, warp, p)[0]
-    pad = p * warp / rcnn.PAPER_WARP  # ~4.5 px at 64
+    pad = p * warp / region_detector.PAPER_WARP  # ~4.5 px at 64
     inner = warp - 2 * pad
     np.testing.assert_allclose(
         window,
@@ -71,12 +71,12 @@ def test_box_regression_improves_iou():
     rng = np.random.default_rng(1)
     gt = np.array([[20, 20, 50, 60]], np.float32).repeat(300, 0)
     props = gt + rng.uniform(-6, 6, gt.shape).astype(np.float32)
-    deltas = rcnn.encode_deltas(gt, props)
+    deltas = region_detector.encode_deltas(gt, props)
     feats = np.concatenate([deltas * 10, rng.normal(0, 1, (300, 12))], 1).astype(
         np.float32
     )  # informative features
     coef, intercept = train_box_regressor(feats[:200], props[:200], gt[:200], alpha=1.0)
-    moved = rcnn.decode_deltas(feats[200:] @ coef.T + intercept, props[200:])
+    moved = region_detector.decode_deltas(feats[200:] @ coef.T + intercept, props[200:])
     before = np.diag(box_iou(props[200:], gt[200:])).mean()
     after = np.diag(box_iou(moved, gt[200:])).mean()
     assert after > before + 0.05 and after > 0.95
@@ -164,7 +164,7 @@ def test_sppnet_predict_and_save_load(fitted_sppnet, tmp_path):
     dets = model.predict(images[:4])
     _check_detections(dets, 4)
     assert set(model.last_timings) == {"proposal_ms", "feature_ms", "classify_ms"}
-    loaded = rcnn.RegionDetector.load(model.save(tmp_path / "spp"))
+    loaded = region_detector.RegionDetector.load(model.save(tmp_path / "spp"))
     assert isinstance(loaded, SPPNet) and loaded.spp_levels == (4, 2, 1)
     again = loaded.predict(images[:4])
     for a, b in zip(dets, again):
@@ -193,19 +193,18 @@ def test_rcnn_fit_predict_save_load(tmp_path):
 
 
 def test_config_builds_region_detectors_and_rejects_unknown_args():
-    from cnn_apps.stages.region_detectors import (
-        check_exportable,
-        is_region_detector,
-        region_detector_from_config,
-    )
+    from cnn_apps.tasks import task_class
+    from cnn_apps.tasks.region_detection import is_region_detector, region_detector_from_config
 
     for name, cls in (("rcnn", RCNN), ("sppnet", SPPNet)):
         config = load_config(f"pipelines/configs/shapes_{name}.yaml", [])
         model = region_detector_from_config(config, ["circle", "square", "triangle", "star"])
         assert type(model) is cls and model.image_size == 96 and model.head.nms_iou == 0.3
         assert is_region_detector(name)
+        task = task_class(config)(config, spec=None)
+        assert not task.exportable
         with pytest.raises(ConfigError, match="outside TensorFlow"):
-            check_exportable(name)
+            task.check_exportable()
     assert not is_region_detector("faster_rcnn")
     bad = load_config("pipelines/configs/shapes_rcnn.yaml", ["model.architecture_args.warp_sise=32"])
     with pytest.raises(ConfigError, match="warp_sise.*Valid keys:.*warp_size"):
@@ -219,8 +218,8 @@ def test_stages_train_and_evaluate_through_mlflow(tmp_path, monkeypatch):
     from conftest import tiny_overrides
 
     from cnn_apps import tracking
+    from cnn_apps.stages import evaluate, train
     from cnn_apps.stages.prepare import prepare
-    from cnn_apps.stages.region_detectors import evaluate_region_detector, train_region_detector
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     overrides = tiny_overrides(
@@ -237,9 +236,10 @@ def test_stages_train_and_evaluate_through_mlflow(tmp_path, monkeypatch):
     config = load_config(None, overrides)
     prep = prepare(config).run_id
     spec = tracking.load_dataset_spec(prep)
-    trained = train_region_detector(config, spec, prep)
+    trained = train(config, prep)
     assert "val_map50" in trained.outputs
-    result = evaluate_region_detector(config, spec, trained.run_id, tracking.get_run(trained.run_id))
+    assert tracking.load_dataset_spec(trained.run_id).fingerprint == spec.fingerprint
+    result = evaluate(config, trained.run_id)
     assert {"test_map50", "test_coco_ap", "test_seconds_per_image", "test_proposal_ms"} <= set(result.outputs)
     run = tracking.get_run(result.run_id)
     assert "test_classify_ms" in run.data.metrics and run.data.tags["source_run"] == trained.run_id

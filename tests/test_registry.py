@@ -2,10 +2,10 @@
 moving only when the evaluate run beats it, ``latest`` resolving to the newest version,
 and ``cnn-apps promote``."""
 
+import mlflow
 import numpy as np
 import pytest
 
-import mlflow
 from cnn_apps import tracking
 from cnn_apps.classification import ImageClassifier
 from cnn_apps.cli import main

@@ -4,11 +4,11 @@ was never interrupted."""
 
 import signal
 
+import mlflow
 import numpy as np
 import pytest
 from conftest import set_args, signal_training_after_first_epoch, tiny_overrides
 
-import mlflow
 from cnn_apps.cli import main
 
 pytestmark = pytest.mark.slow

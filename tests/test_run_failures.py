@@ -9,12 +9,12 @@ import socket
 import time
 
 import keras
+import mlflow
 import numpy as np
 import pytest
 import yaml
 from conftest import set_args, signal_training_after_first_epoch, tiny_overrides
 
-import mlflow
 from cnn_apps import tracking
 from cnn_apps.cli import main
 from cnn_apps.config import load_config, mask_secrets

@@ -227,7 +227,7 @@ def test_colour_conversion_and_the_voc_colour_map():
 
 # ---------------------------------------------------------------------- through the pipeline
 def test_split_dataset_gives_nearest_resized_masks(tmp_path):
-    from cnn_apps.stages.common import split_dataset
+    from cnn_apps.tasks.inputs import split_dataset
 
     good = _id_folder(tmp_path / "pets")
     config = _config(tmp_path, tmp_path / "pets", **{"data.image_size": 24, "training.batch_size": 2})

@@ -26,9 +26,8 @@ TINY = {
 
 @pytest.mark.parametrize("config", sorted(TINY))
 def test_segmenter_pipeline(config, tmp_path, capsys, monkeypatch):
-    import tensorflow as tf
-
     import mlflow
+    import tensorflow as tf
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)

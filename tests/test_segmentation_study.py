@@ -45,6 +45,7 @@ def test_fcn_order_note():
 @pytest.mark.slow
 def test_tiny_segmentation_study(tmp_path, monkeypatch, capsys):
     import mlflow
+
     from cnn_apps.cli import main
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

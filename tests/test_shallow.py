@@ -128,9 +128,8 @@ def test_errors(base, features):
 
 
 def test_log_sklearn_model(features, tmp_path, monkeypatch):
-    import mlflow.sklearn
-
     import mlflow
+    import mlflow.sklearn
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     _, X, y = features

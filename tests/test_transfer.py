@@ -83,6 +83,7 @@ def cli(tmp_path, capsys, monkeypatch):
 @pytest.mark.slow
 def test_the_four_modes_from_a_pretext_source(cli):
     import mlflow
+
     from cnn_apps import tracking
 
     pretext = cli("train", sets=["task=pretext"])
@@ -138,6 +139,7 @@ def test_a_backbone_weights_file_is_a_source(cli):
         ],
     )
     import mlflow
+
     from cnn_apps import tracking
 
     mlflow.set_tracking_uri(cli.uri)

@@ -17,6 +17,7 @@ import os
 
 import keras
 
+import cnn_apps.backbones  # noqa: F401  (registers the built-in backbones)
 from cnn_apps import registry
 from cnn_apps.errors import ModelError
 

@@ -8,6 +8,7 @@ import typing
 
 import keras
 
+import cnn_apps.backbones  # noqa: F401  (registers the built-in backbones)
 from cnn_apps import registry
 from cnn_apps.backbones.flops import count_macs
 

@@ -1,9 +1,9 @@
 """ImageClassifier: raw pixels in, class probabilities out.
 
-The graph is ``pixels (0..255) -> scaling to [-1, 1] -> backbone -> global average
-pool -> [dropout -> dense ReLU] * len(head_units) -> dropout -> dense softmax``, so an exported model needs no client-side
-preprocessing. The backbone is picked by registry name and kept as the nested
-model ``classifier.backbone`` (transfer learning freezes or swaps it).
+The graph is ``pixels (0..255) -> scaling to [-1, 1] (:mod:`cnn_apps.preprocessing`) -> backbone
+-> global average pool -> [dropout -> dense ReLU] * len(head_units) -> dropout -> dense softmax``,
+so an exported model needs no client-side preprocessing. The backbone is picked by registry
+name and kept as the nested model ``classifier.backbone`` (transfer learning freezes or swaps it).
 """
 
 from __future__ import annotations
@@ -13,21 +13,11 @@ import json
 import keras
 from keras import layers
 
+import cnn_apps.backbones  # noqa: F401  (registers the backbones picked by name)
 from cnn_apps import registry
+from cnn_apps.preprocessing import preprocessing_layer
 
 DROPOUT_PLACEMENTS = ("dense", "conv", "both")
-
-
-@keras.saving.register_keras_serializable(package="cnn_apps")
-class CaffePreprocessing(layers.Layer):
-    """RGB pixels 0..255 -> BGR minus the ImageNet channel means (keras.applications' "caffe"
-    mode, what VGG16/19 and ResNet50 ImageNet weights expect). (B, H, W, 3) -> same."""
-
-    MEAN_BGR = (103.939, 116.779, 123.68)
-
-    def call(self, images):
-        bgr = keras.ops.flip(keras.ops.cast(images, self.compute_dtype), axis=-1)
-        return bgr - keras.ops.convert_to_tensor(self.MEAN_BGR, dtype=self.compute_dtype)
 
 
 @keras.saving.register_keras_serializable(package="cnn_apps")
@@ -94,12 +84,7 @@ class ImageClassifier(keras.Model):
             **backbone_args,
         )
         self.backbone.trainable = backbone_trainable
-        if preprocessing == "unit":
-            scaling = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="pixel_scaling")
-        elif preprocessing == "caffe":
-            scaling = CaffePreprocessing(name="pixel_scaling")
-        else:
-            raise ValueError(f"preprocessing must be 'unit' or 'caffe', got {preprocessing!r}")
+        scaling = preprocessing_layer(preprocessing)
         pool = layers.GlobalAveragePooling2D(name="avg_pool")
         hidden = [
             layers.Dense(u, activation="relu", kernel_regularizer=regularizer, name=f"head_fc{i + 1}")

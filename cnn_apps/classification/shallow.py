@@ -170,11 +170,10 @@ def log_sklearn_model(estimator, scaler, X_sample: np.ndarray) -> str:
     class indices; ``X_sample`` (a few raw feature rows) is the input example.
     Returns the model URI (also set as the run tag ``sklearn_model_uri``).
     """
+    import mlflow
     import mlflow.sklearn
     import sklearn
     from sklearn.pipeline import Pipeline
-
-    import mlflow
 
     if mlflow.active_run() is None:
         raise TrackingError("log_sklearn_model needs an active MLflow run (mlflow.start_run())")

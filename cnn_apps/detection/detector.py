@@ -11,12 +11,9 @@ and returns fixed-size padded detections ``boxes`` (B, K, 4) xyxy pixels, ``scor
 
 from __future__ import annotations
 
-import json
-
 import keras
-from keras import layers, ops
+from keras import ops
 
-from cnn_apps import registry
 from cnn_apps.detection.nms import batched_nms
 
 POSTPROCESS_DEFAULTS = {
@@ -26,42 +23,6 @@ POSTPROCESS_DEFAULTS = {
     "pre_nms_top_k": 400,
     "nms": "auto",
 }
-
-
-def preprocessing_layer(kind: str):
-    """``unit``: pixels to [-1, 1]; ``caffe``: keras.applications' VGG/ResNet50 convention."""
-    from cnn_apps.classification.classifier import CaffePreprocessing
-
-    if kind == "unit":
-        return layers.Rescaling(1.0 / 127.5, offset=-1.0, name="pixel_scaling")
-    if kind == "caffe":
-        return CaffePreprocessing(name="pixel_scaling")
-    raise ValueError(f"preprocessing must be 'unit' or 'caffe', got {kind!r}")
-
-
-def build_backbone(name: str, image_size: int, backbone_args: dict | None):
-    """The registered backbone at this input size (``backbone_args`` JSON-normalised)."""
-    args = json.loads(json.dumps(dict(backbone_args or {})))
-    return registry.get("backbone", name)(input_shape=(image_size, image_size, 3), **args), args
-
-
-def pyramid_features(backbone, levels):
-    """A model from the backbone's input to the named ``pyramid_outputs`` levels
-    (``C3``..``C5`` for ResNets, ``pool3``..``pool5`` for VGG) or layer names."""
-    names = []
-    for level in levels:
-        name = backbone.pyramid_outputs.get(level, level)
-        try:
-            backbone.get_layer(name)
-        except ValueError as exc:
-            raise ValueError(
-                f"backbone '{backbone.name}' has no feature level or layer {level!r}; "
-                f"levels: {', '.join(backbone.pyramid_outputs)}"
-            ) from exc
-        names.append(name)
-    return keras.Model(
-        backbone.inputs, [backbone.get_layer(n).output for n in names], name=f"{backbone.name}_features"
-    )
 
 
 class Detector(keras.Model):
@@ -108,13 +69,20 @@ class Detector(keras.Model):
 
     # ------------------------------------------------------------------ training
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The sum of the parts, each this replica's share of the global batch's value under a
+        distribution strategy (:mod:`cnn_apps.replicas`; Keras' convention), plus the kernel
+        penalties; the trackers record each part's global value."""
+        from cnn_apps.replicas import global_value, scale_for_replicas
+
         parts = self.detection_losses(y, y_pred)
         total = 0.0
         for tracker, name in zip(self.loss_trackers, self.loss_names):
-            tracker.update_state(parts[name])
+            tracker.update_state(global_value(parts[name]))
             total = total + parts[name]
         if self.losses:  # kernel regularizers
-            total = total + ops.sum(ops.stack([ops.cast(v, "float32") for v in self.losses]))
+            total = total + scale_for_replicas(
+                ops.sum(ops.stack([ops.cast(v, "float32") for v in self.losses]))
+            )
         return total
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import cnn_apps.builtins  # noqa: F401  (registers the built-in detectors)
 from cnn_apps import registry
 
 

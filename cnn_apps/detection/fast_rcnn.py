@@ -27,10 +27,12 @@ import keras
 from keras import layers, ops
 
 from cnn_apps import registry
+from cnn_apps.backbones.features import build_backbone, pyramid_features
 from cnn_apps.detection.boxes import BoxCoder
-from cnn_apps.detection.detector import Detector, build_backbone, preprocessing_layer, pyramid_features
+from cnn_apps.detection.detector import Detector
 from cnn_apps.detection.matching import Matcher
 from cnn_apps.detection.roi_head import build_roi_head, detect_from_rois, fast_rcnn_loss, sample_rois
+from cnn_apps.preprocessing import preprocessing_layer
 
 
 @keras.saving.register_keras_serializable(package="cnn_apps")

@@ -24,12 +24,14 @@ import keras
 from keras import ops
 
 from cnn_apps import registry
+from cnn_apps.backbones.features import build_backbone, pyramid_features
 from cnn_apps.detection.anchors import AnchorGenerator
 from cnn_apps.detection.boxes import BoxCoder
-from cnn_apps.detection.detector import Detector, build_backbone, preprocessing_layer, pyramid_features
+from cnn_apps.detection.detector import Detector
 from cnn_apps.detection.matching import Matcher
 from cnn_apps.detection.roi_head import build_roi_head, detect_from_rois, fast_rcnn_loss, sample_rois
 from cnn_apps.detection.rpn import ProposalLayer, rpn_head, rpn_loss
+from cnn_apps.preprocessing import preprocessing_layer
 
 
 @keras.saving.register_keras_serializable(package="cnn_apps")

@@ -4,6 +4,8 @@ Ground truth arrives as the library's padded batch: ``gt_boxes`` (B, N, 4) xyxy 
 ``gt_labels`` (B, N) int with -1 on padded rows. Each loss returns a dict of scalar
 components (``box``, ``classification``, ...) whose sum is the training loss, so the
 parts are logged separately. An image without objects contributes zero box loss.
+Normalizers (matched boxes, images) count over the global batch under a distribution
+strategy (:func:`~cnn_apps.replicas.replica_share`), so R replicas train as one device.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from keras import ops
 
 from cnn_apps.detection.boxes import pairwise_iou, valid_mask
 from cnn_apps.detection.matching import NEGATIVE, gather_matched, hard_negative_mining
+from cnn_apps.replicas import replica_share
 
 
 def smooth_l1(diff, beta: float = 1.0):
@@ -46,11 +49,11 @@ def ssd_multibox_loss(
     target_cls = ops.where(positive, target_labels + 1, 0)
     ce = ops.sparse_categorical_crossentropy(target_cls, ops.cast(cls_logits, "float32"), from_logits=True)
     hard = hard_negative_mining(ops.stop_gradient(ce), positive, negative, negative_ratio)
-    num_pos = ops.maximum(ops.sum(ops.cast(positive, "float32")), 1.0)
-    cls_loss = ops.sum(ce * ops.cast(ops.logical_or(positive, hard), "float32")) / num_pos
+    num_pos = ops.sum(ops.cast(positive, "float32"))  # over the global batch (replica_share)
+    cls_loss = replica_share(ops.sum(ce * ops.cast(ops.logical_or(positive, hard), "float32")), num_pos)
     target_deltas = coder.encode(target_boxes, anchors)
     box = ops.sum(smooth_l1(ops.cast(box_deltas, "float32") - target_deltas), axis=-1)
-    box_loss = ops.sum(box * ops.cast(positive, "float32")) / num_pos
+    box_loss = replica_share(ops.sum(box * ops.cast(positive, "float32")), num_pos)
     return {"classification": cls_loss, "box": alpha * box_loss}
 
 
@@ -129,5 +132,10 @@ def yolo_v1_loss(
     noobj = lambda_noobj * ops.sum((1.0 - responsible) * ops.square(conf))
     onehot = ops.one_hot(ops.maximum(t_labels, 0), num_classes)
     cls = ops.sum(has_obj * ops.sum(ops.square(class_p - onehot), axis=-1))
-    n = ops.cast(batch, "float32")
-    return {"box": coord / n, "object": obj / n, "no_object": noobj / n, "classification": cls / n}
+    n = ops.cast(batch, "float32")  # the global batch under a distribution strategy
+    return {
+        "box": replica_share(coord, n),
+        "object": replica_share(obj, n),
+        "no_object": replica_share(noobj, n),
+        "classification": replica_share(cls, n),
+    }

@@ -10,6 +10,7 @@ from __future__ import annotations
 from keras import ops
 
 from cnn_apps.detection.boxes import pairwise_iou, valid_mask
+from cnn_apps.replicas import replica_rows
 
 NEGATIVE = -1  # matched index of an anchor that is background
 IGNORE = -2  # matched index of an anchor that is neither (between the thresholds): no loss
@@ -91,7 +92,8 @@ def sample_balanced(positive, negative, batch_size_per_image: int, positive_frac
     ``seed``: a Keras ``SeedGenerator`` (or int) for the random choice."""
     import keras
 
-    noise = keras.random.uniform(ops.shape(positive), seed=seed)
+    # the global batch's draw, this replica's rows: R replicas sample what one device samples
+    noise = replica_rows(lambda shape: keras.random.uniform(shape, seed=seed), ops.shape(positive))
     num_pos_max = int(batch_size_per_image * positive_fraction)
     pos_rank = _rank(ops.where(positive, noise, -1.0))
     num_pos = ops.minimum(ops.sum(ops.cast(positive, "int32"), -1, keepdims=True), num_pos_max)

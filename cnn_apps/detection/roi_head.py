@@ -15,6 +15,7 @@ from cnn_apps.detection.boxes import BoxCoder, clip_to_image
 from cnn_apps.detection.losses import smooth_l1
 from cnn_apps.detection.matching import NEGATIVE, Matcher, gather_matched, sample_balanced
 from cnn_apps.detection.nms import batched_nms
+from cnn_apps.replicas import replica_share
 
 
 def build_roi_head(
@@ -109,16 +110,17 @@ def fast_rcnn_loss(class_logits, box_deltas, rois, labels, target_boxes, weights
     """L = L_cls + λ [u ≥ 1] L_loc (λ = 1): softmax cross-entropy over K + 1 classes on the
     sampled RoIs, and smooth L1 on the deltas of the true class for foreground RoIs only
     (background RoIs contribute no box loss), both averaged over the sampled RoIs."""
-    count = ops.maximum(ops.sum(weights), 1.0)
+    class_logits, box_deltas = ops.cast(class_logits, "float32"), ops.cast(box_deltas, "float32")
+    count = ops.sum(weights)  # over the global batch (replica_share)
     ce = ops.sparse_categorical_crossentropy(labels, class_logits, from_logits=True)
-    cls_loss = ops.sum(ce * weights) / count
+    cls_loss = replica_share(ops.sum(ce * weights), count)
     num_classes = box_deltas.shape[-2]
     fg = ops.cast(labels > 0, "float32") * weights
     pick = ops.one_hot(ops.maximum(labels - 1, 0), num_classes)[..., None]  # (B, S, K, 1)
     deltas = ops.sum(box_deltas * pick, axis=-2)  # the true class's deltas
     target = coder.encode(target_boxes, rois)
     box = ops.sum(smooth_l1(deltas - target), axis=-1)
-    return {"classification": cls_loss, "box": ops.sum(box * fg) / count}
+    return {"classification": cls_loss, "box": replica_share(ops.sum(box * fg), count)}
 
 
 def detect_from_rois(class_logits, box_deltas, rois, *, coder: BoxCoder, image_size: int, postprocess: dict):

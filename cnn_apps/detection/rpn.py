@@ -15,6 +15,7 @@ from cnn_apps.detection.boxes import BoxCoder, clip_to_image
 from cnn_apps.detection.losses import smooth_l1
 from cnn_apps.detection.matching import NEGATIVE, Matcher, gather_matched, sample_balanced
 from cnn_apps.detection.nms import batched_nms
+from cnn_apps.replicas import replica_share
 
 
 def rpn_head(features, num_anchors: int, filters: int, name: str = "rpn"):
@@ -124,15 +125,19 @@ def rpn_loss(
     ``batch_size_per_image`` sampled anchors (up to half positive) per image; binary
     cross-entropy on objectness and smooth L1 (beta 1/9) on the positives' deltas, both
     divided by the sampled count. An image without objects trains objectness only."""
+    logits, deltas = ops.cast(logits, "float32"), ops.cast(deltas, "float32")  # under mixed precision too
     matched, _ = matcher(anchors, gt_boxes, gt_labels)
     target_boxes, _ = gather_matched(gt_boxes, gt_labels, matched)
     pos, neg = sample_balanced(
         matched >= 0, matched == NEGATIVE, batch_size_per_image, positive_fraction, seed
     )
     sampled = ops.cast(ops.logical_or(pos, neg), "float32")
-    count = ops.maximum(ops.sum(sampled), 1.0)
+    count = ops.sum(sampled)  # over the global batch (replica_share)
     bce = ops.binary_crossentropy(ops.cast(pos, "float32"), logits, from_logits=True)  # elementwise (B, A)
-    objectness = ops.sum(bce * sampled) / count
+    objectness = replica_share(ops.sum(bce * sampled), count)
     target = coder.encode(target_boxes, anchors)
     box = ops.sum(smooth_l1(deltas - target, beta=1.0 / 9), axis=-1)
-    return {"rpn_objectness": objectness, "rpn_box": ops.sum(box * ops.cast(pos, "float32")) / count}
+    return {
+        "rpn_objectness": objectness,
+        "rpn_box": replica_share(ops.sum(box * ops.cast(pos, "float32")), count),
+    }

@@ -21,11 +21,13 @@ import keras
 from keras import layers, ops
 
 from cnn_apps import registry
+from cnn_apps.backbones.features import build_backbone, pyramid_features
 from cnn_apps.detection.anchors import boxes_per_location, ssd_default_boxes, ssd_scales
 from cnn_apps.detection.boxes import BoxCoder, clip_to_image
-from cnn_apps.detection.detector import Detector, build_backbone, preprocessing_layer, pyramid_features
+from cnn_apps.detection.detector import Detector
 from cnn_apps.detection.losses import ssd_multibox_loss
 from cnn_apps.detection.matching import Matcher
+from cnn_apps.preprocessing import preprocessing_layer
 
 
 @keras.saving.register_keras_serializable(package="cnn_apps")

@@ -21,10 +21,12 @@ import keras
 from keras import layers, ops
 
 from cnn_apps import registry
+from cnn_apps.backbones.features import build_backbone, pyramid_features
 from cnn_apps.detection.anchors import yolo_cell_offsets
 from cnn_apps.detection.boxes import clip_to_image
-from cnn_apps.detection.detector import Detector, build_backbone, preprocessing_layer, pyramid_features
+from cnn_apps.detection.detector import Detector
 from cnn_apps.detection.losses import yolo_v1_decode_boxes, yolo_v1_loss
+from cnn_apps.preprocessing import preprocessing_layer
 
 
 @keras.saving.register_keras_serializable(package="cnn_apps")

@@ -202,6 +202,8 @@ class YOLOv8KerasCV(Detector):
         """keras-cv's YOLOV8Detector.compute_loss on our targets; returns the two weighted terms."""
         from keras_cv.src.bounding_box.iou import compute_ciou
 
+        from cnn_apps.replicas import replica_share
+
         c = self._config
         points = ops.convert_to_tensor(self.anchor_points)
         strides = ops.convert_to_tensor(self.anchor_strides)
@@ -216,16 +218,16 @@ class YOLOv8KerasCV(Detector):
             scores, pred_boxes * strides, points * strides, gt_labels, gt_boxes, gt_mask
         )
         target_boxes = target_boxes / strides
-        target_sum = ops.maximum(ops.sum(target_scores), 1.0)
+        target_sum = ops.sum(target_scores)  # over the global batch (replica_share), at least 1
         box_weight = ops.sum(target_scores, axis=-1) * fg_mask  # (B, A): 0 for unmatched anchors
         # unmatched anchors carry -1 targets; a dummy valid box keeps their (zero-weighted) CIoU
         # gradient finite
         positive = (box_weight > 0)[..., None]
         target_boxes = ops.where(positive, target_boxes, ops.convert_to_tensor([0.0, 0.0, 1.0, 1.0]))
         ciou_loss = 1.0 - compute_ciou(target_boxes, pred_boxes, bounding_box_format="xyxy")
-        box = c["box_loss_weight"] * ops.sum(ciou_loss * box_weight) / target_sum
+        box = c["box_loss_weight"] * replica_share(ops.sum(ciou_loss * box_weight), target_sum)
         bce = keras.losses.binary_crossentropy(target_scores, scores)  # mean over classes, as keras-cv
-        classification = c["classification_loss_weight"] * ops.sum(bce) / target_sum
+        classification = c["classification_loss_weight"] * replica_share(ops.sum(bce), target_sum)
         return {"box": box, "classification": classification}
 
     # ------------------------------------------------------------------ inference

@@ -3,6 +3,7 @@ unet, ...), or list what can be built."""
 
 from __future__ import annotations
 
+import cnn_apps.builtins  # noqa: F401  (registers the built-in segmenters)
 from cnn_apps import registry
 
 

@@ -33,7 +33,8 @@ import numpy as np
 from keras import layers
 
 from cnn_apps import registry
-from cnn_apps.detection.detector import preprocessing_layer, pyramid_features
+from cnn_apps.backbones.features import pyramid_features
+from cnn_apps.preprocessing import preprocessing_layer
 from cnn_apps.registry import register
 from cnn_apps.segmentation.segmenter import IGNORE_LABEL, Segmenter
 from cnn_apps.segmentation.upsampling import transposed_upsampler

@@ -18,11 +18,38 @@ from keras import ops
 IGNORE_LABEL = 255
 
 
-def segmentation_loss(ignore_label: int = IGNORE_LABEL):
+@keras.saving.register_keras_serializable(package="cnn_apps", name="PixelCrossEntropy")
+class PixelCrossEntropy(keras.losses.Loss):
+    """Per-pixel softmax cross-entropy on logits (B, H, W, K) against masks (B, H, W[, 1]):
+    the mean over the pixels not labelled ``ignore_label``. Under a distribution strategy the
+    mean is over the counted pixels of the global batch (:func:`~cnn_apps.replicas.replica_share`;
+    Keras' own ``ignore_class`` divides by each replica's count, which is not the same)."""
+
+    def __init__(self, ignore_label: int = IGNORE_LABEL, name: str = "pixel_cross_entropy", **kwargs):
+        kwargs.pop("reduction", None)  # the mean is computed here; Keras only adds it up
+        super().__init__(name=name, reduction="sum", **kwargs)
+        self.ignore_label = int(ignore_label)
+
+    def call(self, y_true, y_pred):
+        from cnn_apps.replicas import replica_share
+
+        labels = ops.cast(y_true, "int32")
+        if len(labels.shape) == len(y_pred.shape):  # (B, H, W, 1)
+            labels = labels[..., 0]
+        valid = ops.not_equal(labels, self.ignore_label)
+        ce = ops.sparse_categorical_crossentropy(
+            ops.where(valid, labels, 0), ops.cast(y_pred, "float32"), from_logits=True
+        )
+        weight = ops.cast(valid, "float32")
+        return replica_share(ops.sum(ce * weight), ops.sum(weight))
+
+    def get_config(self):
+        return {"name": self.name, "ignore_label": self.ignore_label}
+
+
+def segmentation_loss(ignore_label: int = IGNORE_LABEL) -> PixelCrossEntropy:
     """Per-pixel softmax cross-entropy on logits, the ignored pixels left out of the mean."""
-    return keras.losses.SparseCategoricalCrossentropy(
-        from_logits=True, ignore_class=ignore_label, name="pixel_cross_entropy"
-    )
+    return PixelCrossEntropy(ignore_label)
 
 
 def check_divisible(image_size: int, stride: int, name: str) -> None:

@@ -19,7 +19,7 @@ import keras
 from keras import layers
 
 from cnn_apps.backbones.layers import conv_unit
-from cnn_apps.detection.detector import preprocessing_layer
+from cnn_apps.preprocessing import preprocessing_layer
 from cnn_apps.registry import register
 from cnn_apps.segmentation.segmenter import IGNORE_LABEL, Segmenter
 

@@ -83,19 +83,22 @@ def serve_environment(tracking_uri: str) -> dict:
     }
 
 
-def run_serve(args) -> int:
-    """``cnn-apps serve``: export first when asked, then replace this process by the server."""
+def run_serve(args, run_export=None) -> int:
+    """``cnn-apps serve``: export first when asked, then replace this process by the server.
+
+    ``run_export(config_path, overrides, from_run)`` runs the export stage and returns its
+    result (outputs ``registered``, ``export_path``); the CLI passes its stage runner, so that
+    the library never imports the CLI (nor, from serving, the stages)."""
     from cnn_apps import tracking
+    from cnn_apps.errors import ConfigError
 
     model_uri, tracking_uri = args.model, tracking.tracking_uri()
     if args.from_run:
-        from cnn_apps.cli import run_stage
-
-        result = run_stage("export", args.config, args.overrides, args.from_run)
+        if run_export is None:
+            raise ConfigError("serve --from-run needs the export stage: run it through `cnn-apps serve`")
+        result = run_export(args.config, args.overrides, args.from_run)
         model_uri = result.outputs.get("registered")
         if model_uri is None:
-            from cnn_apps.errors import ConfigError
-
             raise ConfigError(
                 "export.register is false, so there is no registered version to serve; "
                 "drop that override or serve runs:/<run_id>/model with --model"

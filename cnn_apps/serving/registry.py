@@ -31,6 +31,7 @@ MAIN_METRIC = {
 
 def _client(tracking_uri: str | None = None):
     import mlflow
+
     from cnn_apps import tracking
 
     if tracking_uri:

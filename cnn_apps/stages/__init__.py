@@ -20,18 +20,17 @@ from cnn_apps.stages.train import train
 
 def run_all(config) -> StageResult:
     """prepare -> train -> evaluate -> export, each its own linked run; returns export's result
-    with the other run ids in ``outputs`` (evaluate's for R-CNN / SPP-net, which do not export)."""
+    with the other run ids in ``outputs`` (evaluate's for a model that cannot be exported,
+    R-CNN / SPP-net)."""
+    from cnn_apps import tasks, tracking
     from cnn_apps.stages.common import log
-    from cnn_apps.stages.region_detectors import is_region_detector
 
     prepared = prepare(config)
     trained = train(config, from_run=prepared.run_id)
     evaluated = evaluate(config, from_run=trained.run_id)
-    if config.task == "detection" and is_region_detector(config.model.architecture):
-        log.info(
-            "%s is evaluate-only (proposals and SVMs outside TensorFlow): no export",
-            config.model.architecture,
-        )
+    task = tasks.for_config(config, tracking.load_dataset_spec(prepared.run_id))
+    if not task.exportable:
+        log.info("%s is evaluate-only (not one TensorFlow graph): no export", task.model_label)
         evaluated.outputs.update({"prepare_run": prepared.run_id, "train_run": trained.run_id})
         return evaluated
     exported = export(config, from_run=trained.run_id)

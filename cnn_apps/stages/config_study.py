@@ -18,7 +18,8 @@ from contextlib import contextmanager
 from cnn_apps import tracking
 from cnn_apps.config import Config, load_config
 from cnn_apps.errors import ConfigError
-from cnn_apps.stages.common import dataset_label, log
+from cnn_apps.stages.common import log
+from cnn_apps.tasks.inputs import dataset_label
 
 SHARED_SECTIONS = ("data", "evaluate", "detection", "segmentation", "tracking")
 

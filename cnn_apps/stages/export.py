@@ -1,13 +1,14 @@
 """export: SavedModel for TF Serving, verified, and registered in MLflow.
 
-Input: ``--from-run`` of a train or finetune run. Writes
-``<export.dir>/<name>/<version>/`` (next integer version; classifiers and pretext
-models through :func:`~cnn_apps.serving.export_classifier`, ``task: detection`` through
-:func:`~cnn_apps.serving.export_detector`, ``task: segmentation`` through
-:func:`~cnn_apps.serving.export_segmenter`), reloads it and checks every signature
-against the Keras model on test images (``export_max_abs_diff``), then registers the run's
-MLflow model as a new version of the registered model ``<name>`` and moves its ``champion``
-alias when the source's evaluate run beats the champion
+Input: ``--from-run`` of a train or finetune run. One path for every task: the task of the
+run's model writes ``<export.dir>/<name>/<version>/`` (next integer version) with its
+signatures (:meth:`~cnn_apps.tasks.base.Task.export`: classifiers and pretext models through
+:func:`~cnn_apps.serving.export_classifier`, detectors through
+:func:`~cnn_apps.serving.export_detector`, segmenters through
+:func:`~cnn_apps.serving.export_segmenter`), reloads it and checks every signature against the
+Keras model on test images (``export_max_abs_diff``); R-CNN and SPP-net refuse, saying why.
+Then the run's MLflow model is registered as a new version of the registered model ``<name>``
+and its ``champion`` alias moves when the source's evaluate run beats the champion
 (:func:`~cnn_apps.serving.registry.register_export`).
 """
 
@@ -15,78 +16,43 @@ from __future__ import annotations
 
 import os
 
-from cnn_apps import tracking
+from cnn_apps import tasks, tracking
 from cnn_apps.config import Config
-from cnn_apps.serving import (
-    SIGNATURES,
-    export_classifier,
-    export_detector,
-    export_segmenter,
-    next_version,
-    staging_folder,
-    verify_classifier_export,
-    verify_detector_export,
-    verify_segmenter_export,
-)
+from cnn_apps.serving import SIGNATURES, next_version, staging_folder
 from cnn_apps.serving.registry import register_export
-from cnn_apps.stages.common import (
-    StageResult,
-    at_model_size,
-    check_task,
-    dataset_label,
-    log,
-    split_dataset,
-    training_classes,
-)
+from cnn_apps.stages.common import StageResult, log, source_model_label
+from cnn_apps.tasks.inputs import dataset_label
 
 SOURCE_STAGES = ("train", "finetune")
-TASKS = ("classification", "pretext", "detection", "segmentation")
 
 
 def export(config: Config, from_run: str) -> StageResult:
     import mlflow
 
-    check_task(config, supported=TASKS)
     tracking.setup(config)
     source = tracking.get_run(from_run, expect_stage=SOURCE_STAGES)
-    from cnn_apps.stages.region_detectors import check_exportable
-
-    check_exportable(source.data.params.get("model.architecture"))  # R-CNN/SPP-net: not a TF graph
     spec = tracking.load_dataset_spec(from_run)
-    model = tracking.load_keras_model(from_run)
-    config = at_model_size(config, model)
+    task = tasks.for_run(config, spec, source)
+    task.check_exportable()  # before loading anything: R-CNN/SPP-net are not a TF graph
+    model = task.load(from_run)
+    task.attach(model, at_model_size_=True)
+    config = task.config
     name = config.export.name or config.name
     base = os.path.join(config.export.dir, name)
     version = next_version(base)
     path = os.path.abspath(os.path.join(base, str(version)))
-
-    batch = next(iter(split_dataset(spec, config, "test", training=False, batch_size=8)))[0].numpy()
-    class_names, _ = training_classes(spec, config)  # a pretext model's are the rotations
     with staging_folder(path) as staged:  # TF Serving sees the version only once it is verified
-        if config.task == "detection":
-            export_detector(model, staged, class_names)
-            diffs = verify_detector_export(staged, model, batch, tolerance=config.export.tolerance)
-        elif config.task == "segmentation":
-            export_segmenter(model, staged, model.class_names)
-            diffs = verify_segmenter_export(staged, model, batch, tolerance=config.export.tolerance)
-        else:
-            export_classifier(model, staged, class_names)
-            diffs = verify_classifier_export(staged, model, batch, tolerance=config.export.tolerance)
+        diffs = task.export(model, staged)
     log.info(
         "exported %s (signatures %s), max |SavedModel - Keras| = %.2e",
         path,
         ", ".join(SIGNATURES),
         max(diffs.values()),
     )
-
-    params = source.data.params
-    model_name = params.get("model.backbone", "model")
-    if config.task in ("detection", "segmentation"):
-        model_name = params.get("model.architecture") or model_name
     with tracking.stage_run(
         config,
         "export",
-        model=model_name,
+        model=source_model_label(source),
         dataset=dataset_label(spec),
         source_run=from_run,
         fingerprint=spec.fingerprint,

@@ -29,13 +29,13 @@ When the config's data differs from the source run's, a prepare run is made (tag
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
-from cnn_apps import tracking
+from cnn_apps import tasks, tracking
 from cnn_apps.config import Config
 from cnn_apps.errors import ConfigError, ModelError
-from cnn_apps.stages.common import StageResult, at_model_size, check_task, dataset_label, log, split_dataset
+from cnn_apps.stages.common import StageResult, log
+from cnn_apps.tasks.inputs import at_model_size, dataset_label, split_dataset
 
 SOURCE_STAGES = ("train", "finetune")
 
@@ -49,15 +49,13 @@ def finetune(
     run_name: str | None = None,
 ) -> StageResult:
     import keras
-
     import mlflow
+
     from cnn_apps.classification.transfer import freeze_batch_norm, parameter_counts, unfreeze_top_blocks
+    from cnn_apps.training.diagnosis import classification_error
     from cnn_apps.training.fit import fit_and_log
 
-    if config.task == "pretext":  # e.g. the config of a pretext source run: its target is classification
-        log.info("task pretext -> classification: fine-tuning learns the data's own labels")
-        config = dataclasses.replace(config, task="classification")
-    check_task(config, supported=("classification",))
+    config = tasks.task_class(config).finetune_config(config)  # a classifier's, or refused
     ft = config.finetune
     tracking.setup(config)
     base, source_ref, source_spec = _load_source(config, from_run)
@@ -93,7 +91,13 @@ def finetune(
         mlflow.log_text(spec.to_json(), tracking.DATASET_ARTIFACT)
         mlflow.log_metric("train_examples", num_train)
         title = f"{ft.mode}: {backbone} on {dataset_label(spec)}"
-        fit = dict(num_train=num_train, train_eval_ds=train_eval_ds, diagnosis=config.diagnosis)
+        fit = dict(
+            num_train=num_train,
+            train_eval_ds=train_eval_ds,
+            diagnosis=config.diagnosis,
+            error_fn=classification_error,
+            per_epoch_error=True,
+        )
 
         def phase(name: str, prefix: str, epochs: int, lr: float, initial_epoch: int = 0) -> dict:
             counts = parameter_counts(model)
@@ -291,9 +295,9 @@ def _target_model(base, spec, fresh: bool):
 
 def _shallow(model, config: Config, train_eval_ds, val_ds) -> dict:
     """Frozen features once per split -> scikit-learn linear model -> folded back into Keras."""
+    import mlflow
     import numpy as np
 
-    import mlflow
     from cnn_apps.classification import shallow
     from cnn_apps.training.diagnosis import diagnose
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 from cnn_apps import tracking
 from cnn_apps.config import Config
 from cnn_apps.errors import ConfigError
-from cnn_apps.stages.common import StageResult, dataset_label
+from cnn_apps.stages.common import StageResult
 from cnn_apps.stages.config_study import config_study
-from cnn_apps.stages.study import csv_table, markdown_table
+from cnn_apps.stages.tables import csv_table, markdown_table
+from cnn_apps.tasks.inputs import dataset_label
 
 COLUMNS = (
     "detector",
@@ -47,8 +48,6 @@ def time_per_image_ms(metrics: dict) -> tuple[float, float]:
 def ladder_study(config: Config, from_run: str | None = None) -> StageResult:
     import mlflow
 
-    if config.task != "detection":
-        raise ConfigError("study detectors needs task: detection")
     rows = []
     with config_study(config, "detectors", list(config.study.detectors), "detectors", from_run) as (
         parent,

@@ -24,11 +24,13 @@ import io
 
 from cnn_apps import tracking
 from cnn_apps.config import Config
-from cnn_apps.stages.common import StageResult, dataset_label, log, metric_key, source_config
+from cnn_apps.stages.common import StageResult, log
+from cnn_apps.tasks.inputs import dataset_label, metric_key, source_config
 
 
 def prepare(config: Config) -> StageResult:
     import mlflow
+
     from cnn_apps import plots
     from cnn_apps.data.sources import get_source
 

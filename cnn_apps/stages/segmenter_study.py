@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from cnn_apps import tracking
 from cnn_apps.config import Config
-from cnn_apps.errors import ConfigError
-from cnn_apps.stages.common import StageResult, dataset_label
+from cnn_apps.stages.common import StageResult
 from cnn_apps.stages.config_study import config_study
-from cnn_apps.stages.study import csv_table, markdown_table
+from cnn_apps.stages.tables import csv_table, markdown_table
+from cnn_apps.tasks.inputs import dataset_label
 
 COLUMNS = (
     "segmenter",
@@ -37,8 +37,6 @@ FCN_PAPER = {"fcn32s": 59.4, "fcn16s": 62.4, "fcn8s": 62.7}  # mean IU, PASCAL V
 def segmenter_study(config: Config, from_run: str | None = None) -> StageResult:
     import mlflow
 
-    if config.task != "segmentation":
-        raise ConfigError("study segmentation needs task: segmentation")
     rows, per_class = [], {}
     with config_study(config, "segmentation", list(config.study.segmenters), "segmenters", from_run) as (
         parent,

@@ -23,28 +23,32 @@ train run (its model can be evaluated or exported like any other).
 from __future__ import annotations
 
 import copy
-import csv
-import io
 
-from cnn_apps import tracking
+from cnn_apps import tasks, tracking
 from cnn_apps.config import Config
 from cnn_apps.errors import ConfigError
-from cnn_apps.stages.common import StageResult, check_task, dataset_label, log
+from cnn_apps.stages.common import StageResult, log
+from cnn_apps.stages.tables import csv_table, markdown_table
+from cnn_apps.tasks.inputs import dataset_label
 
 STUDIES = ("regularization", "learning-curve", "depth", "transfer", "detectors", "segmentation")
 REGULARIZATION_SETTINGS = ("none", "l1", "l2", "dropout", "batch_norm", "batch_norm+dropout", "all")
-_COLUMNS = (
-    "setting",
-    "train_error",
-    "val_error",
-    "bias",
-    "variance",
-    "verdict",
-    "val_accuracy",
-    "epochs",
-    "seconds",
-    "run_id",
-)
+
+
+def study_columns(score: str = "val_accuracy") -> tuple:
+    """The table of a study over settings; ``score`` names the validation score column."""
+    return (
+        "setting",
+        "train_error",
+        "val_error",
+        "bias",
+        "variance",
+        "verdict",
+        score,
+        "epochs",
+        "seconds",
+        "run_id",
+    )
 
 
 def regularization_setting(config: Config, setting: str) -> Config:
@@ -92,8 +96,17 @@ def _variants(kind: str, config: Config):
 def study(kind: str, config: Config, from_run: str | None = None) -> StageResult:
     """Run study ``kind`` on the data of prepare run ``from_run`` (prepared first when None)."""
     import mlflow
+
     from cnn_apps.stages.train import train
 
+    if kind not in STUDIES:
+        raise ConfigError(f"unknown study '{kind}'; choose one of {', '.join(STUDIES)}")
+    studies = tasks.task_class(config).studies
+    if kind not in studies:
+        raise ConfigError(
+            f"study {kind} is not defined for task '{config.task}'; "
+            f"its studies: {', '.join(studies) or 'none'}"
+        )
     if kind == "detectors":  # the detector speed ladder
         from cnn_apps.stages.ladder import ladder_study
 
@@ -102,7 +115,6 @@ def study(kind: str, config: Config, from_run: str | None = None) -> StageResult
         from cnn_apps.stages.segmenter_study import segmenter_study
 
         return segmenter_study(config, from_run)
-    check_task(config)
     if kind == "transfer":
         return transfer_study(config)
     variants = _variants(kind, config)  # validate before any work
@@ -114,6 +126,8 @@ def study(kind: str, config: Config, from_run: str | None = None) -> StageResult
     tracking.get_run(from_run, expect_stage=("prepare",))
     spec = tracking.load_dataset_spec(from_run)
 
+    # the kept weights' validation score: accuracy, mAP50 or mIoU (the error diagnosed is 1 - it)
+    score = f"val_{tasks.for_config(config, spec).main_metric}"
     rows, series = [], {}
     with tracking.stage_run(
         config,
@@ -126,14 +140,14 @@ def study(kind: str, config: Config, from_run: str | None = None) -> StageResult
     ) as parent:
         for label, child_config, limit in variants:
             log.info("study %s: %s", kind, label)
-            backbone = child_config.model.backbone
+            model_label = child_config.model.architecture or child_config.model.backbone
             result = train(
                 child_config,
                 from_run,
                 nested=True,
                 train_limit=limit,
                 tags={"study": kind, "setting": label, "study_run": parent.info.run_id},
-                run_name=f"train:{backbone}:{dataset_label(spec)}:{label}",
+                run_name=f"train:{model_label}:{dataset_label(spec)}:{label}",
             )
             summary = result.extra["summary"]
             d = summary["diagnosis"]
@@ -145,7 +159,7 @@ def study(kind: str, config: Config, from_run: str | None = None) -> StageResult
                     "bias": d.bias,
                     "variance": d.variance,
                     "verdict": d.verdict,
-                    "val_accuracy": summary["best_val_accuracy"],
+                    score: 1.0 - d.val_error,
                     "epochs": summary["epochs_trained"],
                     "seconds": summary["train_seconds"],
                     "run_id": result.run_id,
@@ -159,8 +173,11 @@ def study(kind: str, config: Config, from_run: str | None = None) -> StageResult
                 for k in ("train_error", "val_error", "variance")
             }
         )
-        mlflow.log_text(csv_table(rows), "results.csv")
-        mlflow.log_text(markdown_table(rows, title=f"Study: {kind} on {dataset_label(spec)}"), "results.md")
+        columns = study_columns(score)
+        mlflow.log_text(csv_table(rows, columns), "results.csv")
+        mlflow.log_text(
+            markdown_table(rows, columns, title=f"Study: {kind} on {dataset_label(spec)}"), "results.md"
+        )
         tracking.log_figure(_plot(kind, rows, series, dataset_label(spec)), f"{kind}.png")
         best = min(rows, key=lambda r: r["val_error"])
         return StageResult(
@@ -178,26 +195,6 @@ def study(kind: str, config: Config, from_run: str | None = None) -> StageResult
 
 def _key(label: str) -> str:
     return label.replace("+", "_plus_")
-
-
-def _fmt(value) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def markdown_table(rows, title: str = "", columns=_COLUMNS) -> str:
-    cols = [c for c in columns if c != "run_id"]
-    lines = [f"# {title}", ""] if title else []
-    lines += ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def csv_table(rows, columns=_COLUMNS) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns)
-    w.writeheader()
-    w.writerows([{k: _fmt(r[k]) for k in columns} for r in rows])
-    return buf.getvalue()
 
 
 def _plot(kind: str, rows, series, dataset: str):
@@ -251,6 +248,7 @@ _TRANSFER_COLUMNS = (
 def transfer_study(config: Config) -> StageResult:
     """Source model once, then every (mode, examples per class) as a finetune child, evaluated."""
     import mlflow
+
     from cnn_apps.stages.evaluate import evaluate
     from cnn_apps.stages.finetune import finetune
     from cnn_apps.stages.prepare import prepare
@@ -329,7 +327,7 @@ def transfer_study(config: Config) -> StageResult:
         )
         mlflow.log_text(csv_table(rows, _TRANSFER_COLUMNS), "results.csv")
         mlflow.log_text(
-            markdown_table(rows, f"Study: transfer to {dataset_label(spec)}", _TRANSFER_COLUMNS), "results.md"
+            markdown_table(rows, _TRANSFER_COLUMNS, f"Study: transfer to {dataset_label(spec)}"), "results.md"
         )
         tracking.log_figure(_transfer_plot(rows, s.source_task, dataset_label(spec)), "transfer.png")
         best = max(rows, key=lambda r: r["test_accuracy"])

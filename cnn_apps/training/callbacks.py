@@ -83,6 +83,7 @@ class InferenceErrorLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         import mlflow
+
         from cnn_apps.training.diagnosis import classification_error
 
         logs = logs or {}

@@ -96,31 +96,39 @@ def needs_custom_loop(cfg) -> bool:
     return cfg.distribution == "multi_worker"
 
 
-def _per_example_loss(model, x, y):
+def _unscaled(value) -> float:
+    """A loss computed in cross-replica context, where Keras (and :mod:`cnn_apps.replicas`)
+    divide it by the replicas, back to its value."""
     import keras
 
-    probabilities = model(x, training=True)
-    return keras.losses.sparse_categorical_crossentropy(y, probabilities), probabilities
+    return float(keras.ops.convert_to_numpy(value)) * replicas()
 
 
-def evaluate_local(model, dataset) -> tuple[float, float]:
-    """(loss, accuracy) of ``model`` on ``dataset``, computed on this worker alone (every worker
-    holds the same weights): the mean cross-entropy plus the regularization terms, as Keras'
-    ``evaluate`` reports it."""
-    import keras
+def evaluate_local(model, dataset) -> dict:
+    """``{"loss", ["accuracy"]}`` of ``model`` on ``dataset``, computed on this worker alone
+    (every worker holds the same weights) by direct calls: the model's own loss (compiled, or
+    a detector's ``compute_loss``) with the regularization terms, as Keras' ``evaluate``
+    reports it, weighted by batch size; ``accuracy`` for a model compiled with it."""
     import numpy as np
 
-    total = correct = count = 0.0
+    total = count = correct = 0.0
+    accuracy = any(getattr(m, "name", "") == "accuracy" for m in _compiled_metrics(model))
     for x, y in dataset:
-        probabilities = model(x, training=False)
-        y = np.asarray(y)
-        total += float(
-            np.sum(keras.ops.convert_to_numpy(keras.losses.sparse_categorical_crossentropy(y, probabilities)))
-        )
-        correct += float(np.sum(np.argmax(keras.ops.convert_to_numpy(probabilities), -1) == y))
-        count += y.size
-    penalty = float(sum(float(keras.ops.convert_to_numpy(v)) for v in model.losses))
-    return total / count + penalty, correct / count
+        y_pred = model(x, training=False)
+        n = float(len(np.asarray(x["images"] if isinstance(x, dict) else x)))
+        total += _unscaled(model.compute_loss(x=x, y=y, y_pred=y_pred, training=False)) * n
+        count += n
+        if accuracy:
+            correct += float(np.sum(np.argmax(np.asarray(y_pred), -1) == np.asarray(y)))
+    out = {"loss": total / max(count, 1.0)}
+    if accuracy:
+        out["accuracy"] = correct / max(count, 1.0)
+    return out
+
+
+def _compiled_metrics(model) -> list:
+    compiled = getattr(model, "_compile_metrics", None)
+    return list(getattr(compiled, "_user_metrics", None) or []) if compiled is not None else []
 
 
 def fit_distributed(
@@ -134,12 +142,14 @@ def fit_distributed(
     global_batch: int,
     callbacks,
 ) -> object:
-    """Train a compiled classifier like ``fit`` (same callbacks, same per-epoch logs ``loss``,
-    ``accuracy``, ``val_loss``, ``val_accuracy``) with the strategy in scope: each step runs
-    on every replica of every worker, losses are averaged over the global batch and the
-    optimizer's ``apply_gradients`` sums the gradients across replicas. ``train_ds``: batches
-    of ``global_batch`` examples, ``steps_per_epoch`` per epoch, each worker taking its share.
-    Returns the ``History`` callback."""
+    """Train a compiled model like ``fit`` (same callbacks, per-epoch logs ``loss``,
+    ``val_loss`` and, for a classifier, ``accuracy``/``val_accuracy``) with the strategy in
+    scope: each step runs on every replica of every worker, each replica's loss is its share
+    of the global batch's (Keras' ``compute_loss``; a detector's normalizers count over all
+    replicas, :mod:`cnn_apps.replicas`) and the optimizer's ``apply_gradients`` sums the
+    gradients across replicas. ``train_ds``: batches of ``global_batch`` examples,
+    ``steps_per_epoch`` per epoch, each worker taking its share. Returns the ``History``
+    callback."""
     import keras
     import tensorflow as tf
 
@@ -148,21 +158,25 @@ def fit_distributed(
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     batches = iter(strategy.experimental_distribute_dataset(train_ds.with_options(options)))
     model.optimizer.build(model.trainable_variables)
+    accuracy = any(getattr(m, "name", "") == "accuracy" for m in _compiled_metrics(model))
 
     @tf.function
     def train_step(x, y):
         def replica_step(x, y):
             with tf.GradientTape() as tape:
-                per_example, probabilities = _per_example_loss(model, x, y)
-                loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
-                if model.losses:
-                    loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
-            grads = tape.gradient(loss, model.trainable_variables)
+                y_pred = model(x, training=True)
+                loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
+                scaled = model.optimizer.scale_loss(loss)  # float16 loss scaling, when on
+            grads = tape.gradient(scaled, model.trainable_variables)
             model.optimizer.apply_gradients(zip(grads, model.trainable_variables))
-            hits = tf.reduce_sum(
-                tf.cast(tf.equal(tf.argmax(probabilities, -1), tf.cast(y, tf.int64)), tf.float32)
-            )
-            return loss, hits, tf.cast(tf.shape(y)[0], tf.float32)
+            if accuracy:
+                hits = tf.reduce_sum(
+                    tf.cast(tf.equal(tf.argmax(y_pred, -1), tf.cast(y, tf.int64)), tf.float32)
+                )
+                size = tf.cast(tf.shape(y)[0], tf.float32)
+            else:
+                hits = size = tf.constant(0.0)
+            return loss, hits, size
 
         return tuple(
             strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
@@ -180,16 +194,13 @@ def fit_distributed(
         for step in range(steps_per_epoch):
             calls.on_train_batch_begin(step)
             x, y = next(batches)
-            loss, hits, count = train_step(x, y)
+            loss, hits, count = train_step(x, y)  # the shares summed: the global batch's loss
             loss_sum, hits_sum, seen = loss_sum + float(loss), hits_sum + float(hits), seen + float(count)
             calls.on_train_batch_end(step, {"loss": loss_sum / (step + 1)})
-        val_loss, val_accuracy = evaluate_local(model, val_ds)
-        logs = {
-            "loss": loss_sum / steps_per_epoch,
-            "accuracy": hits_sum / max(seen, 1.0),
-            "val_loss": val_loss,
-            "val_accuracy": val_accuracy,
-        }
+        val = evaluate_local(model, val_ds)
+        logs = {"loss": loss_sum / steps_per_epoch, **{f"val_{k}": v for k, v in val.items()}}
+        if accuracy:
+            logs["accuracy"] = hits_sum / max(seen, 1.0)
         calls.on_epoch_end(epoch, logs)
         if model.stop_training:
             break
