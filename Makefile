@@ -7,7 +7,7 @@ CONFIG ?= pipelines/configs/shapes_classification.yaml
 PORT   ?= 5000
 PYTEST_ARGS ?=
 
-.PHONY: install dev demo test test-fast mlflow-ui bench clean
+.PHONY: install dev demo lint test test-fast mlflow-ui bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,9 +32,14 @@ demo: install
 	@echo "Runs are in ./mlruns (SQLite). See them with: make mlflow-ui   ->  http://127.0.0.1:$(PORT)"
 	@echo "The SavedModel for TF Serving is under ./exports/"
 
-# The whole suite, slow end-to-end checks included. pytest's exit code 5
+# ruff's lint rules and format check (pyproject.toml): a finding fails `make test`.
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# Lint, then the whole suite, slow end-to-end checks included. pytest's exit code 5
 # ("no tests collected") is a failure: a run that tests nothing is not green.
-test: $(VENV)/.installed-dev
+test: lint
 	@$(BIN)/python -m pytest -ra $(PYTEST_ARGS) tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 

@@ -8,10 +8,10 @@ as the same architecture (VGG: no FC dropout, which keras' lacks; ResNet-50:
 * training: ``train_on_batch`` (SGD, sparse cross-entropy), images/s;
 
 after one untimed warm-up call each. Steps alternate ours / keras.applications one by one
-(``steps * rounds`` of each) and the median step counts, so a busy neighbour hurts both alike. Prints ``ours / keras`` ratios
-(1.0 = same speed) and the zoo's parameter/multiply-add table at paper size, and writes
-``benchmarks/results/backbones.json``. Fed with NumPy arrays, so it runs under any Keras
-backend (``KERAS_BACKEND=jax`` without TensorFlow installed).
+(``steps * rounds`` of each) and the median step counts, so a busy neighbour hurts both
+alike. Prints ``ours / keras`` ratios (1.0 = same speed) and the zoo's parameter/multiply-add
+table at paper size, and writes ``benchmarks/results/backbones.json``. Fed with NumPy arrays,
+so it runs under any Keras backend (``KERAS_BACKEND=jax`` without TensorFlow installed).
 
     python benchmarks/backbones.py [--image-size 64] [--batch 8] [--steps 3] [--rounds 2]
 """

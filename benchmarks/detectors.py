@@ -268,8 +268,9 @@ def bench_model(name: str, args, peer, impls: list[str]) -> dict:
     print(f"{name} ({row['params']:,} params, {size} px, {num_boxes} boxes before NMS):")
     for impl, r in per_impl.items():
         print(
-            f"  nms={impl:<8} detect {r['latency_ms']:8.2f} ms/image (batch 1), {r['images_per_s']:7.2f} img/s "
-            f"(batch {args.batch}); NMS alone {r['nms_latency_ms']:7.2f} ms, {r['nms_images_per_s']:7.2f} img/s "
+            f"  nms={impl:<8} detect {r['latency_ms']:8.2f} ms/image (batch 1), "
+            f"{r['images_per_s']:7.2f} img/s (batch {args.batch}); "
+            f"NMS alone {r['nms_latency_ms']:7.2f} ms, {r['nms_images_per_s']:7.2f} img/s "
             f"({100 * r['nms_share_latency']:.0f}% / {100 * r['nms_share_throughput']:.0f}% of detect); "
             f"{r['mean_detections']:.1f} detections/image",
             flush=True,

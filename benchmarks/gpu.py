@@ -436,11 +436,13 @@ def peer_functions(torch, model, spec: Spec, images, targets, args, device: str)
             )
     net = torch.compile(model) if args.torch_compile else model
     optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
-    autocast = lambda: torch.autocast(
-        device_type=device,
-        dtype=torch.bfloat16,  # noqa: E731
-        enabled=args.precision == "bfloat16",
-    )
+
+    def autocast():
+        return torch.autocast(
+            device_type=device,
+            dtype=torch.bfloat16,
+            enabled=args.precision == "bfloat16",
+        )
 
     def infer():
         model.eval()
@@ -506,8 +508,8 @@ def run_side(label: str, make: Callable, modes: list[str], sync: Callable, batch
             )
             r = side[mode]
             print(
-                f"  {label:<11} {mode:<9} {r['images_per_s']:>10.1f} img/s  ({r['median_step_ms']:.1f} ms/step, "
-                f"first call {r['first_call_s']:.1f} s)",
+                f"  {label:<11} {mode:<9} {r['images_per_s']:>10.1f} img/s  "
+                f"({r['median_step_ms']:.1f} ms/step, first call {r['first_call_s']:.1f} s)",
                 flush=True,
             )
         except Exception as exc:  # noqa: BLE001

@@ -275,10 +275,11 @@ def segmentation_grid(
     max_images: int = 8,
 ):
     """Per image three panels: the image, the truth overlay, the prediction overlay (titled with
-    the image's pixel accuracy), the overlays on a dimmed grey copy of the image. Images (N, H, W, C) uint8 (or float 0..255); masks (N, h, w)
-    class ids (a trailing axis of 1 allowed), stretched over the image when smaller. Class k > 0
-    has a fixed colour (tab10, then tab20's light ones, cycling), class 0 leaves the image as it is, ``ignore_label``
-    pixels are white; a legend names them. ``cols`` images (3 * cols panels) per row."""
+    the image's pixel accuracy), the overlays on a dimmed grey copy of the image. Images
+    (N, H, W, C) uint8 (or float 0..255); masks (N, h, w) class ids (a trailing axis of 1
+    allowed), stretched over the image when smaller. Class k > 0 has a fixed colour (tab10, then
+    tab20's light ones, cycling), class 0 leaves the image as it is, ``ignore_label`` pixels are
+    white; a legend names them. ``cols`` images (3 * cols panels) per row."""
     from matplotlib.patches import Patch
 
     images = np.asarray(images)[:max_images]

@@ -1,5 +1,6 @@
-"""The evaluate stage as a script: `python pipelines/evaluate.py --config ... [--set k=v] [--from-run RUN_ID]`.
+"""The evaluate stage as a script.
 
+Usage: `python pipelines/evaluate.py --config ... [--set k=v] [--from-run RUN_ID]`.
 Same arguments and behaviour as `cnn-apps evaluate`; see `cnn_apps/stages/evaluate.py`.
 """
 

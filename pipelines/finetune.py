@@ -1,5 +1,6 @@
-"""The finetune stage as a script: `python pipelines/finetune.py --config ... [--set k=v] [--from-run RUN_ID]`.
+"""The finetune stage as a script.
 
+Usage: `python pipelines/finetune.py --config ... [--set k=v] [--from-run RUN_ID]`.
 Same arguments and behaviour as `cnn-apps finetune`; see `cnn_apps/stages/finetune.py`.
 """
 

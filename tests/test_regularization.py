@@ -11,29 +11,31 @@ SMALL = {"stage_filters": (8, 16), "blocks_per_stage": (1, 1)}
 
 
 def _layers(model, cls):
-    return [l for l in model.backbone.layers if isinstance(l, cls)]
+    return [layer for layer in model.backbone.layers if isinstance(layer, cls)]
 
 
 def test_batch_norm_switch_and_conv_dropout_in_the_backbone():
     on = ImageClassifier(3, (32, 32, 3), backbone_args=SMALL)
     off = ImageClassifier(3, (32, 32, 3), backbone_args=SMALL, batch_norm=False)
     assert _layers(on, keras.layers.BatchNormalization) and not _layers(off, keras.layers.BatchNormalization)
-    assert all(l.use_bias for l in _layers(off, keras.layers.Conv2D))  # no BN: convs need biases
+    assert all(layer.use_bias for layer in _layers(off, keras.layers.Conv2D))  # no BN: convs need biases
     conv_drop = ImageClassifier(3, (32, 32, 3), backbone_args=SMALL, dropout=0.3, dropout_placement="conv")
     assert len(_layers(conv_drop, keras.layers.Dropout)) == 2  # one per stage
-    assert not [l for l in conv_drop.layers if isinstance(l, keras.layers.Dropout)]  # none in the head
+    # none in the head
+    assert not [layer for layer in conv_drop.layers if isinstance(layer, keras.layers.Dropout)]
     both = ImageClassifier(
         3, (32, 32, 3), backbone_args=SMALL, dropout=0.3, dropout_placement="both", head_units=[16]
     )
-    assert len([l for l in both.layers if isinstance(l, keras.layers.Dropout)]) == 2  # before fc1 and output
+    # before fc1 and output
+    assert len([layer for layer in both.layers if isinstance(layer, keras.layers.Dropout)]) == 2
 
 
 def test_l1_l2_penalties_equal_the_formula():
     model = ImageClassifier(3, (32, 32, 3), backbone_args=SMALL, l1=1e-3, l2=1e-2, head_units=[8])
     kernels = [
-        l.kernel
-        for l in model.backbone.layers + model.layers
-        if isinstance(l, (keras.layers.Conv2D, keras.layers.Dense))
+        layer.kernel
+        for layer in model.backbone.layers + model.layers
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))
     ]
     expected = sum(1e-3 * np.abs(k.numpy()).sum() + 1e-2 * np.square(k.numpy()).sum() for k in kernels)
     got = sum(float(keras.ops.convert_to_numpy(v)) for v in model.losses)

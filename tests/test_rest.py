@@ -24,7 +24,8 @@ from cnn_apps.serving.rest import (
 )
 
 KINDS = {"classifier": tiny_classifier, "detector": tiny_detector, "segmenter": tiny_segmenter}
-# per-instance shapes of every serve_bytes output (the detector keeps 20 detections, the segmenter is 32 px, 3 classes)
+# per-instance shapes of every serve_bytes output (the detector keeps 20 detections, the segmenter
+# is 32 px, 3 classes)
 OUTPUTS = {
     "classifier": {"probabilities": (3,), "class_id": (), "class_name": ()},
     "detector": {

@@ -214,7 +214,7 @@ def test_rgb_colour_masks_without_classes_are_split_by_fractions(tmp_path):
     for split in spec.counts:
         for ex in _examples(source, spec, split):
             seen[ex["mask"].shape[:2]] = ex["mask"][..., 0]
-    for name, ids in good.items():
+    for ids in good.values():
         np.testing.assert_array_equal(seen[ids.shape], ids)
 
 

@@ -21,7 +21,7 @@ def _data(n=16, size=32, seed=0):
 
 
 def _snapshot(layers):
-    return {l.name: [w.numpy().copy() for w in l.weights] for l in layers}
+    return {layer.name: [w.numpy().copy() for w in layer.weights] for layer in layers}
 
 
 def test_blocks_are_found_by_name_in_graph_order():
@@ -41,9 +41,14 @@ def test_only_the_top_blocks_and_the_head_change_and_bn_statistics_stay():
     top = unfreeze_top_blocks(model, 1)
     assert top == ["stage3_block1"]
     blocks = backbone_blocks(model.backbone)
-    frozen = [l for name, layers in blocks.items() if name != "stage3_block1" for l in layers]
-    bn = [l for layers in blocks.values() for l in layers if isinstance(l, keras.layers.BatchNormalization)]
-    trainable_convs = [l for l in blocks["stage3_block1"] if isinstance(l, keras.layers.Conv2D)]
+    frozen = [layer for name, layers in blocks.items() if name != "stage3_block1" for layer in layers]
+    bn = [
+        layer
+        for layers in blocks.values()
+        for layer in layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    trainable_convs = [layer for layer in blocks["stage3_block1"] if isinstance(layer, keras.layers.Conv2D)]
     before = _snapshot(frozen + bn + trainable_convs + [model.get_layer("probabilities")])
     x, y = _data()
     model.compile(keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy")

@@ -800,7 +800,8 @@ def _coco_results(record: dict, position: int, images, categories, warn) -> list
         image_id = images.get(file, images.get(Path(file).name))
         if image_id is None:
             warn(
-                f"{file} is not an image of --coco-gt (by file_name): its detections are left out of --coco-json"
+                f"{file} is not an image of --coco-gt (by file_name): "
+                "its detections are left out of --coco-json"
             )
             return []
     results = []

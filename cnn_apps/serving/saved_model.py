@@ -360,10 +360,11 @@ def _numpy_detections(out) -> dict:
 
 def _detection_diff(got: dict, want: dict, image: int, tolerance: float) -> tuple[float, str | None]:
     """Max |box| / |score| difference between the valid rows of one image's detections
-    (boxes in the units given: fractions of the image side from the verifier), and what is wrong (None when they agree within ``tolerance``). Rows are compared in
-    order; when that fails (near-equal scores may swap), each row is matched to the
-    nearest row of the same class instead, leaving out rows tied with the last score of a
-    full output (which of them made the cut may differ)."""
+    (boxes in the units given: fractions of the image side from the verifier), and what is
+    wrong (None when they agree within ``tolerance``). Rows are compared in order; when that
+    fails (near-equal scores may swap), each row is matched to the nearest row of the same
+    class instead, leaving out rows tied with the last score of a full output (which of them
+    made the cut may differ)."""
     n, m = int(got["num_detections"][image]), int(want["num_detections"][image])
     if n != m:
         return float("inf"), f"returns {n} detections for image {image} where the Keras model finds {m}"

@@ -58,9 +58,18 @@ def strategy_for(cfg):
         return tf.distribute.get_strategy()
     if cfg.distribution == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
-        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(devices)
+        devices = tuple(d.name for d in gpus) or tuple(d.name for d in tf.config.list_logical_devices("CPU"))
+        # one strategy per process: a second MirroredStrategy numbers its collectives from the
+        # start again, and TensorFlow's collective runtime, which remembers each instance's shape,
+        # aborts when a different model's all-reduce reuses a number (a study training several
+        # models mirrored in one process)
+        if devices not in _MIRRORED:
+            _MIRRORED[devices] = tf.distribute.MirroredStrategy(list(devices))
+        return _MIRRORED[devices]
     return start_multi_worker()
+
+
+_MIRRORED: dict = {}  # devices -> this process's MirroredStrategy over them
 
 
 _MULTI_WORKER = []  # the one MultiWorkerMirroredStrategy of this process
