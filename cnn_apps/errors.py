@@ -13,6 +13,13 @@ class ConfigError(CnnAppsError):
     """A configuration file, key or value is wrong."""
 
 
+class ModelArgumentError(ConfigError, ValueError):
+    """A model constructor got a bad argument (class names that do not fit ``num_classes``, an
+    unknown option or postprocess key, an input side its stride does not divide). The message
+    names the argument and the valid values. A ConfigError, so the CLI reports it without a
+    traceback, and a ValueError, as these constructors raised before it existed."""
+
+
 class DataError(CnnAppsError):
     """A data source, file or record cannot be used."""
 

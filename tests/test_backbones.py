@@ -1,7 +1,9 @@
 """The classic backbone zoo: exact paper/keras.applications counts, FLOPs, weight mapping,
 regularization switches, small inputs and .keras round trips."""
 
+import inspect
 import os
+import re
 import subprocess
 import sys
 from importlib.util import find_spec
@@ -12,12 +14,15 @@ import numpy as np
 import pytest
 
 from cnn_apps import registry
+from cnn_apps.backbones.base import Backbone, nominal_stride, pyramid_by_stride
+from cnn_apps.backbones.features import pyramid_features
 from cnn_apps.backbones.flops import count_macs
 from cnn_apps.backbones.pretrained import from_keras_applications, load_keras_applications_weights
 from cnn_apps.backbones.resnet import ResNet
+from cnn_apps.backbones.vgg import VGG
 from cnn_apps.backbones.zoo import zoo_table
 from cnn_apps.classification import ImageClassifier
-from cnn_apps.errors import ConfigError, ModelError
+from cnn_apps.errors import ConfigError, ModelArgumentError, ModelError
 
 ZOO = ["alexnet", "vgg16", "vgg19", "resnet18", "resnet34", "resnet50", "plain18", "plain34"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,28 +63,33 @@ def test_vgg_matches_keras_applications_parameters_and_names(name, expected):
         "fc2",
         "predictions",
     ]
-    assert model.pyramid_outputs == {f"pool{i}": f"block{i}_pool" for i in range(1, 6)}
+    assert model.pyramid_outputs == {f"P{i}": f"block{i}_pool" for i in range(1, 6)}
+    assert model.pyramid_outputs.aliases == {f"pool{i}": f"P{i}" for i in range(1, 6)}
 
 
 def test_resnet50_matches_keras_applications_layer_for_layer():
     ours = build("resnet50", conv_bias=True)
     theirs = keras.applications.ResNet50(weights=None)
     assert ours.count_params() == theirs.count_params() == 25_636_712
-    strip = lambda m: [
-        (type(layer).__name__, layer.name, [tuple(v.shape) for v in layer.weights])  # noqa: E731
-        for layer in m.layers
-        if not isinstance(layer, keras.layers.InputLayer)
-    ]
+
+    def strip(m):
+        return [
+            (type(layer).__name__, layer.name, [tuple(v.shape) for v in layer.weights])
+            for layer in m.layers
+            if not isinstance(layer, keras.layers.InputLayer)
+        ]
+
     assert strip(ours) == strip(theirs)
     assert ours.get_layer("conv1_bn").epsilon == pytest.approx(1.001e-5)
     assert ours.get_layer("conv3_block1_1_conv").strides == (2, 2)  # v1: stride on the first 1x1
     assert ours.get_layer("conv3_block1_2_conv").strides == (1, 1)
     assert ours.pyramid_outputs == {
-        "C2": "conv2_block3_out",
-        "C3": "conv3_block4_out",
-        "C4": "conv4_block6_out",
-        "C5": "conv5_block3_out",
+        "P2": "conv2_block3_out",
+        "P3": "conv3_block4_out",
+        "P4": "conv4_block6_out",
+        "P5": "conv5_block3_out",
     }
+    assert ours.pyramid_outputs["C4"] == ours.pyramid_outputs["P4"] == "conv4_block6_out"
 
 
 @pytest.mark.parametrize(
@@ -114,7 +124,8 @@ def test_alexnet_paper_counts_single_tower_and_grouped():
     two = build("alexnet", 227, grouped=True)
     assert two.count_params() == 60_965_224
     assert [two.get_layer(f"conv{i}").groups for i in range(1, 6)] == [1, 2, 1, 2, 2]
-    assert one.pyramid_outputs == {"pool1": "pool1", "pool2": "pool2", "pool5": "pool5"}
+    assert one.pyramid_outputs == {"P3": "pool1", "P4": "pool2", "P5": "pool5"}  # strides 8, 16, 32
+    assert one.pyramid_outputs.aliases == {"pool1": "P3", "pool2": "P4", "pool5": "P5"}
 
 
 # --- FLOPs -------------------------------------------------------------------------------
@@ -193,6 +204,91 @@ def test_bad_arguments_name_the_culprit():
         ResNet(block="wide")
     with pytest.raises(ConfigError, match="32 px"):
         build("resnet18", 16)
+    # one error type for bad constructor arguments, still a ConfigError and a ValueError
+    with pytest.raises(ModelArgumentError, match="repeats needs 5 entries"):
+        VGG(repeats=(2, 2))
+    with pytest.raises(ValueError, match="stage_filters"):
+        registry.get("backbone", "resnet_mini")(stage_filters=(8, 16), blocks_per_stage=(1,))
+    with pytest.raises(ModelArgumentError, match=r"no feature level or layer 'P9'; levels: P2, P3.*C2"):
+        pyramid_features(registry.get("backbone", "resnet18")(), ["P9"])
+
+
+# --- the Backbone base: config and pyramid levels keyed by stride --------------------------
+
+
+def _paper_size(name):
+    return 227 if name == "alexnet" else 224
+
+
+@pytest.mark.parametrize("name", sorted(set(ZOO) | {"resnet_mini"}))
+def test_pyramid_keys_name_the_stride_and_the_old_names_are_aliases(name):
+    size = _paper_size(name)
+    model = registry.get("backbone", name)(input_shape=(size, size, 3))
+    assert isinstance(model, Backbone)
+    pyramid = model.pyramid_outputs
+    keys = list(pyramid)
+    assert keys and all(re.fullmatch(r"P\d", k) for k in keys)
+    assert keys == sorted(keys, key=lambda k: int(k[1:]))  # finest first
+    for key, layer in pyramid.items():
+        stride = 2 ** int(key[1:])
+        assert pyramid.stride(key) == stride
+        side = model.get_layer(layer).output.shape[1]
+        if name == "alexnet":  # 'valid' convs and pools: 27, 13, 6 at 227 px (not 28, 14, 7)
+            assert side == size // stride - 1
+        else:
+            assert side == size // stride  # e.g. P5 = 7 x 7 at 224 px
+    if "P5" in pyramid and name != "alexnet":
+        assert model.get_layer(pyramid["P5"]).output.shape[1:3] == (7, 7)
+    old = {"alexnet": ["pool1", "pool2", "pool5"], "resnet_mini": ["C1", "C2", "C3", "C4"]}.get(
+        name, [f"pool{i}" for i in range(1, 6)] if name.startswith("vgg") else ["C2", "C3", "C4", "C5"]
+    )
+    assert list(pyramid.aliases) == old
+    for alias, key in pyramid.aliases.items():
+        assert alias in pyramid and pyramid[alias] == pyramid[key] == pyramid.get(alias)
+        assert pyramid.stride(alias) == pyramid.stride(key)
+    assert "P9" not in pyramid and pyramid.get("P9") is None
+    # the old names and the P-keys give the same feature model
+    a, b = pyramid_features(model, [old[-1]]), pyramid_features(model, [keys[-1]])
+    assert a.outputs[0].shape == b.outputs[0].shape
+    assert a.layers[-1].name == b.layers[-1].name == pyramid[keys[-1]]
+
+
+def test_pyramid_strides_do_not_depend_on_the_input_size():
+    # at 32 px AlexNet's pool1 is 2 x 2 (a size ratio of 16) but its stride is 8
+    for size in (None, 32, 64):
+        alex = registry.get("backbone", "alexnet")(input_shape=(size, size, 3))
+        assert alex.pyramid_outputs == {"P3": "pool1", "P4": "pool2", "P5": "pool5"}
+        vgg = registry.get("backbone", "vgg16")(input_shape=(size, size, 3), ceil_pooling=True)
+        assert list(vgg.pyramid_outputs) == ["P1", "P2", "P3", "P4", "P5"]
+    mini = registry.get("backbone", "resnet_mini")(
+        stem_strides=1, stage_filters=(8, 16), blocks_per_stage=(1, 2)
+    )
+    assert mini.pyramid_outputs == {"P0": "stage1_block1_out", "P1": "stage2_block2_out"}
+    assert mini.pyramid_outputs.aliases == {"C0": "P0", "C1": "P1"}
+
+
+def test_nominal_stride_walks_any_graph_and_two_levels_need_two_strides():
+    x = keras.Input((32, 32, 3))
+    a = keras.layers.Conv2D(4, 3, strides=2, name="a")(x)
+    b = keras.layers.Conv2D(4, 1, name="b")(a)
+    up = keras.layers.Conv2DTranspose(4, 2, strides=2, name="up")(b)
+    inner = keras.Model(x, b, name="inner")
+    y = keras.Input((32, 32, 3))
+    pooled = keras.layers.MaxPooling2D(name="pooled")(inner(y))  # through a nested model
+    assert (nominal_stride(a), nominal_stride(up), nominal_stride(pooled)) == (2.0, 1.0, 4.0)
+    with pytest.raises(ModelError, match="'a' and 'b'.*both have stride 2 \\(P1\\)"):
+        pyramid_by_stride(keras.Model(x, up), {"first": "a", "second": "b"})
+
+
+@pytest.mark.parametrize("name", sorted(set(ZOO) | {"resnet_mini"}))
+def test_get_config_mirrors_every_constructor_argument(name):
+    model = registry.get("backbone", name)(input_shape=(32, 32, 3))
+    params = inspect.signature(type(model).__init__).parameters
+    args = {p for p in params if p not in ("self", "kwargs")}
+    config = model.get_config()
+    assert set(config) == args | {"name", "trainable"}
+    again = type(model).from_config(config)
+    assert again.get_config() == config and again.count_params() == model.count_params()
 
 
 def _layers(model, kind):
@@ -320,6 +416,7 @@ def test_keras_save_and_load_give_the_same_outputs(tmp_path, name, args):
     assert type(loaded) is type(model)
     assert loaded.get_config() == model.get_config()
     assert loaded.pyramid_outputs == model.pyramid_outputs
+    assert loaded.pyramid_outputs.aliases == model.pyramid_outputs.aliases
     x = pixels(32, 3)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
 

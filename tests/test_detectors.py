@@ -9,7 +9,7 @@ from cnn_apps.data.shapes import make_scene
 from cnn_apps.detection.factory import detector_from_config
 from cnn_apps.detection.ssd import SSD, ssd300_vgg16
 from cnn_apps.detection.yolo import YOLOv1
-from cnn_apps.errors import ConfigError
+from cnn_apps.errors import ConfigError, ModelArgumentError
 
 TINY = {"backbone_args": {"stage_filters": [8, 16, 16, 32]}}
 
@@ -102,3 +102,24 @@ def test_detector_from_config():
     missing = load_config(None, ["task=detection"])
     with pytest.raises(ConfigError, match="model.architecture"):
         detector_from_config(missing, 4)
+    # a bad constructor argument is a ConfigError too (the CLI prints it and exits 2)
+    with pytest.raises(ConfigError, match=r"SSD: class_names has 2 class names for num_classes=4"):
+        detector_from_config(config, 4, ["circle", "square"])
+
+
+def test_bad_detector_arguments_raise_model_argument_errors():
+    with pytest.raises(ModelArgumentError, match=r"YOLOv1: class_names has 1 class names for num_classes=2"):
+        YOLOv1(2, image_size=64, class_names=["a"], **TINY)
+    with pytest.raises(
+        ValueError, match=r"YOLOv1: unknown postprocess keys \['iou'\]; valid: .*'iou_threshold'"
+    ):
+        YOLOv1(2, image_size=64, postprocess={"iou": 0.5}, **TINY)
+    assert YOLOv1(2, image_size=64, **TINY).class_names == ["0", "1"]
+    # feature levels keyed by stride (P3 = stride 8) or by the backbone family's names (C3)
+    a = SSD(3, image_size=64, feature_levels=["P3", "P4"], extra_blocks=[32], **TINY)
+    b = SSD(3, image_size=64, feature_levels=["C3", "C4"], extra_blocks=[32], **TINY)
+    assert a.count_params() == b.count_params() and a.anchors.shape == b.anchors.shape
+    with pytest.raises(
+        ModelArgumentError, match=r"no feature level or layer 'P6'; levels: P1, P2, P3, P4, C1"
+    ):
+        SSD(3, image_size=64, feature_levels=["P3", "P6"], **TINY)

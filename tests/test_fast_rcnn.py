@@ -331,3 +331,20 @@ def test_fast_rcnn_through_the_cli(tmp_path, capsys, monkeypatch):
     sig = loaded.signatures["serving_default"]
     result = sig(images=tf.zeros((1, 80, 80, 3)), proposals=tf.constant([[[0.0, 0.0, 40.0, 40.0]]]))
     assert result["detection_boxes"].shape == (1, 100, 4)
+
+
+def test_fast_rcnn_bad_arguments_and_feature_levels_by_stride():
+    from cnn_apps.detection.fast_rcnn import FastRCNN
+    from cnn_apps.errors import ConfigError, ModelArgumentError
+
+    with pytest.raises(ModelArgumentError, match=r"proposal_mode must be one of .*'fast'.*got 'slow'"):
+        FastRCNN(3, image_size=64, proposal_mode="slow", **TINY)
+    with pytest.raises(ConfigError, match="max_proposals must be at least 1, got 0"):
+        FastRCNN(3, image_size=64, **{**TINY, "max_proposals": 0})
+    with pytest.raises(ValueError, match=r"FastRCNN: class_names has 2 class names for num_classes=3"):
+        FastRCNN(3, image_size=64, class_names=["a", "b"], **TINY)
+    old = FastRCNN(3, image_size=64, feature_level="C4", **TINY)
+    new = FastRCNN(3, image_size=64, feature_level="P4", **TINY)  # stride 16: 4 x 4 at 64 px
+    assert old.feature_shape == new.feature_shape == (4, 4, 32)
+    assert old.count_params() == new.count_params()
+    assert new.get_config()["feature_level"] == "P4" and new.class_names == ["0", "1", "2"]

@@ -152,3 +152,49 @@ def test_faster_rcnn_trains_detects_and_reloads(tmp_path):
     again = keras.saving.load_model(path)
     assert again.get_config() == model.get_config()
     np.testing.assert_allclose(again.predict(images, verbose=0)["scores"], out["scores"], atol=1e-5)
+
+
+def test_fast_and_faster_rcnn_share_one_two_stage_base():
+    import inspect
+
+    import keras
+
+    from cnn_apps.detection.detector import Detector
+    from cnn_apps.detection.fast_rcnn import FastRCNN
+    from cnn_apps.detection.faster_rcnn import FasterRCNN
+    from cnn_apps.detection.two_stage import TwoStageDetector
+
+    for cls in (FastRCNN, FasterRCNN):
+        assert issubclass(cls, TwoStageDetector) and issubclass(cls, Detector)
+        # post-processing, config and the RoI loss live once, in the base
+        assert not {"postprocess_outputs", "get_config", "roi_losses"} & set(vars(cls))
+    model = FasterRCNN(4, image_size=64, **TINY)
+    params = set(inspect.signature(FasterRCNN.__init__).parameters) - {"self", "kwargs"}
+    assert set(model.get_config()) == params | {"name", "trainable"}  # every constructor argument
+    assert model.feature_shape == (8, 8, 16)  # C3 = P3: stride 8, the third stage's 16 filters
+    # the feature map by stride (P3) or by the backbone family's name (C3): the same model
+    by_stride = FasterRCNN(4, image_size=64, **{**TINY, "feature_level": "P3"})
+    assert by_stride.count_params() == model.count_params() and by_stride.feature_shape == model.feature_shape
+    np.testing.assert_array_equal(by_stride.anchors, model.anchors)
+
+    # the RoI part of the loss is roi_head.sample_rois + fast_rcnn_loss, seeded by the model's seed
+    keras.utils.set_random_seed(0)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    y = {
+        "boxes": np.array(
+            [[[4, 4, 30, 30], [-1, -1, -1, -1]], [[20, 10, 60, 50], [0, 0, 12, 12]]], "float32"
+        ),
+        "labels": np.array([[1, -1], [2, 0]], "int32"),
+    }
+    y_pred = model(images, training=False)
+    rois = ops.stop_gradient(y_pred["rois"])
+    seed = keras.random.SeedGenerator(TINY.get("seed", 0))
+    sampled = sample_rois(
+        rois, ops.convert_to_tensor(y["boxes"]), ops.convert_to_tensor(y["labels"]),
+        matcher=Matcher(0.5, force_best=False), batch_size_per_image=16, positive_fraction=0.25, seed=seed,
+    )  # fmt: skip
+    logits, deltas = model.roi_head([y_pred["features"], sampled[0]], training=True)
+    want = fast_rcnn_loss(logits, deltas, *sampled, coder=BoxCoder((10.0, 10.0, 5.0, 5.0)))
+    got = model.roi_losses(rois, y, y_pred)
+    for name in ("classification", "box"):
+        np.testing.assert_allclose(float(got[name]), float(want[name]), rtol=1e-6)

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from cnn_apps import registry
+from cnn_apps.errors import ConfigError, ModelArgumentError
 from cnn_apps.segmentation.fcn import FCN, load_classifier_weights
-from cnn_apps.segmentation.segmenter import segmentation_loss
+from cnn_apps.segmentation.segmenter import check_divisible, segmentation_loss
 from cnn_apps.segmentation.segnet import SegNet
 from cnn_apps.segmentation.unet import UNet
 
@@ -64,6 +65,25 @@ def test_strides_and_errors():
     with pytest.raises(ValueError, match="repeats"):
         SegNet(3, repeats=())
     with pytest.raises(ValueError, match="VGG"):
+        FCN(3, backbone="resnet_mini")
+
+
+def test_bad_arguments_raise_one_error_type_and_default_names_start_with_background():
+    # ModelArgumentError is a ValueError (as before) and a ConfigError (the CLI's exit 2)
+    assert build("unet").class_names == ["background", "1", "2"]
+    with pytest.raises(
+        ModelArgumentError, match=r"UNet: class_names has 2 class names for num_classes=3 \(background"
+    ):
+        UNet(3, filters=4, depth=2, class_names=["background", "a"])
+    with pytest.raises(ModelArgumentError, match="FCN variant must be one of 32s, 16s, 8s"):
+        FCN(3, variant="4s")
+    with pytest.raises(ModelArgumentError, match="depth must be >= 1"):
+        UNet(3, depth=0)
+    with pytest.raises(ModelArgumentError, match=r"repeats needs 1\.\.5 blocks"):
+        SegNet(3, repeats=(1,) * 6)
+    with pytest.raises(ModelArgumentError, match="divisible by 32.*got 100; try 96"):
+        check_divisible(100, 32, "FCN")
+    with pytest.raises(ConfigError, match="FCN is built on a VGG"):
         FCN(3, backbone="resnet_mini")
 
 

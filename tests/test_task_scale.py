@@ -206,7 +206,9 @@ def test_a_killed_dense_training_resumes_to_the_uninterrupted_result(kind, tmp_p
     done = len(client.get_metric_history(run_id, "val_loss"))
     assert 1 <= done < epochs
     monkeypatch.chdir(killed)
-    assert main(["train", "--resume", run_id, *sets(killed)]) == 0
+    resume_sets = sets(killed)
+    at = resume_sets.index("--config")  # --resume takes the run's own config (the --sets still apply)
+    assert main(["train", "--resume", run_id, *resume_sets[:at], *resume_sets[at + 2 :]]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].split()[1] == run_id
     ref_client = mlflow.MlflowClient(f"sqlite:///{reference / 'mlruns' / 'mlflow.db'}")
     want = {m.step: m.value for m in ref_client.get_metric_history(expected, "val_loss")}
@@ -230,3 +232,42 @@ def test_rcnn_refuses_a_distribution_strategy_saying_why(tmp_path, capsys, monke
     assert main(["train", "--config", config, *sets]) == 2
     err = capsys.readouterr().err
     assert "cannot train with training.distribution" in err and "scikit-learn" in err
+
+
+def test_learning_curve_study_of_a_detector(tmp_path, capsys, monkeypatch):
+    """The learning-curve study trains an SSD on 16 and 48 images as nested runs; its table
+    holds 1 - mAP50 on the training images and on the validation split, and the kept
+    weights' validation mAP50."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    sets = set_args(tiny_overrides(tmp_path, **{"training.epochs": 1, "study.train_sizes": "[16,48]"}))
+    assert main(["study", "learning-curve", *sets, *TINY_DENSE["ssd"]]) == 0
+    parent_id = capsys.readouterr().out.strip().splitlines()[-1].split()[1]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    parent = client.get_run(parent_id)
+    kids = client.search_runs([parent.info.experiment_id], filter_string=f"tags.study_run = '{parent_id}'")
+    assert {k.data.tags["setting"]: k.data.metrics["train_examples"] for k in kids} == {"16": 16, "48": 48}
+    for kid in kids:
+        assert 0.0 <= kid.data.metrics["final_train_error"] <= 1.0 and "diagnosis" in kid.data.tags
+        assert kid.data.metrics["final_val_error"] == pytest.approx(
+            1.0 - kid.data.metrics["val_map50"], abs=1e-6
+        )
+    table = mlflow.artifacts.load_text(f"runs:/{parent_id}/results.csv").splitlines()
+    assert table[0].split(",")[:7] == [
+        "setting",
+        "train_error",
+        "val_error",
+        "bias",
+        "variance",
+        "verdict",
+        "val_map50",
+    ]
+    assert len(table) == 3
+
+
+def test_a_study_a_task_does_not_define_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["study", "regularization", *set_args(tiny_overrides(tmp_path)), *TINY_DENSE["ssd"]]) == 2
+    err = capsys.readouterr().err
+    assert "study regularization is not defined for task 'detection'" in err and "learning-curve" in err

@@ -18,6 +18,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from cnn_apps.backbones.base import Backbone
 from cnn_apps.backbones.layers import (
     block_dropout_layer,
     check_input_shape,
@@ -32,7 +33,7 @@ from cnn_apps.registry import register
 
 @register("backbone", "alexnet")
 @keras.saving.register_keras_serializable(package="cnn_apps")
-class AlexNet(keras.Model):
+class AlexNet(Backbone):
     """AlexNet.
 
     Args:
@@ -49,8 +50,9 @@ class AlexNet(keras.Model):
         dropout: rate after fc6 and fc7 (the paper's 0.5); only used with the top.
 
     Input (B, H, W, C) scaled pixels. Output: the top's (B, num_classes) or the features
-    above (h = w = 6 at 227 px). ``pyramid_outputs``: ``pool1``, ``pool2``, ``pool5`` (the
-    only pools AlexNet has; Caffe's names) -> layer names.
+    above (h = w = 6 at 227 px). ``pyramid_outputs``: ``P3``, ``P4``, ``P5`` (strides 8, 16,
+    32; aliases ``pool1``, ``pool2``, ``pool5``, the only pools AlexNet has, Caffe's names)
+    -> layer names.
     """
 
     def __init__(
@@ -103,12 +105,9 @@ class AlexNet(keras.Model):
             l1=l1,
             l2=l2,
         )
-        kwargs.setdefault("name", "alexnet")
-        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===
-        self.pyramid_outputs = pyramid
-        self._config = {
+        config = {
             "input_shape": input_shape,
             "grouped": grouped,
             "width": width,
@@ -122,6 +121,5 @@ class AlexNet(keras.Model):
             "l2": l2,
             "dropout": dropout,
         }
-
-    def get_config(self):
-        return {"name": self.name, "trainable": self.trainable, **self._config}
+        kwargs.setdefault("name", "alexnet")
+        super().__init__(inputs, outputs, pyramid=pyramid, config=config, **kwargs)

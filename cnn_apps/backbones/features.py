@@ -9,6 +9,7 @@ import keras
 
 import cnn_apps.backbones  # noqa: F401  (registers the built-in backbones)
 from cnn_apps import registry
+from cnn_apps.errors import ModelArgumentError
 
 
 def build_backbone(name: str, image_size: int, backbone_args: dict | None):
@@ -20,17 +21,20 @@ def build_backbone(name: str, image_size: int, backbone_args: dict | None):
 
 
 def pyramid_features(backbone, levels):
-    """A model from the backbone's input to the named ``pyramid_outputs`` levels
-    (``C3``..``C5`` for ResNets, ``pool3``..``pool5`` for VGG) or layer names."""
+    """A model from the backbone's input to the named ``pyramid_outputs`` levels (``P3``..``P5``
+    at strides 8..32 in every family, or the family's names: ``C3``..``C5`` for ResNets,
+    ``pool3``..``pool5`` for VGG) or layer names."""
+    pyramid = backbone.pyramid_outputs
     names = []
     for level in levels:
-        name = backbone.pyramid_outputs.get(level, level)
+        name = pyramid.get(level, level)
         try:
             backbone.get_layer(name)
         except ValueError as exc:
-            raise ValueError(
+            known = pyramid.names() if hasattr(pyramid, "names") else list(pyramid)
+            raise ModelArgumentError(
                 f"backbone '{backbone.name}' has no feature level or layer {level!r}; "
-                f"levels: {', '.join(backbone.pyramid_outputs)}"
+                f"levels: {', '.join(known)}"
             ) from exc
         names.append(name)
     return keras.Model(

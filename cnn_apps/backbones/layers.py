@@ -9,7 +9,7 @@ import math
 import keras
 from keras import layers
 
-from cnn_apps.errors import ConfigError, ModelError
+from cnn_apps.errors import ModelArgumentError, ModelError
 
 MIN_SIZE = 32  # every zoo backbone builds from 32 px up
 BN_EPSILON = 1.001e-5  # keras.applications' value, so ported BN statistics mean the same
@@ -28,16 +28,18 @@ def kernel_regularizer(l1: float, l2: float):
 def check_input_shape(input_shape, min_size: int = MIN_SIZE) -> tuple:
     shape = tuple(input_shape)
     if len(shape) != 3:
-        raise ConfigError(f"input_shape must be (H, W, C), got {shape}")
+        raise ModelArgumentError(f"input_shape must be (H, W, C), got {shape}")
     for side in shape[:2]:
         if side is not None and side < min_size:
-            raise ConfigError(f"input_shape {shape}: the zoo backbones need at least {min_size} px per side")
+            raise ModelArgumentError(
+                f"input_shape {shape}: the zoo backbones need at least {min_size} px per side"
+            )
     return shape
 
 
 def check_pooling(pooling):
     if pooling not in (None, "avg", "max"):
-        raise ConfigError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
+        raise ModelArgumentError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
     return pooling
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from cnn_apps.backbones.base import Backbone
 from cnn_apps.backbones.layers import (
     BN_EPSILON,
     block_dropout_layer,
@@ -34,7 +35,7 @@ from cnn_apps.backbones.layers import (
     kernel_regularizer,
     scale_filters,
 )
-from cnn_apps.errors import ConfigError
+from cnn_apps.errors import ModelArgumentError
 from cnn_apps.registry import register
 
 STAGE_FILTERS = (64, 128, 256, 512)
@@ -92,7 +93,7 @@ def _merge(unit, x, y, out_filters, strides, project, shortcut, name):
 
 
 @keras.saving.register_keras_serializable(package="cnn_apps")
-class ResNet(keras.Model):
+class ResNet(Backbone):
     """Residual (or plain) network, v1.
 
     Args:
@@ -114,8 +115,8 @@ class ResNet(keras.Model):
 
     Input (B, H, W, C) scaled pixels (for keras.applications weights: as
     ``resnet.preprocess_input`` makes them). Output: the top's (B, num_classes) or the
-    features above; F = 512w (basic) or 2048w (bottleneck). ``pyramid_outputs``: ``C2``..``C5``
-    (strides 4..32) -> each stage's last ``_out`` layer.
+    features above; F = 512w (basic) or 2048w (bottleneck). ``pyramid_outputs``: ``P2``..``P5``
+    (strides 4..32; aliases ``C2``..``C5``) -> each stage's last ``_out`` layer.
     """
 
     def __init__(
@@ -141,9 +142,9 @@ class ResNet(keras.Model):
         input_shape = check_input_shape(input_shape)
         check_pooling(pooling)
         if block not in BLOCKS:
-            raise ConfigError(f"ResNet block must be one of {BLOCKS}, got {block!r}")
+            raise ModelArgumentError(f"ResNet block must be one of {BLOCKS}, got {block!r}")
         if len(blocks_per_stage) != len(STAGE_FILTERS):
-            raise ConfigError(
+            raise ModelArgumentError(
                 f"blocks_per_stage needs {len(STAGE_FILTERS)} entries (conv2..conv5), "
                 f"got {tuple(blocks_per_stage)}"
             )
@@ -177,12 +178,9 @@ class ResNet(keras.Model):
             l1=l1,
             l2=l2,
         )
-        kwargs.setdefault("name", "resnet")
-        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===
-        self.pyramid_outputs = pyramid
-        self._config = {
+        config = {
             "input_shape": input_shape,
             "blocks_per_stage": tuple(blocks_per_stage),
             "block": block,
@@ -199,9 +197,8 @@ class ResNet(keras.Model):
             "l2": l2,
             "dropout": dropout,
         }
-
-    def get_config(self):
-        return {"name": self.name, "trainable": self.trainable, **self._config}
+        kwargs.setdefault("name", "resnet")
+        super().__init__(inputs, outputs, pyramid=pyramid, config=config, **kwargs)
 
 
 def _variant(name, blocks_per_stage, block, shortcuts):

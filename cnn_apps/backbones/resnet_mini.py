@@ -15,6 +15,8 @@ import math
 import keras
 from keras import layers
 
+from cnn_apps.backbones.base import Backbone
+from cnn_apps.errors import ModelArgumentError
 from cnn_apps.registry import register
 
 
@@ -55,7 +57,7 @@ def basic_block(x, filters: int, strides: int, name: str, conv: _Conv):
 
 @register("backbone", "resnet_mini")
 @keras.saving.register_keras_serializable(package="cnn_apps")
-class ResNetMini(keras.Model):
+class ResNetMini(Backbone):
     """Compact residual backbone.
 
     Args:
@@ -72,8 +74,8 @@ class ResNetMini(keras.Model):
             few steps per epoch, and with 0.99 the inference-mode statistics lag far behind
             the weights for the first hundreds of steps (validation looks like chance).
 
-    Output: the last stage's feature map (B, H/16, W/16, F). ``pyramid_outputs``
-    maps ``"C<level>"`` (stride 2**level) to each stage's output layer name.
+    Output: the last stage's feature map (B, H/16, W/16, F). ``pyramid_outputs`` maps
+    ``P{k}`` (stride 2**k; aliases ``C{k}``) to each stage's output layer name.
     """
 
     def __init__(
@@ -92,7 +94,10 @@ class ResNetMini(keras.Model):
         **kwargs,
     ):
         if len(stage_filters) != len(blocks_per_stage):
-            raise ValueError("stage_filters and blocks_per_stage must have the same length")
+            raise ModelArgumentError(
+                f"ResNetMini: stage_filters {tuple(stage_filters)} and blocks_per_stage "
+                f"{tuple(blocks_per_stage)} must have the same length (one entry per stage)"
+            )
         scale = lambda f: max(8, int(math.ceil(f * width / 8) * 8))  # noqa: E731 - multiple of 8
         regularizer = keras.regularizers.L1L2(l1=l1, l2=l2) if (l1 or l2) else None
         conv = _Conv(True if batch_norm is None else bool(batch_norm), regularizer, bn_momentum)
@@ -107,10 +112,7 @@ class ResNetMini(keras.Model):
             pyramid[f"C{int(math.log2(stride))}"] = f"stage{s + 1}_block{blocks}_out"
             if block_dropout > 0:
                 x = layers.Dropout(block_dropout, name=f"stage{s + 1}_dropout")(x)
-        kwargs.setdefault("name", "resnet_mini")
-        super().__init__(inputs=inputs, outputs=x, **kwargs)
-        self.pyramid_outputs = pyramid
-        self._config = {
+        config = {
             "input_shape": tuple(input_shape),
             "stage_filters": tuple(stage_filters),
             "blocks_per_stage": tuple(blocks_per_stage),
@@ -123,6 +125,5 @@ class ResNetMini(keras.Model):
             "l2": l2,
             "bn_momentum": bn_momentum,
         }
-
-    def get_config(self):
-        return {"name": self.name, "trainable": self.trainable, **self._config}
+        kwargs.setdefault("name", "resnet_mini")
+        super().__init__(inputs, x, pyramid=pyramid, config=config, **kwargs)

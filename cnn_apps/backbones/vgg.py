@@ -15,6 +15,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from cnn_apps.backbones.base import Backbone
 from cnn_apps.backbones.layers import (
     block_dropout_layer,
     check_input_shape,
@@ -24,14 +25,14 @@ from cnn_apps.backbones.layers import (
     pool_padding,
     scale_filters,
 )
-from cnn_apps.errors import ConfigError
+from cnn_apps.errors import ModelArgumentError
 from cnn_apps.registry import register
 
 VGG_FILTERS = (64, 128, 256, 512, 512)
 
 
 @keras.saving.register_keras_serializable(package="cnn_apps")
-class VGG(keras.Model):
+class VGG(Backbone):
     """VGG network: five blocks of ``repeats[i]`` 3x3 convs, each ending in a 2x2/2 max pool.
 
     Args:
@@ -51,8 +52,8 @@ class VGG(keras.Model):
 
     Input (B, H, W, C) scaled pixels (ImageClassifier feeds [-1, 1]; keras.applications
     weights expect ``vgg16.preprocess_input``'s caffe scaling). Output: the top's
-    (B, num_classes), or the features above. ``pyramid_outputs``: ``pool1``..``pool5``
-    -> ``block1_pool``..``block5_pool`` (strides 2..32).
+    (B, num_classes), or the features above. ``pyramid_outputs``: ``P1``..``P5`` (strides
+    2..32; aliases ``pool1``..``pool5``) -> ``block1_pool``..``block5_pool``.
     """
 
     def __init__(
@@ -76,7 +77,7 @@ class VGG(keras.Model):
         input_shape = check_input_shape(input_shape)
         check_pooling(pooling)
         if len(repeats) != len(VGG_FILTERS):
-            raise ConfigError(
+            raise ModelArgumentError(
                 f"VGG repeats needs {len(VGG_FILTERS)} entries (one per block), got {tuple(repeats)}"
             )
         bn = bool(batch_norm)  # None = as published: no BN
@@ -105,12 +106,9 @@ class VGG(keras.Model):
             l1=l1,
             l2=l2,
         )
-        kwargs.setdefault("name", "vgg")
-        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===
-        self.pyramid_outputs = pyramid
-        self._config = {
+        config = {
             "input_shape": input_shape,
             "repeats": tuple(repeats),
             "width": width,
@@ -125,9 +123,8 @@ class VGG(keras.Model):
             "dropout": dropout,
             "ceil_pooling": ceil_pooling,
         }
-
-    def get_config(self):
-        return {"name": self.name, "trainable": self.trainable, **self._config}
+        kwargs.setdefault("name", "vgg")
+        super().__init__(inputs, outputs, pyramid=pyramid, config=config, **kwargs)
 
 
 @register("backbone", "vgg16")

@@ -15,6 +15,8 @@ from keras import layers
 
 import cnn_apps.backbones  # noqa: F401  (registers the backbones picked by name)
 from cnn_apps import registry
+from cnn_apps.classes import check_class_names
+from cnn_apps.errors import ModelArgumentError
 from cnn_apps.preprocessing import preprocessing_layer
 
 DROPOUT_PLACEMENTS = ("dense", "conv", "both")
@@ -62,9 +64,11 @@ class ImageClassifier(keras.Model):
         preprocessing: str = "unit",
         **kwargs,
     ):
+        class_names = check_class_names(num_classes, class_names, owner="ImageClassifier")
         if dropout_placement not in DROPOUT_PLACEMENTS:
-            raise ValueError(
-                f"dropout_placement must be one of {DROPOUT_PLACEMENTS}, got {dropout_placement!r}"
+            raise ModelArgumentError(
+                f"ImageClassifier: dropout_placement must be one of {DROPOUT_PLACEMENTS}, "
+                f"got {dropout_placement!r}"
             )
         # === Layers ===
         # JSON-shaped (tuples -> lists) so get_config is the same before and after saving
@@ -123,11 +127,7 @@ class ImageClassifier(keras.Model):
         self.batch_norm = batch_norm
         self.preprocessing = preprocessing
         self.backbone_args = backbone_args
-        self.class_names = (
-            list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
-        )
-        if len(self.class_names) != num_classes:
-            raise ValueError(f"{len(self.class_names)} class names for {num_classes} classes")
+        self.class_names = class_names
 
     def get_config(self):
         return {

@@ -1,12 +1,16 @@
-"""The contract every single-shot detector follows (after torchvision and keras-cv).
+"""The contract every in-graph detector follows (after torchvision and keras-cv): the
+single-shot ones (SSD, YOLO, YOLOv8) and the two-stage ones (Fast and Faster R-CNN, through
+:class:`~cnn_apps.detection.two_stage.TwoStageDetector`). R-CNN and SPP-net, which fit and
+predict outside one Keras graph, follow :mod:`~cnn_apps.detection.region_detector` instead.
 
-A :class:`Detector` is a Keras functional model from raw pixels (B, H, W, 3), 0..255, to
-its head's raw outputs. Training: ``fit(images, {"boxes": (B, N, 4), "labels": (B, N)})``
-with xyxy pixel boxes padded with -1; :meth:`compute_loss` turns the targets into the
-head's terms and logs every loss component (``box_loss``, ``classification_loss``, ...).
-Inference: :meth:`detect` (also ``predict``) decodes and runs per-class NMS in the graph
-and returns fixed-size padded detections ``boxes`` (B, K, 4) xyxy pixels, ``scores``
-(B, K), ``labels`` (B, K) int32 (-1 padding), ``num_detections`` (B,).
+A :class:`Detector` is a Keras functional model from raw pixels (B, H, W, 3), 0..255 (Fast
+R-CNN adds its proposals input), to its heads' raw outputs. Training:
+``fit(images, {"boxes": (B, N, 4), "labels": (B, N)})`` with xyxy pixel boxes padded with -1;
+:meth:`compute_loss` turns the targets into the heads' terms and logs every loss component
+(``box_loss``, ``classification_loss``, ...). Inference: :meth:`detect` (also ``predict``)
+decodes and runs per-class NMS in the graph and returns fixed-size padded detections
+``boxes`` (B, K, 4) xyxy pixels, ``scores`` (B, K), ``labels`` (B, K) int32 (-1 padding),
+``num_detections`` (B,).
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from cnn_apps.classes import check_class_names
 from cnn_apps.detection.nms import batched_nms
+from cnn_apps.errors import ModelArgumentError
 
 POSTPROCESS_DEFAULTS = {
     "score_threshold": 0.05,
@@ -27,7 +33,10 @@ POSTPROCESS_DEFAULTS = {
 
 class Detector(keras.Model):
     """Base class: subclasses build the graph, then call ``super().__init__(inputs, outputs,
-    num_classes=..., postprocess=...)`` and implement ``detection_losses`` and ``decode``."""
+    num_classes=..., image_size=..., class_names=..., postprocess=...)`` and implement
+    ``detection_losses`` and ``decode`` (or, like the two-stage detectors, override
+    ``postprocess_outputs``). Bad class names or postprocess keys raise
+    :class:`~cnn_apps.errors.ModelArgumentError`."""
 
     loss_names: tuple = ()
 
@@ -43,17 +52,14 @@ class Detector(keras.Model):
         **kwargs,
     ):
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        self.class_names = check_class_names(num_classes, class_names, owner=type(self).__name__)
         self.num_classes = int(num_classes)
         self.image_size = int(image_size)
-        self.class_names = (
-            list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
-        )
-        if len(self.class_names) != self.num_classes:
-            raise ValueError(f"{len(self.class_names)} class names for {num_classes} classes")
         unknown = set(postprocess or {}) - set(POSTPROCESS_DEFAULTS)
         if unknown:
-            raise ValueError(
-                f"unknown postprocess keys {sorted(unknown)}; valid: {sorted(POSTPROCESS_DEFAULTS)}"
+            raise ModelArgumentError(
+                f"{type(self).__name__}: unknown postprocess keys {sorted(unknown)}; "
+                f"valid: {sorted(POSTPROCESS_DEFAULTS)}"
             )
         self.postprocess = {**POSTPROCESS_DEFAULTS, **(postprocess or {})}
         self.loss_trackers = [keras.metrics.Mean(name=f"{n}_loss") for n in self.loss_names]

@@ -13,36 +13,32 @@ NMS included, inside the graph.
 
 Shared parts handed around, not copied: the anchor generator, the box coders, the
 matchers and the sampler (:mod:`~cnn_apps.detection.matching`), the RoI head builder and
-loss (:mod:`~cnn_apps.detection.roi_head`, also Fast R-CNN's). Boxes are xyxy pixels.
+loss (:mod:`~cnn_apps.detection.roi_head`, also Fast R-CNN's; what the two detectors share
+around it is :class:`~cnn_apps.detection.two_stage.TwoStageDetector`). Boxes are xyxy pixels.
 """
 
 from __future__ import annotations
-
-import json
 
 import keras
 from keras import ops
 
 from cnn_apps import registry
-from cnn_apps.backbones.features import build_backbone, pyramid_features
 from cnn_apps.detection.anchors import AnchorGenerator
 from cnn_apps.detection.boxes import BoxCoder
-from cnn_apps.detection.detector import Detector
 from cnn_apps.detection.matching import Matcher
-from cnn_apps.detection.roi_head import build_roi_head, detect_from_rois, fast_rcnn_loss, sample_rois
 from cnn_apps.detection.rpn import ProposalLayer, rpn_head, rpn_loss
-from cnn_apps.preprocessing import preprocessing_layer
+from cnn_apps.detection.two_stage import TwoStageDetector
 
 
 @keras.saving.register_keras_serializable(package="cnn_apps")
-class FasterRCNN(Detector):
+class FasterRCNN(TwoStageDetector):
     """Faster R-CNN on a registered backbone.
 
     Args:
         num_classes: K object classes (background added internally).
         image_size: the square input side.
         backbone, backbone_args, feature_level: the shared feature map (a pyramid level such
-            as ``C3``/``C4``, or a layer name).
+            as ``P3``/``P4``, stride 8/16, or the family's ``C3``/``C4``, or a layer name).
         anchor_sizes, aspect_ratios: the anchors (the paper: 128, 256, 512 and 0.5, 1, 2 on
             ~600 px images; scaled down for small images).
         rpn_filters: the RPN's 3x3 conv. rpn_pre_nms_top_k, rpn_post_nms_top_k, rpn_nms_iou:
@@ -86,69 +82,7 @@ class FasterRCNN(Detector):
         postprocess: dict | None = None,
         **kwargs,
     ):
-        # === Layers ===
-        # only the layers up to the shared map belong to the model (no idle deeper stages)
-        full_backbone, backbone_args = build_backbone(backbone, image_size, backbone_args)
-        extractor = pyramid_features(full_backbone, [feature_level])
-        scaling = preprocessing_layer(preprocessing)
-        feature_shape = tuple(int(d) for d in extractor.outputs[0].shape[1:])
-        stride = image_size / feature_shape[0]
-        generator = AnchorGenerator(anchor_sizes, aspect_ratios)
-        anchors = generator(feature_shape[0], feature_shape[1], stride)
-        post = dict(postprocess or {})
-        proposals = ProposalLayer(
-            anchors,
-            image_size,
-            pre_nms_top_k=rpn_pre_nms_top_k,
-            post_nms_top_k=rpn_post_nms_top_k,
-            nms_iou=rpn_nms_iou,
-            nms=post.get("nms", "auto"),
-            name="proposals",
-        )
-        self.roi_head = build_roi_head(
-            feature_shape,
-            num_classes,
-            pool_size=roi_pool_size,
-            spatial_scale=1.0 / stride,
-            fc_units=head_units,
-            dropout=head_dropout,
-        )
-
-        # === Functional model ===
-        inputs = keras.Input(shape=(image_size, image_size, 3), name="images")
-        features = extractor(scaling(inputs))
-        features = features[0] if isinstance(features, (list, tuple)) else features
-        logits, deltas = rpn_head(features, generator.num_anchors, rpn_filters)
-        rois, _ = proposals(logits, deltas)
-        class_logits, box_deltas = self.roi_head([features, rois])
-        outputs = {
-            "features": features,
-            "rpn_objectness": logits,
-            "rpn_deltas": deltas,
-            "rois": rois,
-            "class_logits": class_logits,
-            "box_deltas": box_deltas,
-        }
-        kwargs.setdefault("name", f"faster_rcnn_{backbone}")
-        super().__init__(
-            inputs,
-            outputs,
-            num_classes=num_classes,
-            image_size=image_size,
-            class_names=class_names,
-            postprocess=postprocess,
-            **kwargs,
-        )
-
-        # === Config ===
-        self.anchors = anchors
-        self.feature_shape = feature_shape
-        self.rpn_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
-        self.head_coder = BoxCoder(box_weights)
-        self.rpn_matcher = Matcher(rpn_fg_iou, rpn_bg_iou, force_best=True)
-        self.roi_matcher = Matcher(roi_fg_iou, force_best=False)
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        self._config = {
+        config = {
             "backbone": backbone,
             "backbone_args": backbone_args,
             "feature_level": feature_level,
@@ -163,58 +97,77 @@ class FasterRCNN(Detector):
             "rpn_batch_per_image": rpn_batch_per_image,
             "rpn_positive_fraction": rpn_positive_fraction,
             "roi_pool_size": roi_pool_size,
-            "head_units": json.loads(json.dumps(list(head_units))),
+            "head_units": head_units,
             "head_dropout": head_dropout,
             "roi_fg_iou": roi_fg_iou,
             "roi_batch_per_image": roi_batch_per_image,
             "roi_positive_fraction": roi_positive_fraction,
-            "box_weights": [float(w) for w in box_weights],
+            "box_weights": box_weights,
             "preprocessing": preprocessing,
             "seed": seed,
         }
+        # === Layers === (the backbone up to the shared map, the RoI head: self.roi_head)
+        features_of, feature_shape, stride = self.shared_map(num_classes, image_size, config)
+        generator = AnchorGenerator(anchor_sizes, aspect_ratios)
+        anchors = generator(feature_shape[0], feature_shape[1], stride)
+        proposals = ProposalLayer(
+            anchors,
+            image_size,
+            pre_nms_top_k=rpn_pre_nms_top_k,
+            post_nms_top_k=rpn_post_nms_top_k,
+            nms_iou=rpn_nms_iou,
+            nms=dict(postprocess or {}).get("nms", "auto"),
+            name="proposals",
+        )
+
+        # === Functional model ===
+        inputs = keras.Input(shape=(image_size, image_size, 3), name="images")
+        features = features_of(inputs)
+        logits, deltas = rpn_head(features, generator.num_anchors, rpn_filters)
+        rois, _ = proposals(logits, deltas)
+        class_logits, box_deltas = self.roi_head([features, rois])
+        outputs = {
+            "features": features,
+            "rpn_objectness": logits,
+            "rpn_deltas": deltas,
+            "rois": rois,
+            "class_logits": class_logits,
+            "box_deltas": box_deltas,
+        }
+
+        # === Config === (stored by the base, with the RoI head's coder, matcher and seed)
+        kwargs.setdefault("name", f"faster_rcnn_{backbone}")
+        super().__init__(
+            inputs,
+            outputs,
+            config=config,
+            num_classes=num_classes,
+            image_size=image_size,
+            class_names=class_names,
+            postprocess=postprocess,
+            **kwargs,
+        )
+        self.anchors = anchors
+        self.rpn_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
+        self.rpn_matcher = Matcher(rpn_fg_iou, rpn_bg_iou, force_best=True)
 
     def detection_losses(self, y, y_pred):
         c = self._config
-        gt_boxes, gt_labels = ops.cast(y["boxes"], "float32"), y["labels"]
         parts = rpn_loss(
             y_pred["rpn_objectness"],
             y_pred["rpn_deltas"],
             ops.convert_to_tensor(self.anchors),
-            gt_boxes,
-            gt_labels,
+            ops.cast(y["boxes"], "float32"),
+            y["labels"],
             matcher=self.rpn_matcher,
             coder=self.rpn_coder,
             batch_size_per_image=c["rpn_batch_per_image"],
             positive_fraction=c["rpn_positive_fraction"],
             seed=self.seed_generator,
         )
-        rois, labels, targets, weights = sample_rois(
-            ops.stop_gradient(y_pred["rois"]),
-            gt_boxes,
-            gt_labels,
-            matcher=self.roi_matcher,
-            batch_size_per_image=c["roi_batch_per_image"],
-            positive_fraction=c["roi_positive_fraction"],
-            seed=self.seed_generator,
-        )
-        class_logits, box_deltas = self.roi_head([y_pred["features"], rois], training=True)
-        parts.update(
-            fast_rcnn_loss(class_logits, box_deltas, rois, labels, targets, weights, coder=self.head_coder)
-        )
+        # approximate joint training: no gradient through the proposals' coordinates
+        parts.update(self.roi_losses(ops.stop_gradient(y_pred["rois"]), y, y_pred))
         return parts
-
-    def postprocess_outputs(self, y_pred, **postprocess):
-        return detect_from_rois(
-            y_pred["class_logits"],
-            y_pred["box_deltas"],
-            y_pred["rois"],
-            coder=self.head_coder,
-            image_size=self.image_size,
-            postprocess={**self.postprocess, **postprocess},
-        )
-
-    def get_config(self):
-        return {**self.base_config(), **self._config}
 
 
 @registry.register("detector", "faster_rcnn")

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from cnn_apps import registry
+from cnn_apps.classes import check_class_names
 from cnn_apps.detection.proposals import box_iou
 from cnn_apps.errors import ConfigError
 
@@ -469,9 +470,7 @@ class RegionDetector(abc.ABC):
                 f"valid: {', '.join(self.valid_args())}"
             )
         self.num_classes = int(num_classes)
-        self.class_names = (
-            list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
-        )
+        self.class_names = check_class_names(num_classes, class_names, owner=type(self).__name__)
         self.image_size, self.backbone, self.width, self.dropout = (
             int(image_size),
             backbone,

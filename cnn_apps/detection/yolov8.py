@@ -14,12 +14,13 @@ functional graph calls the keras-cv detector as a layer (``self.yolo``). Subclas
 (our trainer compiles with an optimizer only), its target dict (``classes``), its loss
 logging through compiled per-output losses (outputs ``box`` and ``class``), its
 ``predict_step`` (padding with -1 boxes and scores) and its nested ``get_config`` with a
-serialised backbone, all of which we would have to undo. Composed, the keras-cv pieces keep their maths (network, label
-encoder, CIoU, anchors and ``dist2bbox``, ``NonMaxSuppression``) and our base class gives the
-contract: targets ``{"boxes", "labels"}`` (-1 padding), ``box_loss`` and
-``classification_loss`` metrics, ``detect``/``predict`` returning padded ``boxes, scores,
-labels, num_detections`` (boxes 0, scores 0, labels -1 after ``num_detections``), a flat
-``get_config`` mirroring the constructor and a ``.keras`` round trip that rebuilds from it.
+serialised backbone, all of which we would have to undo. Composed, the keras-cv pieces keep
+their maths (network, label encoder, CIoU, anchors and ``dist2bbox``, ``NonMaxSuppression``)
+and our base class gives the contract: targets ``{"boxes", "labels"}`` (-1 padding),
+``box_loss`` and ``classification_loss`` metrics, ``detect``/``predict`` returning padded
+``boxes, scores, labels, num_detections`` (boxes 0, scores 0, labels -1 after
+``num_detections``), a flat ``get_config`` mirroring the constructor and a ``.keras`` round
+trip that rebuilds from it.
 
 Inputs: raw pixels 0..255; the backbone is always built with ``include_rescaling=True``,
 its first layer being ``Rescaling(1/255)`` (keras-cv's convention, and ours: scaling is

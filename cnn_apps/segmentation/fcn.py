@@ -34,6 +34,7 @@ from keras import layers
 
 from cnn_apps import registry
 from cnn_apps.backbones.features import pyramid_features
+from cnn_apps.errors import ModelArgumentError
 from cnn_apps.preprocessing import preprocessing_layer
 from cnn_apps.registry import register
 from cnn_apps.segmentation.segmenter import IGNORE_LABEL, Segmenter
@@ -80,9 +81,9 @@ class FCN(Segmenter):
         **kwargs,
     ):
         if variant not in VARIANTS:
-            raise ValueError(f"FCN variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+            raise ModelArgumentError(f"FCN variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
         if backbone not in VGG_BACKBONES:
-            raise ValueError(
+            raise ModelArgumentError(
                 f"FCN is built on a VGG ({', '.join(VGG_BACKBONES)}: its pool3..pool5 and FC "
                 f"layers), got backbone {backbone!r}"
             )

@@ -15,6 +15,9 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from cnn_apps.classes import check_class_names
+from cnn_apps.errors import ModelArgumentError
+
 IGNORE_LABEL = 255
 
 
@@ -54,7 +57,7 @@ def segmentation_loss(ignore_label: int = IGNORE_LABEL) -> PixelCrossEntropy:
 
 def check_divisible(image_size: int, stride: int, name: str) -> None:
     if image_size % stride:
-        raise ValueError(
+        raise ModelArgumentError(
             f"{name} needs an input side divisible by {stride} (its total stride), got {image_size}; "
             f"try {max(stride, round(image_size / stride) * stride)}"
         )
@@ -78,19 +81,13 @@ class Segmenter(keras.Model):
         **kwargs,
     ):
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        self.class_names = check_class_names(
+            num_classes, class_names, background=True, owner=type(self).__name__
+        )
         self.num_classes = int(num_classes)
         self.image_size = int(image_size)
         self.stride = int(stride)
         self.ignore_label = int(ignore_label)
-        self.class_names = (
-            list(class_names)
-            if class_names is not None
-            else ["background", *[str(i) for i in range(1, num_classes)]]
-        )
-        if len(self.class_names) != self.num_classes:
-            raise ValueError(
-                f"{len(self.class_names)} class names for {num_classes} classes (background included)"
-            )
 
     def segment(self, images) -> dict:
         """Raw-pixel images (B, H, W, 3), sides divisible by ``stride`` -> ``class_map`` (B, H, W)

@@ -19,6 +19,7 @@ from keras import layers
 
 from cnn_apps.backbones.layers import conv_unit, scale_filters
 from cnn_apps.backbones.vgg import VGG_FILTERS
+from cnn_apps.errors import ModelArgumentError
 from cnn_apps.preprocessing import preprocessing_layer
 from cnn_apps.registry import register
 from cnn_apps.segmentation.segmenter import IGNORE_LABEL, Segmenter
@@ -59,7 +60,9 @@ class SegNet(Segmenter):
     ):
         repeats = [int(r) for r in repeats]
         if not 1 <= len(repeats) <= len(VGG_FILTERS) or min(repeats) < 1:
-            raise ValueError(f"repeats needs 1..{len(VGG_FILTERS)} blocks of >= 1 conv, got {repeats}")
+            raise ModelArgumentError(
+                f"repeats needs 1..{len(VGG_FILTERS)} blocks of >= 1 conv, got {repeats}"
+            )
         filters = [scale_filters(f, width) for f in VGG_FILTERS[: len(repeats)]]
         deep = set(range(max(len(repeats) - 3, 0), len(repeats)))  # blocks with dropout
 

@@ -19,6 +19,7 @@ import keras
 from keras import layers
 
 from cnn_apps.backbones.layers import conv_unit
+from cnn_apps.errors import ModelArgumentError
 from cnn_apps.preprocessing import preprocessing_layer
 from cnn_apps.registry import register
 from cnn_apps.segmentation.segmenter import IGNORE_LABEL, Segmenter
@@ -54,7 +55,7 @@ class UNet(Segmenter):
         **kwargs,
     ):
         if depth < 1:
-            raise ValueError(f"depth must be >= 1, got {depth}")
+            raise ModelArgumentError(f"depth must be >= 1, got {depth}")
 
         def double_conv(x, f, name):
             x = conv_unit(x, f, 3, f"{name}_conv1", batch_norm=batch_norm)

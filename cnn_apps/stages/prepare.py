@@ -22,7 +22,7 @@ from __future__ import annotations
 import csv
 import io
 
-from cnn_apps import tracking
+from cnn_apps import tasks, tracking
 from cnn_apps.config import Config
 from cnn_apps.stages.common import StageResult, log
 from cnn_apps.tasks.inputs import dataset_label, metric_key, source_config
@@ -48,8 +48,7 @@ def prepare(config: Config) -> StageResult:
         for split, per_class in spec.class_counts.items():
             for name, n in per_class.items():
                 metrics[f"count_{split}_{metric_key(name)}"] = n
-        if spec.task == "detection":
-            metrics.update(_detection_metrics(spec))
+        metrics.update(tasks.task_class(config).dataset_metrics(spec))  # e.g. a detector's box counts
         metrics["skipped_records"] = len(spec.skipped)
         metrics["num_classes"] = spec.num_classes
         mlflow.log_metrics(metrics)
@@ -89,21 +88,9 @@ def prepare(config: Config) -> StageResult:
         )
 
 
-# per-split tallies a detection source may keep in ``spec.extra`` (objects left out of the targets)
-_DETECTION_TALLIES = ("images_without_objects", "difficult_boxes", "crowd_annotations", "left_out_boxes")
-
-
-def _detection_metrics(spec) -> dict:
-    metrics = {f"boxes_{split}": sum(per_class.values()) for split, per_class in spec.class_counts.items()}
-    for tally in _DETECTION_TALLIES:
-        for split, n in (spec.extra.get(tally) or {}).items():
-            metrics[f"{tally}_{split}"] = n
-    return metrics
-
-
 def _samples(source, spec, n: int):
     """(images, titles, boxes, labels) of the first ``n`` training examples at one size;
-    boxes and labels are None unless the task is detection."""
+    boxes and labels are None unless the examples carry boxes."""
     from cnn_apps.data.pipeline import resize_example
 
     images, titles, boxes, labels = [], [], [], []
@@ -119,8 +106,7 @@ def _samples(source, spec, n: int):
             titles.append(f"{len(labels[-1])} objects")
         else:
             titles.append("")
-    detection = spec.task == "detection"
-    return images, titles, (boxes if detection else None), (labels if detection else None)
+    return images, titles, (boxes if boxes else None), (labels if boxes else None)
 
 
 def _name_boxes(fig, boxes, labels, class_names) -> None:

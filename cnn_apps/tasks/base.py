@@ -78,6 +78,11 @@ class Task(abc.ABC):
             "train it with `cnn-apps train`"
         )
 
+    @classmethod
+    def dataset_metrics(cls, spec: DatasetSpec) -> dict:
+        """What prepare logs about a dataset beyond its per-class counts (nothing by default)."""
+        return {}
+
     # ------------------------------------------------------------------ what is learnt
     @property
     def class_names(self) -> list[str]:
@@ -120,7 +125,13 @@ class Task(abc.ABC):
             batch_size=batch_size,
             limit=limit,
             epochs=epochs,
+            **self.input_options(),
         )
+
+    def input_options(self) -> dict:
+        """Extra :func:`~cnn_apps.tasks.inputs.split_dataset` arguments the model needs (none by
+        default; a detector fed proposals: its proposal settings)."""
+        return {}
 
     # ------------------------------------------------------------------ training
     def check_training(self, *, train_limit: int | None = None, resume: str | None = None) -> None:

@@ -24,6 +24,19 @@ MAX_GRID_IMAGES = 16
 log = logging.getLogger("cnn_apps")
 
 
+# per-split tallies a detection source may keep in ``spec.extra`` (objects left out of the targets)
+DETECTION_TALLIES = ("images_without_objects", "difficult_boxes", "crowd_annotations", "left_out_boxes")
+
+
+def box_counts(spec) -> dict:
+    """Boxes per split (``boxes_<split>``) and the source's tallies of objects left out."""
+    metrics = {f"boxes_{split}": sum(per_class.values()) for split, per_class in spec.class_counts.items()}
+    for tally in DETECTION_TALLIES:
+        for split, n in (spec.extra.get(tally) or {}).items():
+            metrics[f"{tally}_{split}"] = n
+    return metrics
+
+
 def collect(model, ds, keep_images: int = 0):
     """Run the detector (``predict_on_batch``: the compiled ``detect``) over ``ds``; returns
     (ground truth, detections, first images) as per-image dicts of NumPy arrays (padding
@@ -77,6 +90,10 @@ class DetectionTask(Task):
     main_metric = "map50"
     studies = ("learning-curve", "detectors")
 
+    @classmethod
+    def dataset_metrics(cls, spec) -> dict:
+        return box_counts(spec)
+
     def __init__(self, config, spec):
         super().__init__(config, spec)
         self.proposals = None  # ProposalSettings of a detector fed proposals (Fast R-CNN)
@@ -99,19 +116,8 @@ class DetectionTask(Task):
         super().attach(model, at_model_size_=at_model_size_)
         self.proposals = ProposalSettings.of(model)  # None unless the model is fed proposals
 
-    def dataset(self, split, *, training, batch_size=None, limit=None, epochs=None, proposals=True):
-        from cnn_apps.tasks.inputs import split_dataset
-
-        return split_dataset(
-            self.spec,
-            self.config,
-            split,
-            training=training,
-            batch_size=batch_size,
-            limit=limit,
-            epochs=epochs,
-            proposals=self.proposals if proposals else None,
-        )
+    def input_options(self) -> dict:
+        return {"proposals": self.proposals}
 
     def compile_args(self) -> dict:
         return {}  # the detector's compute_loss

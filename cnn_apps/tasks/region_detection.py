@@ -27,7 +27,7 @@ from cnn_apps import registry, tracking
 from cnn_apps.config import Config
 from cnn_apps.errors import ConfigError
 from cnn_apps.tasks.base import FitPlan, Report, Task
-from cnn_apps.tasks.detection import MAX_GRID_IMAGES, detection_report
+from cnn_apps.tasks.detection import MAX_GRID_IMAGES, box_counts, detection_report
 from cnn_apps.tasks.inputs import split_dataset
 
 ARTIFACT = "region_detector"
@@ -144,6 +144,10 @@ class RegionDetectionTask(Task):
 
     main_metric = "map50"
     studies = ("detectors",)  # a ladder rung; no learning curve (see check_training)
+
+    @classmethod
+    def dataset_metrics(cls, spec) -> dict:
+        return box_counts(spec)
 
     def check_training(self, *, train_limit=None, resume=None) -> None:
         t = self.config.training

@@ -38,8 +38,8 @@ class FailOnNaN(keras.callbacks.Callback):
         if loss is not None and not math.isfinite(float(loss)):
             self.model.stop_training = True
             raise TrainingError(
-                f"the training loss became {float(loss)} at epoch {self._epoch + 1}, batch {batch + 1}: lower "
-                "training.learning_rate, or look for NaN/inf values or broken boxes/masks in the data"
+                f"the training loss became {float(loss)} at epoch {self._epoch + 1}, batch {batch + 1}: "
+                "lower training.learning_rate, or look for NaN/inf values or broken boxes/masks in the data"
             )
 
 

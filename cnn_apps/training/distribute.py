@@ -6,9 +6,12 @@
   the tests run it). ``training.batch_size`` is the **global** batch: each of R replicas gets
   batch_size / R examples per step and the gradients are summed across replicas, so one step
   equals one single-device step on the whole batch (batch normalization is synchronized
-  across replicas to keep that true; Dropout draws its masks per replica). The learning rate is used as given; with
-  ``training.lr_scaling: linear`` it is multiplied by R (Goyal et al.'s linear scaling rule,
-  for when you grow the global batch with R).
+  across replicas to keep that true; a loss normalized by a count, such as SSD's matched
+  boxes or a segmenter's counted pixels, divides by the count over all replicas:
+  :mod:`cnn_apps.replicas`; Dropout draws its masks per replica). The learning rate is used
+  as given; with ``training.lr_scaling: linear`` it is multiplied by R (Goyal et al.'s linear
+  scaling rule, for when you grow the global batch with R). One strategy serves the whole
+  process (see :func:`strategy_for`).
 * ``multi_worker`` is ``MultiWorkerMirroredStrategy``, configured by ``TF_CONFIG`` (the cluster's
   workers and this process's index); every worker runs the same ``cnn-apps train`` command.
   Keras 3's ``fit`` cannot consume its distributed datasets (keras-team/keras#20585), so
