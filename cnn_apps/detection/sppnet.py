@@ -69,19 +69,19 @@ class SPPNet(RegionDetector):
         full = type(backbone)(**config)
         full.set_weights(backbone.get_weights())
         pyramid = getattr(full, "pyramid_outputs", {})
-        if self.feature_level in pyramid:
-            level = int(self.feature_level[1:])
+        if self.feature_level in pyramid:  # a P-key or an old name (C3, pool4): its stride either way
+            stride = pyramid.stride(self.feature_level)
             full = keras.Model(full.inputs, full.get_layer(pyramid[self.feature_level]).output)
         elif self.feature_level == "last":
-            level = int(round(np.log2(self.image_size / full.output.shape[1])))
+            stride = 2 ** int(round(np.log2(self.image_size / full.output.shape[1])))
         else:
             raise ConfigError(
                 f"feature_level {self.feature_level!r} is not an output of backbone {self.backbone}: "
-                f"choose one of {sorted(pyramid)} or 'last'"
+                f"choose one of {pyramid.names() if hasattr(pyramid, 'names') else sorted(pyramid)} or 'last'"
             )
         images = keras.Input((self.image_size, self.image_size, 3), name="images")
         self._conv_model = keras.Model(images, full(c.get_layer("pixel_scaling")(images)), name="sppnet_conv")
-        self.spatial_scale = 1.0 / (2**level)
+        self.spatial_scale = 1.0 / stride
         # SPP as a compiled model too: run eagerly, its many small ops cost more than the warps
         # of R-CNN (measured: 125 ms against 8 ms per image of ~100 boxes at 112 px)
         maps = keras.Input(self._conv_model.output.shape[1:], name="maps")
