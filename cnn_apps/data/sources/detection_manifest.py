@@ -4,7 +4,6 @@ JSON manifest of xyxy boxes, images decoded by tf.data; boxes clipped to their i
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from pathlib import Path
 
@@ -12,7 +11,13 @@ import numpy as np
 
 from cnn_apps.data.sources.base import Source, _tf
 from cnn_apps.data.sources.images import decode_image_file
-from cnn_apps.data.sources.records import _class_counts, _random_split, read_manifest, skipped_summary
+from cnn_apps.data.sources.records import (
+    _class_counts,
+    _random_split,
+    read_manifest,
+    skipped_summary,
+    write_manifest,
+)
 from cnn_apps.data.spec import SPLITS, DatasetSpec
 from cnn_apps.errors import DataError
 
@@ -89,17 +94,7 @@ class _DetectionManifestSource(Source):
         manifest = self._manifest_path(root)
         manifest.parent.mkdir(parents=True, exist_ok=True)
         splits = {s: records[s] for s in SPLITS if records.get(s)}
-        manifest.write_text(
-            json.dumps(
-                {
-                    "source": self.name,
-                    "root": str(root.resolve()),
-                    "class_names": class_names,
-                    "splits": splits,
-                }
-            ),
-            encoding="utf-8",
-        )
+        write_manifest(manifest, self.name, root, class_names, splits)
         counts = {s: len(r) for s, r in splits.items()}
         class_counts = {
             s: _class_counts([lab for rec in r for lab in rec["labels"]], class_names)

@@ -36,14 +36,13 @@ Splits: the lists when present, else a seeded split (``test_fraction``, ``val_fr
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 
 from cnn_apps.data.sources.base import Source, _tf, register_source
 from cnn_apps.data.sources.images import IMAGE_EXTENSIONS, _image_size, decode_image_file
-from cnn_apps.data.sources.records import _random_split, read_manifest, skipped_summary
+from cnn_apps.data.sources.records import _random_split, read_manifest, skipped_summary, write_manifest
 from cnn_apps.data.sources.voc import VOC_CLASSES
 from cnn_apps.data.spec import SPLITS, DatasetSpec
 from cnn_apps.errors import ConfigError, DataError
@@ -296,17 +295,7 @@ class MaskFolderSource(Source):
         records = self._complete_splits(records)
         splits = {s: records[s] for s in SPLITS if records.get(s)}
         hists = {s: np.sum([r.pop("hist") for r in v], axis=0) for s, v in splits.items()}
-        manifest.write_text(
-            json.dumps(
-                {
-                    "source": self.name,
-                    "root": str(root.resolve()),
-                    "class_names": class_names,
-                    "splits": splits,
-                }
-            ),
-            encoding="utf-8",
-        )
+        write_manifest(manifest, self.name, root, class_names, splits)
         channels = self.data.channels or 3
         return self._spec(
             class_names=class_names,

@@ -69,6 +69,18 @@ def skipped_summary(skipped: list, show: int = 3) -> str:
     return f"; {len(skipped)} records skipped: {shown}{more}"
 
 
+def write_manifest(path: Path, source: str, root: Path, class_names, splits: dict) -> None:
+    """The JSON manifest of a folder source (what :func:`read_manifest` reads): the source's
+    name, the folder it read, the class names and each split's records."""
+    record = {
+        "source": source,
+        "root": str(Path(root).resolve()),
+        "class_names": class_names,
+        "splits": splits,
+    }
+    Path(path).write_text(json.dumps(record), encoding="utf-8")
+
+
 def read_manifest(location: str) -> dict:
     """The JSON manifest a folder source's prepare wrote (``spec.location``), or a DataError
     saying to prepare again."""
