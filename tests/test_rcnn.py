@@ -243,3 +243,21 @@ def test_stages_train_and_evaluate_through_mlflow(tmp_path, monkeypatch):
     assert {"test_map50", "test_coco_ap", "test_seconds_per_image", "test_proposal_ms"} <= set(result.outputs)
     run = tracking.get_run(result.run_id)
     assert "test_classify_ms" in run.data.metrics and run.data.tags["source_run"] == trained.run_id
+
+
+@pytest.mark.parametrize(
+    ("backbone", "args", "level", "stride"),
+    [
+        ("vgg16", {"width": 0.0625}, "pool4", 16),
+        ("vgg16", {"width": 0.0625}, "P3", 8),
+        ("resnet_mini", {"backbone_args": TINY}, "C3", 8),
+    ],
+)
+def test_sppnet_reads_the_stride_of_any_pyramid_name(backbone, args, level, stride):
+    """SPP-net's spatial scale comes from the backbone's pyramid: a P-key, a ResNet's C-name
+    or VGG's poolN name (which the level-number parse of old could not read)."""
+    model = SPPNet(2, ["a", "b"], image_size=64, backbone=backbone, feature_level=level, **args)
+    model.classifier = model.build_classifier()
+    model._after_finetune()
+    assert model.spatial_scale == 1.0 / stride
+    assert model._conv_model.output.shape[1] == 64 // stride
