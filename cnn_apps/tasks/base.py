@@ -207,5 +207,7 @@ class Task(abc.ABC):
         reload against Keras on test images; returns ``{signature: max |difference|}``."""
 
     def export_batch(self):
-        """Eight test inputs for the export's verification."""
-        return next(iter(self.dataset("test", training=False, batch_size=8)))[0].numpy()
+        """Eight test images (B, H, W, C) for the export's verification (the images alone: a
+        detector fed proposals gets them from the exported graph's own ``proposals`` input)."""
+        batch = split_dataset(self.spec, self.config, "test", training=False, batch_size=8)
+        return next(iter(batch))[0].numpy()
