@@ -143,9 +143,9 @@ class Task(abc.ABC):
     def compile_args(self) -> dict:
         """``loss`` and ``metrics`` for ``compile`` ({} when the model computes its own loss)."""
 
+    @abc.abstractmethod
     def error(self, model, ds) -> float:
         """1 - :attr:`main_metric` of ``model`` on ``ds`` in inference mode."""
-        raise NotImplementedError(f"{type(self).__name__} measures no error")
 
     def fit(self, model, plan: FitPlan) -> dict:
         """The one fit loop on this task's data: the training split as one stream of the epochs

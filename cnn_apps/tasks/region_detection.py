@@ -169,6 +169,12 @@ class RegionDetectionTask(Task):
     def build_model(self):
         return region_detector_from_config(self.config, self.class_names)
 
+    def error(self, model, ds) -> float:
+        raise ConfigError(
+            f"{self.config.model.architecture} is not diagnosed on tf.data batches: {WHY}; its train run "
+            "logs val_map50 instead"
+        )
+
     def compile_args(self) -> dict:
         raise ConfigError(f"{self.config.model.architecture} is not compiled as one Keras model: {WHY}")
 
