@@ -441,3 +441,50 @@ def test_backbones_build_and_run_under_jax():
     env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_strided_pointwise_convolutions_train_at_odd_batch_sizes(tmp_path):
+    """A 1x1 convolution at stride 2 over few channels (a tiny ResNet's projection shortcut)
+    used to kill the process on TensorFlow 2.21's oneDNN CPU kernels when the batch size was
+    odd (heap corruption in the filter gradient). The backbones subsample first and convolve
+    at stride 1: the same numbers, and a training step at batch 3 and 5 survives. Run in a
+    subprocess, so that a crash fails this test instead of killing the suite."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "odd_batch.py"
+    script.write_text(
+        "import numpy as np, keras\n"
+        "from cnn_apps.backbones.resnet_mini import ResNetMini\n"
+        "from cnn_apps.backbones.resnet import ResNet\n"
+        "for net in (ResNetMini(input_shape=(32, 32, 3), stage_filters=[8, 8, 16, 16]),\n"
+        "            ResNet(input_shape=(32, 32, 3), blocks_per_stage=[1, 1, 1, 1], width=0.0625)):\n"
+        "    x = keras.Input((32, 32, 3))\n"
+        "    y = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(net(x)))\n"
+        "    model = keras.Model(x, y)\n"
+        "    model.compile('adam', keras.losses.SparseCategoricalCrossentropy(from_logits=True))\n"
+        "    for b in (3, 5):\n"
+        "        model.train_on_batch(np.random.rand(b, 32, 32, 3).astype('float32'), np.zeros(b))\n"
+        "print('survived')\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "survived" in done.stdout, done.stderr[-2000:]
+
+
+def test_pointwise_subsample_equals_the_strided_convolution():
+    """Subsampling then a 1x1 convolution at stride 1 is the 1x1 convolution at stride 2, for
+    even and odd sides."""
+    from cnn_apps.backbones.layers import pointwise_subsample
+
+    for side in (8, 9):
+        x = np.random.default_rng(side).random((2, side, side, 4)).astype("float32")
+        inputs = keras.Input((side, side, 4))
+        sub, strides = pointwise_subsample(inputs, 1, 2, "p")
+        assert strides == 1
+        conv = keras.layers.Conv2D(6, 1, strides=strides, padding="same")
+        ours = keras.Model(inputs, conv(sub))
+        ref = keras.layers.Conv2D(6, 1, strides=2, padding="same")
+        ref.build(x.shape)
+        ref.set_weights(conv.get_weights())
+        np.testing.assert_allclose(ours(x), ref(x), atol=1e-6)
+    assert pointwise_subsample(inputs, 3, 2, "q")[1] == 2  # other kernels pass through

@@ -25,6 +25,20 @@ def kernel_regularizer(l1: float, l2: float):
     return keras.regularizers.L1L2(l1=l1, l2=l2) if (l1 > 0 or l2 > 0) else None
 
 
+def pointwise_subsample(x, kernel, strides, name: str):
+    """``(x, strides)`` for a convolution about to run: a 1x1 convolution with stride ``s`` reads
+    every ``s``-th pixel, so those pixels are taken first (``MaxPooling2D`` with a 1x1 window,
+    no weights) and the convolution runs at stride 1 on them. The result is the same, and it
+    avoids a oneDNN bug of TensorFlow 2.21 on CPU: the filter gradient of a strided 1x1
+    convolution over few input channels (<= 8, tiny widths) corrupts the heap and kills the
+    process when the batch size is odd (an epoch's last batch). Other kernels pass through."""
+    kernel = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
+    step = (strides, strides) if isinstance(strides, int) else tuple(strides)
+    if kernel != (1, 1) or step == (1, 1):
+        return x, strides
+    return layers.MaxPooling2D(pool_size=1, strides=step, padding="same", name=f"{name}_subsample")(x), 1
+
+
 def check_input_shape(input_shape, min_size: int = MIN_SIZE) -> tuple:
     shape = tuple(input_shape)
     if len(shape) != 3:

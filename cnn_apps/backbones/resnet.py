@@ -33,6 +33,7 @@ from cnn_apps.backbones.layers import (
     check_pooling,
     head,
     kernel_regularizer,
+    pointwise_subsample,
     scale_filters,
 )
 from cnn_apps.errors import ModelArgumentError
@@ -49,6 +50,7 @@ class _Units:
         self.use_bias, self.batch_norm, self.l1, self.l2 = use_bias, batch_norm, l1, l2
 
     def __call__(self, x, filters, kernel, name, strides=1, padding="same", relu=True):
+        x, strides = pointwise_subsample(x, kernel, strides, name)
         x = layers.Conv2D(
             filters,
             kernel,

@@ -16,6 +16,7 @@ import keras
 from keras import layers
 
 from cnn_apps.backbones.base import Backbone
+from cnn_apps.backbones.layers import pointwise_subsample
 from cnn_apps.errors import ModelArgumentError
 from cnn_apps.registry import register
 
@@ -29,6 +30,7 @@ class _Conv:
         self.bn_momentum = bn_momentum
 
     def __call__(self, x, filters, kernel, strides, name, activation=True):
+        x, strides = pointwise_subsample(x, kernel, strides, name)
         x = layers.Conv2D(
             filters,
             kernel,
