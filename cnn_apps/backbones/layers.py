@@ -25,16 +25,21 @@ def kernel_regularizer(l1: float, l2: float):
     return keras.regularizers.L1L2(l1=l1, l2=l2) if (l1 > 0 or l2 > 0) else None
 
 
+FEW_CHANNELS = 32  # below this, strided 1x1 convolutions subsample first (pointwise_subsample)
+
+
 def pointwise_subsample(x, kernel, strides, name: str):
-    """``(x, strides)`` for a convolution about to run: a 1x1 convolution with stride ``s`` reads
-    every ``s``-th pixel, so those pixels are taken first (``MaxPooling2D`` with a 1x1 window,
-    no weights) and the convolution runs at stride 1 on them. The result is the same, and it
-    avoids a oneDNN bug of TensorFlow 2.21 on CPU: the filter gradient of a strided 1x1
-    convolution over few input channels (<= 8, tiny widths) corrupts the heap and kills the
-    process when the batch size is odd (an epoch's last batch). Other kernels pass through."""
+    """``(x, strides)`` for a convolution about to run on ``x``. A 1x1 convolution with stride
+    ``s`` over fewer than :data:`FEW_CHANNELS` input channels (the tiny widths of tests and
+    small models) takes every ``s``-th pixel first (``MaxPooling2D`` with a 1x1 window, no
+    weights) and then runs at stride 1: the same numbers, and it avoids a oneDNN bug of
+    TensorFlow 2.21 on CPU, whose filter gradient of such a convolution (measured at 4 and 8
+    channels) corrupts the heap and kills the process when the batch size is odd (an epoch's
+    last batch). Wider layers, where the bug was not seen, and other kernels pass through, so
+    the full-size zoo stays layer for layer the published graphs."""
     kernel = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
     step = (strides, strides) if isinstance(strides, int) else tuple(strides)
-    if kernel != (1, 1) or step == (1, 1):
+    if kernel != (1, 1) or step == (1, 1) or (x.shape[-1] or 0) >= FEW_CHANNELS:
         return x, strides
     return layers.MaxPooling2D(pool_size=1, strides=step, padding="same", name=f"{name}_subsample")(x), 1
 
