@@ -53,4 +53,4 @@ bench: install
 	$(BIN)/python benchmarks/data_pipeline.py --config $(CONFIG)
 
 clean:
-	rm -rf data mlruns exports benchmarks/results .pytest_cache
+	rm -rf data mlruns exports .pytest_cache

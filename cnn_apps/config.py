@@ -198,6 +198,10 @@ class FinetuneConfig:
 class EvaluateConfig:
     batch_size: int = 64
     speed_batches: int = 10  # batches timed for test_images_per_s (after one warm-up batch)
+    # detection and segmentation: score in the original images' pixels (boxes mapped back through
+    # the pipeline's resize, class scores resized to each original mask before the argmax) or
+    # in the model's input pixels
+    resolution: str = _choice("source", ("source", "model"))
 
 
 @dataclass

@@ -124,10 +124,12 @@ def test_voc_prepare_counts_skips_and_exact_boxes(tmp_path):
     train = _examples(source, spec, "train")
     assert [ex["image"].shape for ex in train] == [(H, W, 3)] * 3
     np.testing.assert_array_equal(
-        train[0]["boxes"], [[4, 5, 14, 20], [29, 9, 40, 25]]
-    )  # 1-based -> xyxy, clipped
-    assert train[0]["labels"].tolist() == [0, 1] and train[0]["boxes"].dtype == np.float32
+        train[0]["boxes"], [[4, 5, 14, 20], [0, 0, 8, 8], [29, 9, 40, 25]]
+    )  # 1-based -> xyxy, clipped; the difficult dog stays, flagged as an ignore region
+    assert train[0]["labels"].tolist() == [0, 1, 1] and train[0]["boxes"].dtype == np.float32
+    assert train[0]["ignore"].tolist() == [False, True, False]
     np.testing.assert_array_equal(train[1]["boxes"], [[1, 2, 40, 30]])
+    assert train[1]["ignore"].tolist() == [False]
     assert train[2]["boxes"].shape == (0, 4) and train[2]["labels"].shape == (0,)
     assert train[2]["labels"].dtype == np.int64
     test = _examples(source, spec, "test")
@@ -138,6 +140,15 @@ def test_voc_prepare_counts_skips_and_exact_boxes(tmp_path):
         _config(tmp_path, "voc", **{"data.path": str(tmp_path / "myvoc"), "data.keep_difficult": True})
     ).prepare()
     assert keep.class_counts["train"] == {"cat": 1, "dog": 3}
+    assert keep.extra["difficult_boxes"]["train"] == 0
+    kept = _examples(
+        VocSource(
+            _config(tmp_path, "voc", **{"data.path": str(tmp_path / "myvoc"), "data.keep_difficult": True})
+        ),
+        keep,
+        "train",
+    )
+    assert kept[0]["ignore"].tolist() == [False, False, False]
 
 
 def test_voc_without_image_sets_is_split_by_seed_and_real_voc_uses_the_20_classes(tmp_path):
@@ -236,8 +247,9 @@ def test_coco_prepare_counts_skips_and_exact_boxes(tmp_path):
     ):
         assert any(r.startswith(text) for r in why), text
     a, b, c = _examples(source, spec, "train")
-    np.testing.assert_array_equal(a["boxes"], [[2, 3, 12, 8], [30, 20, 40, 30]])
-    assert a["labels"].tolist() == [1, 0]
+    # the crowd annotation stays, flagged as an ignore region (COCOeval ignores it)
+    np.testing.assert_array_equal(a["boxes"], [[2, 3, 12, 8], [30, 20, 40, 30], [0, 0, 40, 30]])
+    assert a["labels"].tolist() == [1, 0, 1] and a["ignore"].tolist() == [False, False, True]
     np.testing.assert_allclose(b["boxes"], [[5.5, 5, 9.5, 9]])
     assert c["boxes"].shape == (0, 4) and c["image"].shape == (H, W, 3)
 

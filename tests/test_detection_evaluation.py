@@ -318,7 +318,12 @@ def test_outputs_and_errors():
         "test_coco_ap_small",
         "test_coco_ap_medium",
         "test_coco_ap_large",
+        "test_coco_ar1",
+        "test_coco_ar10",
         "test_coco_ar100",
+        "test_coco_ar_small",
+        "test_coco_ar_medium",
+        "test_coco_ar_large",
     ]
     assert all(isinstance(v, float) for v in result.metrics("val_").values())
     rows = list(csv.DictReader(io.StringIO(result.per_class_table())))

@@ -10,6 +10,16 @@ own scaling):
   R-CNN) the inputs are ``{"images": (B, S, S, C), "proposals": (B, P, 4)}``;
 * segmentation: ``(images, masks (B, S, S, 1) uint8)``.
 
+Detection elements may flag objects as ignore regions (``ignore`` (N,) bool: VOC difficult,
+COCO crowd). Training targets leave them out. An evaluation pipeline (``keep_source=True``)
+keeps them and adds what scoring at the source resolution needs; its targets are
+
+* detection: ``{"boxes", "labels"`` (every object, at the model size), ``"ignore"`` (B, N)
+  bool, ``"source_boxes"`` (B, N, 4) xyxy pixels of the original image, ``"source_size"``
+  (B, 2) int32 its (height, width)``}``;
+* segmentation: ``{"mask"`` (B, S, S, 1), ``"source_mask"`` (B, H, W, 1) the original masks
+  padded with 255 to the batch's largest, ``"source_size"`` (B, 2)``}``.
+
 Masks are resized with nearest neighbour only; boxes are scaled, flipped, shifted,
 cropped, clipped and dropped together with their images, so targets stay aligned
 (augmentations: flip, random crop, scale jitter, translation; see
@@ -265,16 +275,48 @@ def augment_example(ex: dict, cfg: AugmentConfig, seed) -> dict:
 
 
 # ---------------------------------------------------------------------- datasets
+def drop_ignored(ex: dict) -> dict:
+    """The example without its ignore regions (objects flagged ``ignore``): training targets."""
+    if "ignore" not in ex:
+        return ex
+    keep = tf.logical_not(tf.cast(ex["ignore"], tf.bool))
+    out = {k: v for k, v in ex.items() if k != "ignore"}
+    out["boxes"] = tf.boolean_mask(ex["boxes"], keep)
+    out["labels"] = tf.boolean_mask(ex["labels"], keep)
+    return out
+
+
+def with_source(ex: dict) -> dict:
+    """Before the resize: keep the original (height, width), boxes or mask, and ignore flags
+    (all False when the source has none) for scoring at the source resolution."""
+    out = dict(ex)
+    out["source_size"] = tf.shape(ex["image"])[:2]
+    if "boxes" in ex:
+        out["source_boxes"] = ex["boxes"]
+        if "ignore" not in ex:
+            out["ignore"] = tf.zeros(tf.shape(ex["labels"]), tf.bool)
+        out["ignore"] = tf.cast(out["ignore"], tf.bool)
+    if "mask" in ex:
+        out["source_mask"] = ex["mask"]
+    return out
+
+
+_EVALUATION_KEYS = ("ignore", "source_boxes", "source_size", "source_mask")
+
+
 def _to_model_inputs(task: str):
     def convert(batch):
         images = tf.cast(batch["image"], tf.float32)
+        extra = {k: batch[k] for k in _EVALUATION_KEYS if k in batch}
         if task == "classification":
             return images, batch["label"]
         if task == "detection":
-            targets = {"boxes": batch["boxes"], "labels": batch["labels"]}
+            targets = {"boxes": batch["boxes"], "labels": batch["labels"], **extra}
             if "proposals" in batch:
                 return {"images": images, "proposals": batch["proposals"]}, targets
             return images, targets
+        if extra:
+            return images, {"mask": batch["mask"], **extra}
         return images, batch["mask"]
 
     return convert
@@ -304,6 +346,7 @@ def make_pipeline(
     drop_remainder: bool = False,
     proposals=None,
     epochs: tuple[int, int] | None = None,
+    keep_source: bool = False,
 ) -> tf.data.Dataset:
     """Turn a source's split into batches for ``fit`` / ``evaluate`` / ``predict``.
 
@@ -318,7 +361,18 @@ def make_pipeline(
     own (feed it to ``fit`` with ``steps_per_epoch`` = :func:`steps_per_epoch`). An epoch's data
     then depends on its number alone, so a run resumed at epoch k sees what an uninterrupted
     run saw there. Without it, each new iterator reshuffles (Keras' fit makes one per epoch).
+    ``keep_source`` (evaluation, not with ``training``): the targets keep the ignore regions
+    flagged and carry the source-resolution truth (see the module docstring); otherwise
+    detection targets leave the ignore regions out.
     """
+    if keep_source:
+        if training:
+            raise ValueError("keep_source is for evaluation pipelines (training=False)")
+        if task not in ("detection", "segmentation"):
+            raise ValueError(f"keep_source is for detection and segmentation, not {task}")
+        ds = ds.map(with_source, num_parallel_calls=AUTOTUNE)
+    elif task == "detection":
+        ds = ds.map(drop_ignored, num_parallel_calls=AUTOTUNE)
     ds = ds.map(lambda ex: resize_example(ex, image_size), num_parallel_calls=AUTOTUNE)
     if proposals is not None:
         import numpy as np
@@ -358,6 +412,16 @@ def make_pipeline(
             padding = {"image": tf.constant(0, tf.uint8), "boxes": -1.0, "labels": tf.constant(-1, tf.int64)}
             if proposals is not None:
                 padding["proposals"] = -1.0
+            if keep_source:
+                padding.update(ignore=False, source_boxes=-1.0, source_size=0)
+            return d.padded_batch(batch_size, padding_values=padding, drop_remainder=drop_remainder)
+        if keep_source:  # original masks of several sizes: padded with the ignore label
+            padding = {
+                "image": tf.constant(0, d.element_spec["image"].dtype),
+                "mask": tf.constant(0, tf.uint8),
+                "source_mask": tf.constant(255, tf.uint8),
+                "source_size": 0,
+            }
             return d.padded_batch(batch_size, padding_values=padding, drop_remainder=drop_remainder)
         return d.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
 

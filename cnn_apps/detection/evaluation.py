@@ -19,6 +19,7 @@ points, A=4 area ranges (all, small, medium, large), maxDets M=(1, 10, 100).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 from collections.abc import Mapping, Sequence
@@ -55,17 +56,7 @@ _COCO_STATS = (
     ("coco_ar_medium", False, None, "medium", 100),
     ("coco_ar_large", False, None, "large", 100),
 )
-_LOGGED = (
-    "map50",
-    "map50_voc07",
-    "coco_ap",
-    "coco_ap50",
-    "coco_ap75",
-    "coco_ap_small",
-    "coco_ap_medium",
-    "coco_ap_large",
-    "coco_ar100",
-)
+_LOGGED = ("map50", "map50_voc07", *(name for name, *_ in _COCO_STATS))  # all 12 COCOeval.stats
 _PER_CLASS_COLUMNS = ("class", "ap50", "ap50_voc07", "coco_ap", "num_gt", "num_det")
 
 
@@ -96,14 +87,37 @@ class DetectionMetrics:
     coco_precision: np.ndarray = field(default=None, repr=False)
     coco_recall: np.ndarray = field(default=None, repr=False)
 
+    # who computed the coco_* numbers: "numpy" (this module) or "pycocotools" (with_coco)
+    coco_source: str = "numpy"
+
+    def with_coco(self, precision: np.ndarray, recall: np.ndarray, source: str = "pycocotools"):
+        """A copy whose COCO numbers (the 12 stats and each class's ``coco_ap``) come from
+        another COCOeval run's ``eval["precision"]`` (T, R, K, A, M) and ``eval["recall"]``
+        (T, K, A, M), e.g. pycocotools' on the logged ``detections.json``; the VOC numbers stay."""
+        precision, recall = np.asarray(precision), np.asarray(recall)
+        if precision.shape[2] != len(self.per_class):
+            raise DataError(
+                f"the COCO evaluation has {precision.shape[2]} categories, the detector {len(self.per_class)}"
+            )
+        stats = {name: _summarize(precision, recall, ap, t, area, m) for name, ap, t, area, m in _COCO_STATS}
+        per_class = []
+        for k, row in enumerate(self.per_class):
+            coco_k = precision[:, :, k, 0, -1]
+            per_class.append(
+                {**row, "coco_ap": float(coco_k[coco_k > -1].mean()) if (coco_k > -1).any() else math.nan}
+            )
+        arrays = {"coco_precision": precision, "coco_recall": recall}
+        return dataclasses.replace(self, per_class=per_class, coco_source=source, **arrays, **stats)
+
     @property
     def coco_stats(self) -> np.ndarray:
         """The 12 numbers of ``COCOeval.stats`` in its order (NaN instead of -1)."""
         return np.array([getattr(self, name) for name, *_ in _COCO_STATS])
 
     def metrics(self, prefix: str = "test_") -> dict:
-        """The MLflow metrics: ``{prefix}map50``, ``{prefix}map50_voc07``, ``{prefix}coco_ap``,
-        ``_ap50``, ``_ap75``, ``_ap_small``, ``_ap_medium``, ``_ap_large``, ``_ar100``."""
+        """The MLflow metrics: ``{prefix}map50``, ``{prefix}map50_voc07`` and the 12 numbers of
+        ``COCOeval.stats``: ``{prefix}coco_ap``, ``_ap50``, ``_ap75``, ``_ap_small``, ``_ap_medium``,
+        ``_ap_large``, ``_ar1``, ``_ar10``, ``_ar100``, ``_ar_small``, ``_ar_medium``, ``_ar_large``."""
         return {f"{prefix}{name}": float(getattr(self, name)) for name in _LOGGED}
 
     def per_class_table(self) -> str:
@@ -130,7 +144,7 @@ class DetectionMetrics:
             ("COCO AR@10", self.coco_ar10),
             ("COCO AR@100", self.coco_ar100),
         ]
-        lines = ["| metric | value |", "|---|---:|"]
+        lines = [f"COCO numbers computed by {self.coco_source}.", "", "| metric | value |", "|---|---:|"]
         lines += [f"| {name} | {_fmt(value)} |" for name, value in summary]
         lines += [
             "",

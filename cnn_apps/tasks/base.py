@@ -115,8 +115,10 @@ class Task(abc.ABC):
         batch_size: int | None = None,
         limit: int | None = None,
         epochs: tuple[int, int] | None = None,
+        keep_source: bool = False,
     ):
-        """One split as batches of ``(inputs, targets)`` for this task's model."""
+        """One split as batches of ``(inputs, targets)`` for this task's model; ``keep_source``:
+        targets for scoring (ignore regions flagged, the source-resolution truth kept)."""
         return split_dataset(
             self.spec,
             self.config,
@@ -125,6 +127,7 @@ class Task(abc.ABC):
             batch_size=batch_size,
             limit=limit,
             epochs=epochs,
+            keep_source=keep_source,
             **self.input_options(),
         )
 

@@ -26,6 +26,15 @@ def source_config(config: Config) -> Config:
     return config
 
 
+def resolution_note(resolution: str) -> str:
+    """The line a report opens with: at which resolution (``evaluate.resolution``) it was scored."""
+    where = {
+        "source": "the source resolution (each original image's pixels)",
+        "model": "the model's input resolution (images resized to the model's input)",
+    }
+    return f"Scored at {where[resolution]}."
+
+
 def input_shape(spec: DatasetSpec, config: Config) -> tuple:
     return (config.data.image_size, config.data.image_size, spec.channels)
 
@@ -38,6 +47,13 @@ def at_model_size(config: Config, model) -> Config:
     return dataclasses.replace(config, data=dataclasses.replace(config.data, image_size=size))
 
 
+def spec_source(spec: DatasetSpec, config: Config):
+    """The data source that holds a prepared dataset: the spec's, not the config's."""
+    from cnn_apps.data.sources import get_source
+
+    return get_source(Config(task=spec.task, data=dataclasses.replace(config.data, source=spec.source)))
+
+
 def split_dataset(
     spec: DatasetSpec,
     config: Config,
@@ -48,19 +64,19 @@ def split_dataset(
     limit: int | None = None,
     proposals=None,
     epochs: tuple[int, int] | None = None,
+    keep_source: bool = False,
 ):
     """A batched tf.data pipeline for one split of a prepared dataset (the first ``limit``
     examples only, when given). ``proposals``: a
     :class:`~cnn_apps.data.proposal_cache.ProposalSettings` (detection, Fast R-CNN): each
     image also carries its cached selective-search proposals and the inputs become
     ``{"images", "proposals"}``. ``epochs``: ``(first, end)``, one stream of those training
-    epochs whose data depends on the epoch number alone (see ``make_pipeline``)."""
+    epochs whose data depends on the epoch number alone (see ``make_pipeline``).
+    ``keep_source`` (detection, segmentation evaluation): the targets also carry the ignore
+    regions and the source-resolution truth (see :mod:`cnn_apps.data.pipeline`)."""
     from cnn_apps.data.pipeline import make_pipeline
-    from cnn_apps.data.sources import get_source
 
-    # The spec, not the config, says which source holds the data.
-    source = get_source(Config(task=spec.task, data=dataclasses.replace(config.data, source=spec.source)))
-    ds = source.load(spec, split)
+    ds = spec_source(spec, config).load(spec, split)
     count = spec.counts.get(split)
     boxes = None
     if proposals is not None:
@@ -93,4 +109,5 @@ def split_dataset(
         cache=config.training.cache,
         proposals=boxes,
         epochs=epochs,
+        keep_source=keep_source,
     )

@@ -27,7 +27,15 @@ from cnn_apps import registry, tracking
 from cnn_apps.config import Config
 from cnn_apps.errors import ConfigError
 from cnn_apps.tasks.base import FitPlan, Report, Task
-from cnn_apps.tasks.detection import MAX_GRID_IMAGES, box_counts, detection_report
+from cnn_apps.tasks.detection import (
+    MAX_GRID_IMAGES,
+    at_resolution,
+    box_counts,
+    detection_report,
+    official_coco,
+    source_coco_file,
+    with_source_boxes,
+)
 from cnn_apps.tasks.inputs import split_dataset
 
 ARTIFACT = "region_detector"
@@ -77,23 +85,33 @@ def region_detector_from_config(config: Config, class_names):
     return cls(len(class_names), list(class_names), **defaults)
 
 
-def read_split(spec, config: Config, split: str):
+def read_split(spec, config: Config, split: str, *, keep_source: bool = False):
     """(images (N, S, S, 3) uint8, boxes N x (G_i, 4), labels N x (G_i,)) of one split, padding
-    removed; boxes xyxy pixels at the model's input size."""
-    images, boxes, labels = [], [], []
-    for x, y in split_dataset(spec, config, split, training=False):
-        images.append(np.clip(np.rint(np.asarray(x)), 0, 255).astype(np.uint8))
-        b, lab = np.asarray(y["boxes"]), np.asarray(y["labels"])
-        for i in range(len(lab)):
-            keep = lab[i] >= 0
-            boxes.append(b[i][keep].astype(np.float32))
-            labels.append(lab[i][keep].astype(np.int64))
+    removed; boxes xyxy pixels at the model's input size, ignore regions left out (training
+    targets). ``keep_source``: (images, truth), truth one dict per image as
+    :func:`~cnn_apps.tasks.detection.collect` gives it (ignore regions flagged, the source
+    resolution's truth under ``source``)."""
+    images, boxes, labels, truth = [], [], [], []
+    for x, y in split_dataset(spec, config, split, training=False, keep_source=keep_source):
+        batch = np.clip(np.rint(np.asarray(x)), 0, 255).astype(np.uint8)
+        images.append(batch)
+        y = {k: np.asarray(v) for k, v in y.items()}
+        for i in range(len(y["labels"])):
+            keep = y["labels"][i] >= 0
+            boxes.append(y["boxes"][i][keep].astype(np.float32))
+            labels.append(y["labels"][i][keep].astype(np.int64))
+            if keep_source:
+                t = {"boxes": boxes[-1], "labels": labels[-1], "iscrowd": y["ignore"][i][keep].astype(bool)}
+                t["size"] = batch.shape[1:3]
+                h, w = (int(v) for v in y["source_size"][i])
+                t["source"] = {**t, "boxes": y["source_boxes"][i][keep], "size": (h, w)}
+                truth.append(t)
     if not images:
         raise ConfigError(f"the {split} split of the dataset is empty")
     images = np.concatenate(images)
     if images.shape[-1] == 1:
         images = np.repeat(images, 3, axis=-1)
-    return images, boxes, labels
+    return (images, truth) if keep_source else (images, boxes, labels)
 
 
 def load_region_detector(run_id: str):
@@ -113,27 +131,23 @@ def load_region_detector(run_id: str):
         return RegionDetector.load(path)
 
 
-def score_split(model, images, boxes, labels, class_names, batch: int = 32):
-    """Detections over a split in batches -> (DetectionMetrics, detections, seconds per image, timings)."""
+def score_split(model, images, truth, class_names, *, batch: int = 32, resolution: str = "model"):
+    """Detections over a split in batches, scored at ``resolution`` (truth from
+    ``read_split(keep_source=True)``) -> (DetectionMetrics, detections at the model's input
+    size, seconds per image, timings)."""
     from cnn_apps.detection.evaluation import evaluate_detections
 
     dets, totals = [], {"proposal_ms": 0.0, "feature_ms": 0.0, "classify_ms": 0.0}
     start = time.perf_counter()
     for i in range(0, len(images), batch):
         chunk = images[i : i + batch]
-        dets.extend(model.predict(chunk))
+        dets.extend({k: d[k] for k in ("boxes", "scores", "labels")} for d in model.predict(chunk))
         for k in totals:
             totals[k] += model.last_timings[k] * len(chunk)
     seconds = (time.perf_counter() - start) / max(len(images), 1)
     timings = {k: v / max(len(images), 1) for k, v in totals.items()}
-    truth = [{"boxes": b, "labels": lab} for b, lab in zip(boxes, labels)]
-    result = evaluate_detections(
-        truth,
-        [{k: d[k] for k in ("boxes", "scores", "labels")} for d in dets],
-        len(class_names),
-        class_names,
-    )
-    return result, dets, seconds, timings
+    scored = at_resolution(truth, with_source_boxes(dets, truth), resolution)
+    return evaluate_detections(*scored, len(class_names), class_names), dets, seconds, timings
 
 
 @registry.register("task", "region_detection")
@@ -183,7 +197,7 @@ class RegionDetectionTask(Task):
         logs the fit summary (proposals per image, seconds per stage, SVM hard-negative rounds)."""
         import mlflow
 
-        train = read_split(self.spec, self.config, "train")
+        train = read_split(self.spec, self.config, "train")  # targets: ignore regions left out
         start = time.perf_counter()
         summary = model.fit(*train)
         seconds = time.perf_counter() - start
@@ -199,9 +213,8 @@ class RegionDetectionTask(Task):
         return {**summary, "train_seconds": seconds}
 
     def validate(self, model, summary: dict):
-        result, _, _, _ = score_split(
-            model, *read_split(self.spec, self.config, "validation"), self.class_names
-        )
+        images, truth = read_split(self.spec, self.config, "validation", keep_source=True)
+        result, _, _, _ = score_split(model, images, truth, self.class_names)
         outputs = {"val_map50": round(result.map50, 4), "seconds": round(summary["train_seconds"], 1)}
         return result.metrics(prefix="val_"), outputs, {"metrics": result, "model": model}
 
@@ -227,9 +240,12 @@ class RegionDetectionTask(Task):
         """The Keras detectors' metrics plus the time per image with proposals included
         (``test_seconds_per_image``, ``test_proposal_ms``, ``test_feature_ms``, ``test_classify_ms``)."""
         class_names = list(model.class_names)
-        images, boxes, labels = read_split(self.spec, self.config, "test")
+        resolution = self.config.evaluate.resolution
+        images, truth = read_split(self.spec, self.config, "test", keep_source=True)
         model.predict(images[:2])  # warm-up (tracing, OpenCV init)
-        result, dets, seconds, timings = score_split(model, images, boxes, labels, class_names)
+        result, dets, seconds, timings = score_split(model, images, truth, class_names, resolution=resolution)
+        scored = at_resolution(truth, with_source_boxes(dets, truth), resolution)
+        result, files = official_coco(result, *scored, class_names, source_coco_file(self, resolution))
         latencies = []
         for i in range(min(5, len(images))):
             start = time.perf_counter()
@@ -251,12 +267,18 @@ class RegionDetectionTask(Task):
             "test_proposal_ms": round(timings["proposal_ms"], 1),
         }
         n = min(MAX_GRID_IMAGES, len(images))
-        truth = [{"boxes": b, "labels": lab} for b, lab in zip(boxes[:n], labels[:n])]
-        shown = [{k: d[k] for k in ("boxes", "scores", "labels")} for d in dets[:n]]
+        shown_truth, shown = at_resolution(truth[:n], dets[:n], "model")
         artifacts = detection_report(
-            result, class_names, list(images[:n]), truth, shown, threshold=0.0, note="SVM margin ≥ 0 (red)"
+            result,
+            class_names,
+            list(images[:n]),
+            shown_truth,
+            shown,
+            threshold=0.0,
+            note="SVM margin ≥ 0 (red)",
+            resolution=resolution,
         )
-        return Report(metrics, outputs, extra={"metrics": result}, **artifacts)
+        return Report(metrics, outputs, extra={"metrics": result}, json=files, **artifacts)
 
     exportable = False
 

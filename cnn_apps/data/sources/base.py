@@ -4,7 +4,9 @@ A source has ``prepare() -> DatasetSpec`` (build or scan once, count, report bad
 and ``load(spec, split) -> tf.data.Dataset``. Elements are dicts:
 
 * classification: ``image`` (H, W, C) uint8, ``label`` () int64;
-* detection: ``image``, ``boxes`` (N, 4) float32 xyxy pixels, ``labels`` (N,) int64;
+* detection: ``image``, ``boxes`` (N, 4) float32 xyxy pixels, ``labels`` (N,) int64 and
+  ``ignore`` (N,) bool: an object that is an ignore region (VOC difficult, COCO crowd), left
+  out of the training targets and ignored by the evaluation as the VOC devkit and COCOeval do;
 * segmentation: ``image``, ``mask`` (H, W, 1) uint8 (0 background, k+1 class k,
   255 ignore).
 
@@ -59,6 +61,13 @@ class Source(abc.ABC):
     @abc.abstractmethod
     def load(self, spec: DatasetSpec, split: str):
         """One split as a tf.data.Dataset of element dicts (see the module docstring)."""
+
+    def coco_ground_truth(self, spec: DatasetSpec, split: str) -> dict | None:
+        """For a source read from a COCO annotation file: ``{"annotation_file", "image_ids",
+        "category_ids"}`` of ``split``, so that detections at the source resolution are scored
+        by pycocotools against that file itself. None (the default): the evaluation writes its
+        own ground-truth JSON from the split."""
+        return None
 
     def _spec(self, **kwargs) -> DatasetSpec:
         import dataclasses

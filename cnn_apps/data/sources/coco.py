@@ -10,6 +10,7 @@ from pathlib import Path
 from cnn_apps.data.sources.base import register_source
 from cnn_apps.data.sources.detection_manifest import _clip_box, _DetectionManifestSource
 from cnn_apps.data.sources.images import _image_size
+from cnn_apps.data.sources.records import read_manifest
 from cnn_apps.data.spec import DatasetSpec
 from cnn_apps.errors import ConfigError, DataError
 
@@ -27,9 +28,14 @@ class CocoSource(_DetectionManifestSource):
     * Boxes: COCO ``[x, y, width, height]`` become xyxy pixels (:func:`coco_box_to_xyxy`).
     * Labels: category ids, sorted, mapped to 0..K-1; class names are the
       categories' names in that order (``extra["category_ids"]`` keeps the ids).
-    * ``iscrowd`` annotations are left out of the targets and counted per split in
-      ``extra["crowd_annotations"]``; images without annotations are kept (valid
-      empty samples).
+    * ``iscrowd`` annotations stay in the data flagged ``ignore``: the pipeline leaves them
+      out of the training targets and the evaluation treats them as COCOeval does (a
+      detection on a crowd region is neither a true nor a false positive). They are counted
+      per split in ``extra["crowd_annotations"]`` and not in the class counts. Images
+      without annotations are kept (valid empty samples).
+    * Each record keeps its COCO ``image_id``; evaluated at the source resolution, the
+      COCO metrics are pycocotools' on the original annotation file
+      (:meth:`coco_ground_truth`).
     * Splits: one JSON is split by seed into train / validation (``val_fraction``) /
       test (``test_fraction``) images.
     """
@@ -118,7 +124,8 @@ class CocoSource(_DetectionManifestSource):
                 "height": size[1],
                 "boxes": [],
                 "labels": [],
-                "crowd": 0,
+                "ignore": [],
+                "image_id": im_id,
             }
         for k, ann in enumerate(coco["annotations"]):
             if not isinstance(ann, dict):
@@ -139,9 +146,6 @@ class CocoSource(_DetectionManifestSource):
                         {"file": str(path), "reason": f"{where}: image_id {image_id!r} is not in images"}
                     )
                 continue  # its image was skipped already, and named
-            if ann.get("iscrowd"):
-                rec["crowd"] += 1
-                continue
             category = ann.get("category_id")
             if not _is_id(category) or category not in index:
                 skipped.append(
@@ -168,6 +172,7 @@ class CocoSource(_DetectionManifestSource):
                 continue
             rec["boxes"].append(box)
             rec["labels"].append(index[category])
+            rec["ignore"].append(bool(ann.get("iscrowd")))
         records = {"train": list(images.values())}  # in the JSON's order
         return self._finish(
             path,
@@ -176,8 +181,22 @@ class CocoSource(_DetectionManifestSource):
             skipped,
             {"category_ids": [c["id"] for c in categories]},
             name=path.stem,
-            tally={"crowd_annotations": lambda rec: rec["crowd"]},
+            tally={"crowd_annotations": lambda rec: sum(rec["ignore"])},
         )
+
+    def coco_ground_truth(self, spec: DatasetSpec, split: str) -> dict | None:
+        """What pycocotools needs to score ``split`` against the original annotation file:
+        ``{"annotation_file", "image_ids" (in load order), "category_ids" (label k -> id)}``;
+        None for a manifest written before image ids were kept (prepare again)."""
+        manifest = read_manifest(spec.location)
+        records = manifest["splits"].get(split, [])
+        if any("image_id" not in r for r in records):
+            return None
+        return {
+            "annotation_file": manifest["root"],
+            "image_ids": [r["image_id"] for r in records],
+            "category_ids": list(spec.extra["category_ids"]),
+        }
 
     @staticmethod
     def _categories(path: Path, categories: list) -> list:

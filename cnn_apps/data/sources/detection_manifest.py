@@ -35,6 +35,16 @@ def _clip_box(box: list, width: int, height: int):
     return [max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))], None
 
 
+def _ignore(record: dict) -> list:
+    """A record's per-object ignore flags (VOC difficult, COCO crowd); none in an old manifest."""
+    return record.get("ignore") or [False] * len(record["labels"])
+
+
+def _targets(record: dict) -> list:
+    """``(label, box)`` of a record's objects that are training targets (not ignore regions)."""
+    return [(lab, box) for lab, box, ig in zip(record["labels"], record["boxes"], _ignore(record)) if not ig]
+
+
 class _DetectionManifestSource(Source):
     """Shared by ``voc`` and ``coco``: prepare scans the annotations once, converts
     every box to xyxy pixels, and writes a manifest JSON (image paths, boxes, labels
@@ -45,7 +55,11 @@ class _DetectionManifestSource(Source):
     Records that cannot be used are named in ``spec.skipped`` (file and reason) and
     counted: unreadable annotations, missing or undecodable images, and boxes without
     area or wholly outside their image (the image stays, without that box). A box
-    partly outside its image is clipped to it. Images without objects are kept."""
+    partly outside its image is clipped to it. Images without objects are kept.
+
+    A record is ``path, width, height, boxes, labels, ignore`` (one flag per object: an
+    ignore region, VOC difficult or COCO crowd) and the source's ``image_id``; elements
+    carry ``ignore`` (N,) bool next to ``boxes`` and ``labels``."""
 
     tasks = ("detection",)
 
@@ -97,10 +111,10 @@ class _DetectionManifestSource(Source):
         write_manifest(manifest, self.name, root, class_names, splits)
         counts = {s: len(r) for s, r in splits.items()}
         class_counts = {
-            s: _class_counts([lab for rec in r for lab in rec["labels"]], class_names)
+            s: _class_counts([lab for rec in r for lab, _ in _targets(rec)], class_names)
             for s, r in splits.items()
         }
-        tally = {"images_without_objects": lambda rec: int(not rec["labels"]), **(tally or {})}
+        tally = {"images_without_objects": lambda rec: int(not _targets(rec)), **(tally or {})}
         extra = {
             **extra,
             **{
@@ -120,19 +134,24 @@ class _DetectionManifestSource(Source):
             name=name,
         )
 
+    def records(self, spec: DatasetSpec, split: str) -> list:
+        """The manifest's records of one split, in the order :meth:`load` yields them."""
+        return read_manifest(spec.location)["splits"].get(split, [])
+
     def load(self, spec: DatasetSpec, split: str):
         tf = _tf()
-        manifest = read_manifest(spec.location)
-        records = manifest["splits"].get(split, [])
+        records = self.records(spec, split)
         lengths = [len(r["labels"]) for r in records]
         boxes = np.asarray([b for r in records for b in r["boxes"]], np.float32).reshape(-1, 4)
         labels = np.asarray([v for r in records for v in r["labels"]], np.int64)
+        ignore = np.asarray([v for r in records for v in _ignore(r)], bool)
         channels = spec.channels
         ds = tf.data.Dataset.from_tensor_slices(
             {
                 "path": tf.constant([r["path"] for r in records], tf.string),  # typed even when empty
                 "boxes": tf.RaggedTensor.from_row_lengths(boxes, lengths),
                 "labels": tf.RaggedTensor.from_row_lengths(labels, lengths),
+                "ignore": tf.RaggedTensor.from_row_lengths(ignore, lengths),
             }
         )
 
@@ -141,6 +160,7 @@ class _DetectionManifestSource(Source):
                 "image": decode_image_file(x["path"], channels),
                 "boxes": tf.reshape(x["boxes"], (-1, 4)),
                 "labels": tf.reshape(x["labels"], (-1,)),
+                "ignore": tf.reshape(x["ignore"], (-1,)),
             }
 
         return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

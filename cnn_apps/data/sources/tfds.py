@@ -39,6 +39,23 @@ def tfds_boxes_to_xyxy(bbox, height, width, one_based: bool = False):
 _TFDS_UNLABELED_TEST = ("coco", "voc/2012")
 
 
+def tfds_mocked() -> bool:
+    """True inside ``tfds.testing.mock_data``: TFDS' ``download_and_prepare`` is then its
+    no-op and ``as_dataset`` yields fake examples of the real feature schema, so nothing
+    needs the data dir or the network."""
+    fn = _quiet_tfds().core.DatasetBuilder.download_and_prepare
+    return getattr(fn, "__module__", "") == "tensorflow_datasets.testing.mocking"
+
+
+def _common_length(objects: dict, keys) -> dict:
+    """``objects``' ``keys`` cut to their shortest length. Real TFDS records give every
+    object feature the same length (a no-op there); TFDS' fake examples
+    (``tfds.testing.mock_data``) give each its own random length."""
+    tf = _tf()
+    n = tf.reduce_min(tf.stack([tf.shape(objects[k], out_type=tf.int32)[0] for k in keys]))
+    return {k: objects[k][:n] for k in keys}
+
+
 def pet_trimap_to_mask(trimap):
     """oxford_iiit_pet's ``segmentation_mask`` trimap (H, W, 1) (1 pet, 2 background,
     3 border) to our mask (H, W, 1) uint8: 0 background, 1 pet, 255 border (ignored:
@@ -59,13 +76,23 @@ class TfdsSource(Source):
     ``coco/2017``). Downloads into ``data_dir`` when online; fails at once, with the
     fix, when offline.
 
-    Detection: boxes become xyxy pixels in the map (:func:`tfds_boxes_to_xyxy`);
-    objects marked ``is_difficult`` (VOC; unless ``data.keep_difficult``) or
-    ``is_crowd`` (COCO) and boxes without area are left out of the targets, and
-    prepare counts them per split in ``extra`` (``left_out_boxes``).
+    Detection: elements are ``image``, ``boxes`` (N, 4) xyxy pixels
+    (:func:`tfds_boxes_to_xyxy`), ``labels`` (N,) and ``ignore`` (N,) bool. Objects
+    marked ``is_difficult`` (VOC; unless ``data.keep_difficult``, which makes them
+    ordinary objects) or ``is_crowd`` (COCO) stay in the data flagged ``ignore``: the
+    pipeline leaves them out of the training targets and the evaluation ignores them as
+    the VOC devkit and COCOeval do. Prepare counts them per split in ``extra``
+    (``difficult_boxes`` or ``crowd_annotations``) and not in the class counts;
+    ``images_without_objects`` counts images left with no target. Boxes without area are
+    left out of the data, counted in ``extra["left_out_boxes"]``. The unannotated test
+    split of ``coco/*`` and ``voc/2012`` is replaced by a slice of train.
 
     Segmentation: ``oxford_iiit_pet`` (class "pet"; its trimap becomes 0 background,
-    1 pet, 255 border, :func:`pet_trimap_to_mask`); class counts are pixels."""
+    1 pet, 255 border, :func:`pet_trimap_to_mask`); class counts are pixels.
+
+    Inside ``tfds.testing.mock_data`` (:func:`tfds_mocked`) nothing is downloaded and
+    TFDS' fake examples are read (a mask is resized to its image, object features are
+    cut to a common length: real records need neither)."""
 
     name = "tfds"
     tasks = ("classification", "detection", "segmentation")
@@ -131,19 +158,42 @@ class TfdsSource(Source):
             )
         return features["objects"]
 
-    def _keep(self, objects):
-        """Boolean (N,) of the objects that become targets (see the class docstring)."""
-        tf = _tf()
-        bbox = tf.reshape(tf.cast(objects["bbox"], tf.float32), (-1, 4))
-        keep = (bbox[:, 2] > bbox[:, 0]) & (bbox[:, 3] > bbox[:, 1])
-        if "is_difficult" in objects and not self.data.keep_difficult:
-            keep &= tf.logical_not(tf.cast(objects["is_difficult"], tf.bool))
+    def _one_based(self) -> bool:
+        """TFDS' ``voc`` boxes are VOC's 1-based pixels over the size (see :func:`tfds_boxes_to_xyxy`)."""
+        return self.tfds_name.startswith("voc")
+
+    def _ignore_flag(self, objects):
+        """The objects feature that marks ignore regions, and the ``extra`` tally counting
+        them: ``is_difficult`` (VOC; None with ``data.keep_difficult``: the tally stays, at 0)
+        or ``is_crowd`` (COCO)."""
+        if "is_difficult" in objects:
+            return (None if self.data.keep_difficult else "is_difficult"), "difficult_boxes"
         if "is_crowd" in objects:
-            keep &= tf.logical_not(tf.cast(objects["is_crowd"], tf.bool))
-        return keep
+            return "is_crowd", "crowd_annotations"
+        return None, None
+
+    def _object_arrays(self, objects):
+        """``bbox`` (N, 4) normalized, ``label`` (N,) int64, ``valid`` (N,) bool (the box has
+        area in pixels; the others are left out) and ``ignore`` (N,) bool (see the class
+        docstring)."""
+        tf = _tf()
+        flag, _ = self._ignore_flag(objects)
+        keys = ["bbox", "label", *([flag] if flag else [])]
+        objects = _common_length({k: objects[k] for k in keys}, keys)
+        bbox = tf.reshape(tf.cast(objects["bbox"], tf.float32), (-1, 4))
+        label = tf.cast(objects["label"], tf.int64)
+        if self._one_based():  # VOC's inclusive xmin..xmax: xmin == xmax is one pixel wide
+            ymin, xmin, ymax, xmax = tf.unstack(bbox, num=4, axis=1)
+            valid = (ymax >= ymin) & (xmax >= xmin) & (ymax > 0) & (xmax > 0)
+        else:
+            valid = (bbox[:, 2] > bbox[:, 0]) & (bbox[:, 3] > bbox[:, 1])
+        ignore = tf.cast(objects[flag], tf.bool) if flag else tf.zeros_like(valid)
+        return {"bbox": bbox, "label": label, "valid": valid, "ignore": ignore}
 
     def _ensure_prepared(self, builder):
         if not builder.is_prepared():
+            if tfds_mocked():  # nothing to download: mock_data's fake examples need no files
+                return
             if not is_online():
                 raise DataError(
                     f"TFDS '{self.tfds_name}' is not in {self.data.data_dir} and this machine is "
@@ -152,6 +202,14 @@ class TfdsSource(Source):
                 )
             builder.download_and_prepare()
 
+    def _skip_decoding(self, key: str = "image"):
+        """``decoders`` that leave ``key`` encoded (prepare only counts), or None inside
+        ``tfds.testing.mock_data``: its encoded fake examples fail on ``Sequence`` features
+        (each of their features gets its own random length), its decoded ones do not."""
+        if tfds_mocked():
+            return None
+        return {key: _quiet_tfds().decode.SkipDecoding()}
+
     def prepare(self) -> DatasetSpec:
         builder = self._builder()
         self._ensure_prepared(builder)
@@ -159,7 +217,6 @@ class TfdsSource(Source):
             return self._prepare_detection(builder)
         if self.config.task == "segmentation":
             return self._prepare_segmentation(builder)
-        tfds = _quiet_tfds()
         image_key, label_key = self._keys(builder)
         names = list(builder.info.features[label_key].names)
         shape = list(builder.info.features[image_key].shape)
@@ -167,7 +224,7 @@ class TfdsSource(Source):
             shape[-1] = self.data.channels
         counts, class_counts = {}, {}
         for split, expr in self._split_names(builder).items():
-            ds = builder.as_dataset(split=expr, decoders={image_key: tfds.decode.SkipDecoding()})
+            ds = builder.as_dataset(split=expr, decoders=self._skip_decoding(image_key))
             labels = [int(x[label_key]) for x in ds.as_numpy_iterator()]
             counts[split] = len(labels)
             class_counts[split] = _class_counts(labels, names)
@@ -182,21 +239,26 @@ class TfdsSource(Source):
         )
 
     def _prepare_detection(self, builder) -> DatasetSpec:
-        tfds = _quiet_tfds()
-        names = list(self._objects(builder)["label"].names)
-        counts, class_counts, empty, left_out = {}, {}, {}, {}
+        objects = self._objects(builder)
+        names = list(objects["label"].names)
+        _, tally = self._ignore_flag(objects)
+        counts, class_counts, empty, ignored, left_out = {}, {}, {}, {}, {}
         for split, expr in self._split_names(builder).items():
-            ds = builder.as_dataset(split=expr, decoders={"image": tfds.decode.SkipDecoding()})
-            ds = ds.map(lambda x: {"labels": x["objects"]["label"], "keep": self._keep(x["objects"])})
-            labels, n, dropped = [], 0, 0
+            ds = builder.as_dataset(split=expr, decoders=self._skip_decoding())
+            ds = ds.map(lambda x: self._object_arrays(x["objects"]))
+            labels, n, n_empty, n_ignored, dropped = [], 0, 0, 0, 0
             for x in ds.as_numpy_iterator():
-                kept = x["labels"][x["keep"]]
-                labels.extend(int(v) for v in kept)
-                empty[split] = empty.get(split, 0) + int(len(kept) == 0)
-                dropped += int(len(x["keep"]) - len(kept))
+                targets = x["label"][x["valid"] & ~x["ignore"]]
+                labels.extend(int(v) for v in targets)
+                n_empty += int(len(targets) == 0)
+                n_ignored += int(np.sum(x["valid"] & x["ignore"]))
+                dropped += int(np.sum(~x["valid"]))
                 n += 1
-            counts[split], left_out[split] = n, dropped
+            counts[split], empty[split], ignored[split], left_out[split] = n, n_empty, n_ignored, dropped
             class_counts[split] = _class_counts(labels, names)
+        extra = {"tfds_name": self.tfds_name, "images_without_objects": empty, "left_out_boxes": left_out}
+        if tally:
+            extra[tally] = ignored
         channels = self.data.channels or 3
         return self._spec(
             class_names=names,
@@ -204,16 +266,16 @@ class TfdsSource(Source):
             counts=counts,
             class_counts=class_counts,
             location=os.path.abspath(self.data.data_dir),
-            extra={"tfds_name": self.tfds_name, "images_without_objects": empty, "left_out_boxes": left_out},
+            extra=extra,
             name=self.tfds_name.replace("/", "-"),
         )
 
     def _prepare_segmentation(self, builder) -> DatasetSpec:
-        tfds, tf = _quiet_tfds(), _tf()
+        tf = _tf()
         names, key, convert = self._segmentation()
         counts, class_counts, ignored = {}, {}, {}
         for split, expr in self._split_names(builder).items():
-            ds = builder.as_dataset(split=expr, decoders={"image": tfds.decode.SkipDecoding()})
+            ds = builder.as_dataset(split=expr, decoders=self._skip_decoding())
             ds = ds.map(
                 lambda x: tf.math.bincount(
                     tf.cast(convert(x[key]), tf.int32), minlength=256, maxlength=256, dtype=tf.int64
@@ -242,24 +304,37 @@ class TfdsSource(Source):
         channels = spec.channels
         if spec.task == "segmentation":
             _, key, convert = self._segmentation()
-            return ds.map(lambda x: {"image": set_channels(x["image"], channels), "mask": convert(x[key])})
+
+            def segmentation(x):
+                image, mask = x["image"], convert(x[key])
+                size = tf.shape(image)[:2]
+                mask = tf.cond(  # the image's size in real data; not so in TFDS' fake examples
+                    tf.reduce_all(tf.shape(mask)[:2] == size),
+                    lambda: mask,
+                    lambda: tf.image.resize(mask, size, method="nearest"),
+                )
+                return {"image": set_channels(image, channels), "mask": mask}
+
+            return ds.map(segmentation)
         if spec.task == "detection":
             self._objects(builder)
-            one_based = self.tfds_name.startswith("voc")
+            one_based = self._one_based()
 
-            def convert(x):
+            def detection(x):
                 image = x["image"]
-                keep = self._keep(x["objects"])
+                objects = self._object_arrays(x["objects"])
+                valid = objects["valid"]
                 boxes = tfds_boxes_to_xyxy(
-                    x["objects"]["bbox"], tf.shape(image)[0], tf.shape(image)[1], one_based=one_based
+                    objects["bbox"], tf.shape(image)[0], tf.shape(image)[1], one_based=one_based
                 )
                 return {
                     "image": set_channels(image, channels),
-                    "boxes": tf.boolean_mask(boxes, keep),
-                    "labels": tf.boolean_mask(tf.cast(x["objects"]["label"], tf.int64), keep),
+                    "boxes": tf.boolean_mask(boxes, valid),
+                    "labels": tf.boolean_mask(objects["label"], valid),
+                    "ignore": tf.boolean_mask(objects["ignore"], valid),
                 }
 
-            return ds.map(convert)
+            return ds.map(detection)
         image_key, label_key = self._keys(builder)
         return ds.map(
             lambda x: {

@@ -55,10 +55,11 @@ class VocSource(_DetectionManifestSource):
     * Classes: the sorted ``name`` values of the objects; the 20 VOC classes (in
       their usual, alphabetical, order) when all names are VOC classes and the
       folder is named like ``VOC2007`` or all 20 occur, so labels match real VOC.
-    * ``difficult`` objects are left out of the targets (VOC's evaluation ignores
-      them too) unless ``data.keep_difficult``; they are counted per split in
-      ``extra["difficult_boxes"]``, and the manifest keeps them per image as
-      ``difficult_boxes`` / ``difficult_labels`` for an evaluation that wants them.
+    * ``difficult`` objects stay in the data flagged ``ignore`` (unless
+      ``data.keep_difficult``, which makes them ordinary objects): the pipeline leaves them
+      out of the training targets and the evaluation ignores them as the VOC devkit does
+      (a detection on one is neither a true nor a false positive). They are counted per
+      split in ``extra["difficult_boxes"]`` and not in the class counts.
     * Splits: ``train.txt``, ``val.txt``, ``test.txt`` when present (``trainval.txt``
       minus ``val.txt`` is train when ``train.txt`` is missing); else a seeded split.
     """
@@ -229,8 +230,8 @@ class VocSource(_DetectionManifestSource):
                     "height": h,
                     "boxes": [],
                     "labels": [],
-                    "difficult_boxes": [],
-                    "difficult_labels": [],
+                    "ignore": [],
+                    "image_id": image_path.stem,
                 }
                 for o in ann["objects"]:
                     where = f"object {o['index']} ({o['name'] or 'no name'})"
@@ -248,12 +249,9 @@ class VocSource(_DetectionManifestSource):
                             }
                         )
                         continue
-                    if o["difficult"] and not self.data.keep_difficult:
-                        rec["difficult_boxes"].append(box)
-                        rec["difficult_labels"].append(index[o["name"]])
-                    else:
-                        rec["boxes"].append(box)
-                        rec["labels"].append(index[o["name"]])
+                    rec["boxes"].append(box)
+                    rec["labels"].append(index[o["name"]])
+                    rec["ignore"].append(bool(o["difficult"] and not self.data.keep_difficult))
                 records[split].append(rec)
         if not class_names:
             raise DataError(f"{root}: no objects with a name in any annotation (see the skipped records)")
@@ -264,5 +262,5 @@ class VocSource(_DetectionManifestSource):
             skipped,
             {},
             name=root.name or "voc",
-            tally={"difficult_boxes": lambda rec: len(rec["difficult_labels"])},
+            tally={"difficult_boxes": lambda rec: sum(rec["ignore"])},
         )
