@@ -9,30 +9,20 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 
 
 def commit() -> str:
-    """The checkout's commit, ``-dirty`` when it has uncommitted changes (``unknown`` without git)."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    """The checkout's commit, ``-dirty`` when it has uncommitted changes (``unknown`` without git):
+    the same stamp as the MLflow runs' ``git_commit`` tag."""
+    from cnn_apps.tracking import git_commit
+
+    return git_commit()
 
 
 def machine() -> dict:

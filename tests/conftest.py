@@ -15,6 +15,8 @@ import pytest  # noqa: E402
 
 from cnn_apps.config import load_config  # noqa: E402
 
+pytest_plugins = ["strict_ci"]  # under CI=true a skipped test fails (tests/strict_ci.py)
+
 
 def tiny_overrides(tmp_path, **extra) -> list[str]:
     values = {
