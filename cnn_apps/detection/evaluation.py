@@ -11,6 +11,9 @@ Pure NumPy, importable without TensorFlow. Inputs follow the library's conventio
 - COCO re-implements ``COCOeval`` (``iouType="bbox"``) step by step, so the numbers agree with
   pycocotools. One difference in the inputs: COCO's area ranges use the annotation's
   ``area`` (the mask area on COCO itself); here both GT and detections use the box area.
+  It scores validation passes and studies, where it is faster than pycocotools
+  (``benchmarks/coco_eval.py``); ``cnn-apps evaluate`` reports pycocotools' own numbers on
+  the logged files (:mod:`cnn_apps.detection.pycocotools_eval`, :meth:`DetectionMetrics.with_coco`).
 
 Shapes: N GT boxes and M detections per image, K classes, T=10 IoU thresholds, R=101 recall
 points, A=4 area ranges (all, small, medium, large), maxDets M=(1, 10, 100).
