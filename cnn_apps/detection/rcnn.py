@@ -9,7 +9,9 @@ classifier adds background as its class 0, so class ``k`` is its output ``k + 1`
 Part of the pipeline lives outside TensorFlow (OpenCV proposals, scikit-learn SVMs and
 ridge regressors), so :class:`RCNN` is a Python object, not a Keras model: ``fit``,
 ``predict``, ``save``/``load`` (the classifier as ``.keras``, the SVM and regressor weights
-with joblib). It is evaluate-only: there is no SavedModel export.
+as plain arrays in ``region_head.npz`` plus ``region_head.json``, never a pickle; an old
+pickled ``region_head.joblib`` loads only with ``--unsafe-load``). It is evaluate-only: there
+is no SavedModel export.
 
 What is shared with SPP-net (:mod:`cnn_apps.detection.sppnet`) lives in their base module
 :mod:`cnn_apps.detection.region_detector`: :func:`~cnn_apps.detection.region_detector.finetune_classifier`

@@ -11,6 +11,16 @@ what both use, and :class:`RegionDetector` (fit / predict / save / load).
   the one name -> class table, where :meth:`RegionDetector.load` finds the class a directory
   was saved by (``cnn_apps.builtins`` registers the built-in ones).
 
+A saved directory holds the fine-tuned classifier (``classifier.keras``, loaded in Keras'
+safe mode), the config (``region_detector.json``) and the head as plain data, never a
+pickle: ``region_head.npz`` (float arrays ``svm_w`` (K, D), ``svm_b`` (K,), ``reg_w``
+(K, 4, D), ``reg_b`` (K, 4), read with ``allow_pickle=False``) and ``region_head.json``
+(format version, K, D, the feature scale, the SVM training history). Directories written
+before held the head as a joblib pickle (``region_head.joblib``); unpickling can run any
+code, so :meth:`RegionDetector.load` refuses them unless the user trusts the source
+(``cnn-apps --unsafe-load`` or ``CNN_APPS_UNSAFE_LOAD=1``,
+:func:`cnn_apps.tracking.unsafe_load`).
+
 Shorthand: N images, S image side, P proposals of an image, K classes, D feature length,
 W warp side. Boxes are ``xyxy`` float32 pixels; labels are 0-based classes (the fine-tuned
 classifier adds background as its class 0, so class ``k`` is its output ``k + 1``).
@@ -34,11 +44,15 @@ import numpy as np
 from cnn_apps import registry
 from cnn_apps.classes import check_class_names
 from cnn_apps.detection.proposals import box_iou
-from cnn_apps.errors import ConfigError
+from cnn_apps.errors import ConfigError, ModelError
 
 CONFIG_FILE = "region_detector.json"
 CLASSIFIER_FILE = "classifier.keras"
-HEAD_FILE = "region_head.joblib"
+HEAD_FILE = "region_head.npz"  # the head's arrays (no pickle)
+HEAD_META_FILE = "region_head.json"  # its scalars and training history
+LEGACY_HEAD_FILE = "region_head.joblib"  # a pickle: loaded only with --unsafe-load
+HEAD_FORMAT, HEAD_FORMAT_VERSION = "cnn_apps.region_head", 1
+HEAD_ARRAYS = ("svm_w", "svm_b", "reg_w", "reg_b")
 PAPER_WARP = 227  # R-CNN's warp size: the 16 px context padding is relative to it
 
 
@@ -421,6 +435,86 @@ class RegionHead:
         for key, value in state.items():
             setattr(self, key, value)
 
+    def save(self, directory) -> None:
+        """Write the fitted head as plain data: :data:`HEAD_FILE` (its float arrays, no
+        object arrays, so no pickle) and :data:`HEAD_META_FILE` (JSON scalars and history)."""
+        if self.svm_w is None:
+            raise ModelError("RegionHead.save before fit: the head has no SVM weights to save")
+        directory = Path(directory)
+        arrays = {name: np.ascontiguousarray(getattr(self, name), np.float32) for name in HEAD_ARRAYS}
+        np.savez(directory / HEAD_FILE, **arrays)
+        meta = {
+            "format": HEAD_FORMAT,
+            "version": HEAD_FORMAT_VERSION,
+            "num_classes": self.num_classes,
+            "feature_dim": int(arrays["svm_w"].shape[1]),
+            "scale": float(self.scale),  # JSON keeps a float's shortest repr: exact round trip
+            "history": {str(k): v for k, v in self.history.items()},
+        }
+        (directory / HEAD_META_FILE).write_text(json.dumps(meta, indent=2))
+
+    def load(self, directory) -> None:
+        """Read what :meth:`save` wrote (``allow_pickle=False``), checking the format, the
+        class count and the array shapes; a pickled head is refused (see :func:`_refuse_pickle`)."""
+        directory = Path(directory)
+        path, meta_path = directory / HEAD_FILE, directory / HEAD_META_FILE
+        start = _first_bytes(path)
+        if start.startswith(PICKLE_PROTOCOL_MARK):
+            _refuse_pickle(path, legacy=False)
+        if start and not start.startswith(b"PK"):
+            raise ModelError(f"{path} is not a NumPy .npz archive (a zip file); it is not loaded")
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("format") != HEAD_FORMAT:
+                raise ValueError(f"format {meta.get('format')!r}, expected {HEAD_FORMAT!r}")
+            if int(meta.get("version", 0)) > HEAD_FORMAT_VERSION:
+                raise ValueError(
+                    f"format version {meta['version']} is newer than this cnn-apps reads "
+                    f"({HEAD_FORMAT_VERSION}): upgrade cnn-apps"
+                )
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {name: np.asarray(npz[name]) for name in HEAD_ARRAYS}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ModelError(f"cannot read the region head in {directory}: {exc}") from exc
+        k, d = self.num_classes, int(meta["feature_dim"])
+        expected = {"svm_w": (k, d), "svm_b": (k,), "reg_w": (k, 4, d), "reg_b": (k, 4)}
+        for name, shape in expected.items():
+            a = arrays[name]
+            if a.shape != shape or a.dtype.kind != "f":
+                raise ModelError(
+                    f"{path}: {name} is a {a.dtype} array of shape {a.shape}, expected float {shape} "
+                    f"({k} classes, {d} features)"
+                )
+        self.svm_w, self.svm_b, self.reg_w, self.reg_b = (arrays[n].astype(np.float32) for n in HEAD_ARRAYS)
+        self.scale = float(meta["scale"])
+        self.history = {int(key): value for key, value in meta.get("history", {}).items()}
+
+
+PICKLE_PROTOCOL_MARK = b"\x80"  # the first byte of a pickle of protocol 2 or later (joblib's too)
+
+
+def _first_bytes(path, n: int = 4) -> bytes:
+    """The first ``n`` bytes of ``path``, b"" when it cannot be read (the error comes later)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError:
+        return b""
+
+
+def _refuse_pickle(path, *, legacy: bool) -> None:
+    how = (
+        "if you trust where it came from, pass `cnn-apps --unsafe-load ...` (or set "
+        "CNN_APPS_UNSAFE_LOAD=1) to load it, and save the detector again to rewrite its head as "
+        f"{HEAD_FILE}"
+        if legacy
+        else "a region head is read only as a NumPy archive, with allow_pickle=False, whatever the flags"
+    )
+    raise ModelError(
+        f"{path} is a pickle (not a NumPy .npz archive); unpickling a file can run any code it "
+        f"carries, so it is not loaded: {how}"
+    )
+
 
 HEAD_ARGS = tuple(
     p for p in inspect.signature(RegionHead.__init__).parameters if p not in ("self", "num_classes")
@@ -653,12 +747,13 @@ class RegionDetector(abc.ABC):
 
     # -- persistence
     def save(self, directory) -> Path:
-        import joblib
-
+        """``directory``/: ``classifier.keras``, ``region_detector.json`` and the head as
+        ``region_head.npz`` + ``region_head.json`` (:meth:`RegionHead.save`; no pickle)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.classifier.save(directory / CLASSIFIER_FILE)
-        joblib.dump(self.head.state(), directory / HEAD_FILE)
+        self.head.save(directory)
+        (directory / LEGACY_HEAD_FILE).unlink(missing_ok=True)  # an older save's pickled head
         (directory / CONFIG_FILE).write_text(
             json.dumps({"class": type(self).__name__, "config": self.get_config()}, indent=2)
         )
@@ -667,19 +762,32 @@ class RegionDetector(abc.ABC):
     @classmethod
     def load(cls, directory) -> RegionDetector:
         """The detector :meth:`save` wrote, as the class that saved it: a registered region
-        detector (import ``cnn_apps.builtins`` to register the built-ins) or ``cls`` itself."""
-        import joblib
+        detector (import ``cnn_apps.builtins`` to register the built-ins) or ``cls`` itself.
+
+        The head is read from ``region_head.npz`` without unpickling anything. A directory
+        with only an old pickled head (``region_head.joblib``) is refused with a
+        :class:`~cnn_apps.errors.ModelError` naming it, unless
+        :func:`cnn_apps.tracking.unsafe_load` (``--unsafe-load``): then it is unpickled."""
         import keras
 
         import cnn_apps.classification  # noqa: F401  (registers the custom classes)
+        from cnn_apps import tracking
 
         directory = Path(directory)
         saved = json.loads((directory / CONFIG_FILE).read_text())
         klass = saved_class(saved["class"], cls)
         config = dict(saved["config"])
         model = klass(config.pop("num_classes"), **config)
+        legacy = directory / LEGACY_HEAD_FILE
+        if (directory / HEAD_FILE).exists() or not legacy.exists():
+            model.head.load(directory)
+        elif tracking.unsafe_load():
+            import joblib
+
+            model.head.set_state(joblib.load(legacy))  # the user trusts this directory's source
+        else:
+            _refuse_pickle(legacy, legacy=True)
         model.classifier = keras.saving.load_model(directory / CLASSIFIER_FILE, compile=False)
-        model.head.set_state(joblib.load(directory / HEAD_FILE))
         model._after_finetune()
         return model
 
