@@ -70,6 +70,22 @@ class DataConfig:
     # prepare skips bad records (unreadable images, broken boxes or masks), counts them in the
     # skipped_records metric and names each in skipped_records.csv; false: any bad record fails prepare
     skip_bad_records: bool = True
+    # folder/voc/coco/masks: an image whose header claims more pixels than this is skipped and named
+    # before it is decoded (a decompression bomb: a small file that decodes to gigabytes). 89,478,485
+    # is PIL's own warning threshold (a quarter GiB as RGB, ~9500x9500; a 48 MP phone photo fits);
+    # PIL's own guard is off while prepare reads, so this is the one limit. 0 or null: no limit.
+    # `cnn-apps predict` has the same default (--max-image-pixels)
+    max_image_pixels: int | None = 89_478_485
+    # folder: a class sub-folder with no usable training images is an error naming it; true: it is
+    # left out (not a class) with a warning, and its validation/test images are skipped
+    skip_empty_classes: bool = False
+
+    def __post_init__(self):
+        if self.max_image_pixels is not None and self.max_image_pixels < 0:
+            raise ConfigError(
+                "data.max_image_pixels: a pixel count, or 0 (or null) for no limit, "
+                f"got {self.max_image_pixels}"
+            )
 
 
 @dataclass
@@ -281,7 +297,13 @@ class Config:
             relevant["path"] = os.path.abspath(relevant["path"])
         if relevant.get("image_dir"):
             relevant["image_dir"] = os.path.abspath(relevant["image_dir"])
-        for key, default in (("image_dir", None), ("keep_difficult", False), ("skip_bad_records", True)):
+        for key, default in (
+            ("image_dir", None),
+            ("keep_difficult", False),
+            ("skip_bad_records", True),
+            ("max_image_pixels", DataConfig.max_image_pixels),
+            ("skip_empty_classes", False),
+        ):
             if relevant.get(key) == default:  # fields added later: defaults keep older fingerprints
                 relevant.pop(key, None)
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]

@@ -90,6 +90,14 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
         "for the class names and a Fast R-CNN's proposal settings",
     )
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per TF Serving request (default: 60)")
+    p.add_argument(
+        "--max-image-pixels",
+        dest="max_image_pixels",
+        type=int,
+        metavar="N",
+        help="refuse an image whose header claims more pixels, before decoding it (a decompression "
+        "bomb); default: data.max_image_pixels's default, 89478485; 0: no limit",
+    )
 
 
 # ---------------------------------------------------------------------- inputs
@@ -154,14 +162,28 @@ def _to_uint8_rgb(array: np.ndarray, bgr: bool) -> tuple[np.ndarray, bool]:
     return (cv2.cvtColor(np.ascontiguousarray(array), cv2.COLOR_BGR2RGB) if bgr else array), changed
 
 
-def read_image(path: str | os.PathLike) -> ImageFile:
-    """Read and check one file; raises :class:`DataError` saying what is wrong with it."""
+def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> ImageFile:
+    """Read and check one file; raises :class:`DataError` saying what is wrong with it.
+
+    An image whose header claims more than ``max_pixels`` pixels (default: the default of
+    ``data.max_image_pixels``; 0: no limit) is refused before it is decoded (a decompression
+    bomb). A photo with an EXIF orientation is turned upright (the model's own decoder
+    ignores the tag) and sent re-encoded as PNG, so its boxes and masks are upright too."""
     import warnings
 
     import cv2
     from PIL import Image
 
+    from cnn_apps.data.sources.images import (
+        DEFAULT_MAX_IMAGE_PIXELS,
+        exif_orientation,
+        orient_array,
+        pil_without_bomb_guard,
+        too_many_pixels,
+    )
+
     name = str(path)
+    limit = DEFAULT_MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -169,17 +191,23 @@ def read_image(path: str | os.PathLike) -> ImageFile:
     if not data:
         raise DataError(f"{name}: empty file (0 bytes)")
     try:  # Pillow finds truncated and non-image files (OpenCV may decode part of one silently)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), pil_without_bomb_guard():
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data)) as image:
                 image_format, mode = image.format, image.mode
-                image.load()
-                fallback = image.copy()
+                # the header only, nothing decoded yet
+                too_big = too_many_pixels(image.size, limit, "--max-image-pixels", "predict on")
+                if not too_big:
+                    image.load()
+                    orientation = exif_orientation(image)
+                    fallback = image.copy()
     except Image.UnidentifiedImageError as exc:
         raise DataError(f"{name}: not an image file (no image format recognised)") from exc
     except Exception as exc:  # any decoder failure is the file's problem
         raise DataError(f"{name}: not a readable image ({type(exc).__name__}: {exc})") from exc
-    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if too_big:
+        raise DataError(f"{name}: {too_big}")
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # ignores EXIF
     if decoded is not None and decoded.size:
         pixels, changed = _to_uint8_rgb(decoded, bgr=decoded.ndim == 3 and decoded.shape[-1] in (3, 4))
     else:  # a format OpenCV lacks (e.g. GIF in some builds): Pillow's pixels
@@ -187,6 +215,8 @@ def read_image(path: str | os.PathLike) -> ImageFile:
             pixels, changed = _to_uint8_rgb(np.asarray(fallback), bgr=False)
         else:
             pixels, changed = np.asarray(fallback.convert("RGB")), True
+    if orientation != 1:  # stored turned or mirrored: upright as viewers show it
+        pixels, changed = orient_array(pixels, orientation), True
     if pixels.shape[0] < 1 or pixels.shape[1] < 1:
         raise DataError(f"{name}: the image has no pixels")
     # the export's decoder reads JPEG, PNG and BMP: anything else, or anything converted, goes as PNG
@@ -399,8 +429,10 @@ def _set_tracking(uri: str | None) -> str:
     uri = uri or tracking.tracking_uri(None)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
         raise TrackingError(f"no MLflow store at {uri}; pass --tracking-uri (or set MLFLOW_TRACKING_URI)")
-    tracking.set_tracking_uri(uri)
-    return uri
+    clean = tracking.set_tracking_uri(uri)  # USER:PASSWORD@ go to MLflow's credential variables
+    if uri.startswith(("http://", "https://")):
+        tracking.check_server(uri)  # unreachable, or refusing these credentials: one line
+    return tracking.display_uri(clean)  # for messages
 
 
 class KerasPredictor(Predictor):
@@ -544,7 +576,9 @@ class ServingPredictor(Predictor):
         try:
             out = self.client.predict([image.data for image in images], SIGNATURE, extra)
         except ServingError as exc:
-            if exc.status == 400:  # the server refused the request's content: find the file
+            # the server refused the request's content (400), or it was too large to send or
+            # take (413): split the batch to find the file
+            if exc.status in (400, 413):
                 raise InputRefused(str(exc)) from exc
             raise
         return _signature_results(self.task, out, images, self.class_names)
@@ -746,7 +780,8 @@ def run_predict(args) -> int:
             slots: list = []  # per file: ImageFile or the error record
             for path in batch:
                 try:
-                    slots.append(read_image(path))
+                    limit = getattr(args, "max_image_pixels", None)
+                    slots.append(read_image(path) if limit is None else read_image(path, max_pixels=limit))
                 except DataError as exc:
                     slots.append({"file": str(path), "error": str(exc)})
             images = [s for s in slots if isinstance(s, ImageFile)]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cnn_apps.data.sources.base import register_source
 from cnn_apps.data.sources.detection_manifest import _clip_box, _DetectionManifestSource
-from cnn_apps.data.sources.images import _image_size
+from cnn_apps.data.sources.images import _image_info, size_mismatch_hint
 from cnn_apps.data.sources.records import read_manifest
 from cnn_apps.data.spec import DatasetSpec
 from cnn_apps.errors import ConfigError, DataError
@@ -91,10 +91,11 @@ class CocoSource(_DetectionManifestSource):
                 continue
             known_images.add(im_id)
             file = image_dir / im["file_name"]
-            size, reason = _image_size(file)
+            info, reason = _image_info(file, self.data.max_image_pixels)
             if reason:
                 skipped.append({"file": str(file), "reason": f"{reason} (image id {im_id})"})
                 continue
+            size = info.size  # upright: an EXIF-turned photo's boxes are drawn on it upright
             declared = (im.get("width"), im.get("height"))
             if all(v is not None for v in declared):
                 if not all(
@@ -114,7 +115,8 @@ class CocoSource(_DetectionManifestSource):
                         {
                             "file": str(file),
                             "reason": f"{path.name} says {declared[0]}x{declared[1]}, "
-                            f"the image is {size[0]}x{size[1]} (image id {im_id})",
+                            f"the image is {size[0]}x{size[1]} (image id {im_id})"
+                            + size_mismatch_hint(info, tuple(int(v) for v in declared)),
                         }
                     )
                     continue
@@ -127,6 +129,8 @@ class CocoSource(_DetectionManifestSource):
                 "ignore": [],
                 "image_id": im_id,
             }
+            if info.orientation != 1:  # the pipeline turns the image upright, not the boxes
+                images[im_id]["orientation"] = info.orientation
         for k, ann in enumerate(coco["annotations"]):
             if not isinstance(ann, dict):
                 skipped.append(

@@ -146,18 +146,19 @@ class _DetectionManifestSource(Source):
         labels = np.asarray([v for r in records for v in r["labels"]], np.int64)
         ignore = np.asarray([v for r in records for v in _ignore(r)], bool)
         channels = spec.channels
-        ds = tf.data.Dataset.from_tensor_slices(
-            {
-                "path": tf.constant([r["path"] for r in records], tf.string),  # typed even when empty
-                "boxes": tf.RaggedTensor.from_row_lengths(boxes, lengths),
-                "labels": tf.RaggedTensor.from_row_lengths(labels, lengths),
-                "ignore": tf.RaggedTensor.from_row_lengths(ignore, lengths),
-            }
-        )
+        slices = {
+            "path": tf.constant([r["path"] for r in records], tf.string),  # typed even when empty
+            "boxes": tf.RaggedTensor.from_row_lengths(boxes, lengths),
+            "labels": tf.RaggedTensor.from_row_lengths(labels, lengths),
+            "ignore": tf.RaggedTensor.from_row_lengths(ignore, lengths),
+        }
+        if any(r.get("orientation", 1) != 1 for r in records):  # EXIF-turned photos: turned upright
+            slices["orientation"] = tf.constant([r.get("orientation", 1) for r in records], tf.int32)
+        ds = tf.data.Dataset.from_tensor_slices(slices)
 
         def decode(x):
             return {
-                "image": decode_image_file(x["path"], channels),
+                "image": decode_image_file(x["path"], channels, x.get("orientation")),
                 "boxes": tf.reshape(x["boxes"], (-1, 4)),
                 "labels": tf.reshape(x["labels"], (-1,)),
                 "ignore": tf.reshape(x["ignore"], (-1,)),

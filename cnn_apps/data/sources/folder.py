@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from cnn_apps.data.sources.base import Source, _tf, register_source
-from cnn_apps.data.sources.images import _image_size, decode_image_file
+from cnn_apps.data.sources.images import _image_info, decode_image_file
 from cnn_apps.data.sources.records import _class_counts, skipped_summary, stratified_split, stratified_subset
 from cnn_apps.data.spec import SPLITS, DatasetSpec
 from cnn_apps.errors import ConfigError, DataError
+
+log = logging.getLogger("cnn_apps")
 
 
 def _scan_class_dirs(root: Path) -> dict:
@@ -30,7 +33,16 @@ class FolderSource(Source):
     """A folder of class sub-folders (``root/<class>/*.jpg``), or one already split
     into ``train/``, ``val/`` (or ``validation/``) and ``test/``, each holding class
     sub-folders. Missing splits are made by a stratified split of train.
-    Files that cannot be decoded are skipped and reported by name."""
+    Files that cannot be decoded, or whose header claims more than ``data.max_image_pixels``
+    pixels, are skipped and reported by name; EXIF-turned photos are read upright.
+
+    Every class needs usable training images (in ``train/``, or in the one folder): a class
+    sub-folder that is empty, holds only skipped files, or is missing from ``train/`` while
+    ``val/`` or ``test/`` has it, is a DataError naming the folder, never a silent class
+    with no examples. With ``data.skip_empty_classes: true`` such a class is left out with a
+    logged warning (it is not a class; its validation/test images are skipped and named;
+    ``spec.extra["empty_classes_left_out"]`` lists it). A class with training images but
+    none in ``val/`` or ``test/`` is fine: small splits may miss a class."""
 
     name = "folder"
 
@@ -45,11 +57,6 @@ class FolderSource(Source):
     def _manifest_path(self, fingerprint: str) -> Path:
         return Path(self.data.data_dir) / "folder" / fingerprint / "manifest.csv"
 
-    @staticmethod
-    def _check(path: Path):
-        """None when ``path`` is an image TensorFlow can decode, else the reason."""
-        return _image_size(path)[1]
-
     def prepare(self) -> DatasetSpec:
         root = self._root()
         split_dirs = {}
@@ -60,33 +67,54 @@ class FolderSource(Source):
                     break
         if split_dirs and "train" not in split_dirs:
             raise DataError(f"{root} has {', '.join(p.name for p in split_dirs.values())}/ but no train/")
-        files = {s: _scan_class_dirs(p) for s, p in split_dirs.items()} or {"train": _scan_class_dirs(root)}
+        split_dirs = split_dirs or {"train": root}
+        files = {s: _scan_class_dirs(p) for s, p in split_dirs.items()}
         class_names = sorted({c for per_class in files.values() for c in per_class})
         if len(class_names) < 2:
             raise DataError(f"{root}: need at least two class sub-folders, found {class_names or 'none'}")
-        index = {c: i for i, c in enumerate(class_names)}
         skipped, rows = [], {s: [] for s in files}
         for split, per_class in files.items():
             for cls, paths in per_class.items():
                 for p in paths:
-                    reason = self._check(p)
+                    info, reason = _image_info(p, self.data.max_image_pixels)
                     if reason:
                         skipped.append({"file": str(p), "reason": reason})
                     else:
-                        rows[split].append((str(p.resolve()), index[cls]))
+                        rows[split].append((str(p.resolve()), cls, info.orientation))
         if not rows["train"]:
             raise DataError(f"{root}: no readable images in the training folders{skipped_summary(skipped)}")
+        empty = self._empty_classes(class_names, rows["train"], split_dirs, files, skipped)
+        if empty:
+            class_names = [c for c in class_names if c not in empty]
+            for split in rows:
+                for path, cls, _ in rows[split]:
+                    if cls in empty:
+                        skipped.append(
+                            {
+                                "file": path,
+                                "reason": f"its class {cls} has no training images and is left out "
+                                "(data.skip_empty_classes)",
+                            }
+                        )
+                rows[split] = [r for r in rows[split] if r[1] not in empty]
+            if len(class_names) < 2:
+                raise DataError(
+                    f"{root}: need at least two classes with training images, found {class_names or 'none'} "
+                    f"(left out as empty: {', '.join(empty)})"
+                )
+        index = {c: i for i, c in enumerate(class_names)}
+        rows = {s: [(path, index[cls], o) for path, cls, o in r] for s, r in rows.items()}
         rows = self._complete_splits(rows)
         manifest = self._manifest_path(self.config.data_fingerprint())
         manifest.parent.mkdir(parents=True, exist_ok=True)
         with open(manifest, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
-            w.writerow(["split", "path", "label"])
+            w.writerow(["split", "path", "label", "orientation"])
             for split in SPLITS:
-                for path, label in rows.get(split, []):
-                    w.writerow([split, path, label])
+                for path, label, orientation in rows.get(split, []):
+                    w.writerow([split, path, label, orientation])
         counts = {s: len(rows[s]) for s in SPLITS if rows.get(s)}
-        class_counts = {s: _class_counts([lab for _, lab in rows[s]], class_names) for s in counts}
+        class_counts = {s: _class_counts([r[1] for r in rows[s]], class_names) for s in counts}
         channels = self.data.channels or 3
         return self._spec(
             class_names=class_names,
@@ -96,7 +124,42 @@ class FolderSource(Source):
             location=str(manifest.resolve()),
             skipped=skipped,
             name=root.name,
+            extra={"empty_classes_left_out": empty} if empty else {},
         )
+
+    def _empty_classes(self, class_names, train_rows, split_dirs, files, skipped) -> list:
+        """The classes without a usable training image: a DataError naming their folders, or
+        (``data.skip_empty_classes``) their names, each logged as a warning. A class may
+        lack validation or test images (small splits); without training images it would be
+        a class the model can never predict, counted in every metric."""
+        have = {cls for _, cls, _ in train_rows}
+        problems = {}
+        for cls in class_names:
+            if cls in have:
+                continue
+            folder = split_dirs["train"] / cls
+            if cls not in files["train"]:
+                elsewhere = ", ".join(str(split_dirs[s] / cls) for s in files if cls in files[s])
+                problems[cls] = f"class folder {folder} does not exist (the class comes from {elsewhere})"
+            elif not files["train"][cls]:
+                problems[cls] = f"class folder {folder} has no images"
+            else:
+                bad = [s for s in skipped if Path(s["file"]).is_relative_to(folder)]
+                problems[cls] = (
+                    f"class folder {folder} has no usable images ({len(bad)} skipped, e.g. "
+                    f"{Path(bad[0]['file']).name}: {bad[0]['reason']})"
+                )
+        if not problems:
+            return []
+        if not self.data.skip_empty_classes:
+            raise DataError(
+                "; ".join(problems.values()) + ": a class without training images is one the model can "
+                "never learn; add images, remove the folder, or set data.skip_empty_classes=true to leave "
+                "it out"
+            )
+        for text in problems.values():
+            log.warning("%s: left out, not a class (data.skip_empty_classes)", text)
+        return sorted(problems)
 
     def _complete_splits(self, rows: dict) -> dict:
         fractions = {}
@@ -105,7 +168,7 @@ class FolderSource(Source):
         if "validation" not in rows:
             fractions["validation"] = self.data.val_fraction
         train = rows["train"]
-        labels = np.array([lab for _, lab in train])
+        labels = np.array([r[1] for r in train])
         if fractions:
             parts = stratified_split(labels, fractions, self.data.seed)
             for name in fractions:
@@ -120,16 +183,26 @@ class FolderSource(Source):
 
     def load(self, spec: DatasetSpec, split: str):
         tf = _tf()
-        paths, labels = [], []
+        paths, labels, orientations = [], [], []
         try:
             with open(spec.location, newline="", encoding="utf-8") as fh:
                 for row in csv.DictReader(fh):
                     if row["split"] == split:
                         paths.append(row["path"])
                         labels.append(int(row["label"]))
+                        orientations.append(int(row.get("orientation") or 1))  # none in an old manifest
         except FileNotFoundError as exc:
             raise DataError(f"manifest {spec.location} is gone: run `cnn-apps prepare` again") from exc
         channels = spec.channels
+        if any(o != 1 for o in orientations):  # EXIF-turned photos among them: turn those upright
+
+            def decode_turned(path, label, orientation):
+                return {"image": decode_image_file(path, channels, orientation), "label": label}
+
+            ds = tf.data.Dataset.from_tensor_slices(
+                (paths, np.asarray(labels, np.int64), np.asarray(orientations, np.int32))
+            )
+            return ds.map(decode_turned, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
         def decode(path, label):
             return {"image": decode_image_file(path, channels), "label": label}

@@ -28,8 +28,11 @@ Prepare reads every mask once, checks it, and writes it as a single-channel id P
 manifest under ``data_dir/masks/``; load decodes the images and those id masks with
 tf.data. Images may differ in size: the pipeline resizes images bilinearly and masks with
 nearest neighbour only, so no new mask values appear. Bad records are skipped and named in
-``spec.skipped`` with the reason: a missing or undecodable image or mask, a mask of another
+``spec.skipped`` with the reason: a missing or undecodable image or mask, an image over
+``data.max_image_pixels`` (checked from its header, before decoding), a mask of another
 size than its image, an unknown colour, or a value above the class count other than 255.
+A photo with an EXIF orientation is read upright and its mask is taken to be drawn on the
+upright image, as annotation tools show it (see :mod:`cnn_apps.data.sources.images`).
 Splits: the lists when present, else a seeded split (``test_fraction``, ``val_fraction``).
 """
 
@@ -41,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from cnn_apps.data.sources.base import Source, _tf, register_source
-from cnn_apps.data.sources.images import IMAGE_EXTENSIONS, _image_size, decode_image_file
+from cnn_apps.data.sources.images import IMAGE_EXTENSIONS, _image_info, decode_image_file, size_mismatch_hint
 from cnn_apps.data.sources.records import _random_split, read_manifest, skipped_summary, write_manifest
 from cnn_apps.data.sources.voc import VOC_CLASSES
 from cnn_apps.data.spec import SPLITS, DatasetSpec
@@ -256,7 +259,7 @@ class MaskFolderSource(Source):
                     why = f"listed for {split}" if listed else f"its mask is {mask_dir.name}/{stem}.png"
                     skipped.append({"file": str(image_dir / stem), "reason": f"image not found ({why})"})
                     continue
-                rec, bad = self._record(stem, image, mask_dir, out_dir)
+                rec, bad = self._record(stem, image, mask_dir, out_dir, self.data.max_image_pixels)
                 if bad:
                     skipped.append(bad)
                 else:
@@ -312,12 +315,15 @@ class MaskFolderSource(Source):
         )
 
     @staticmethod
-    def _record(stem: str, image: Path, mask_dir: Path, out_dir: Path):
+    def _record(stem: str, image: Path, mask_dir: Path, out_dir: Path, max_pixels=None):
         """``(record, None)`` or ``(None, {"file", "reason"})`` for one image; the record's
-        mask is written to ``out_dir`` as one-channel ids."""
-        size, reason = _image_size(image)
+        mask is written to ``out_dir`` as one-channel ids. An EXIF-turned photo's mask is
+        taken to be drawn on the upright image (as annotation tools show it); the record
+        keeps the orientation, and load turns the image, never the mask."""
+        info, reason = _image_info(image, max_pixels)
         if reason:
             return None, {"file": str(image), "reason": reason}
+        size = info.size
         mask_path = mask_dir / f"{stem}.png"
         if not mask_path.is_file():
             return None, {
@@ -332,20 +338,24 @@ class MaskFolderSource(Source):
             return None, {
                 "file": str(mask_path),
                 "reason": f"mask is {ids.shape[1]}x{ids.shape[0]}, its image "
-                f"{image.name} is {size[0]}x{size[1]}",
+                f"{image.name} is {size[0]}x{size[1]}"
+                + size_mismatch_hint(info, (ids.shape[1], ids.shape[0])),
             }
         from PIL import Image
 
         out = out_dir / f"{stem}.png"
         Image.fromarray(ids).save(out)  # (H, W) uint8: mode L
-        return {
+        record = {
             "path": str(image.resolve()),
             "mask": str(out.resolve()),
             "source_mask": str(mask_path),
             "width": size[0],
             "height": size[1],
             "hist": np.bincount(ids.ravel(), minlength=256),
-        }, None
+        }
+        if info.orientation != 1:
+            record["orientation"] = info.orientation
+        return record, None
 
     def _complete_splits(self, records: dict) -> dict:
         fractions = {}
@@ -372,15 +382,16 @@ class MaskFolderSource(Source):
         manifest = read_manifest(spec.location)
         records = manifest["splits"].get(split, [])
         channels = spec.channels
-        ds = tf.data.Dataset.from_tensor_slices(
-            {  # typed even when the split is empty
-                "path": tf.constant([r["path"] for r in records], tf.string),
-                "mask": tf.constant([r["mask"] for r in records], tf.string),
-            }
-        )
+        slices = {  # typed even when the split is empty
+            "path": tf.constant([r["path"] for r in records], tf.string),
+            "mask": tf.constant([r["mask"] for r in records], tf.string),
+        }
+        if any(r.get("orientation", 1) != 1 for r in records):  # EXIF-turned photos: turned upright
+            slices["orientation"] = tf.constant([r.get("orientation", 1) for r in records], tf.int32)
+        ds = tf.data.Dataset.from_tensor_slices(slices)
 
         def decode(x):
-            image = decode_image_file(x["path"], channels)
+            image = decode_image_file(x["path"], channels, x.get("orientation"))
             mask = tf.io.decode_png(tf.io.read_file(x["mask"]), channels=1)  # written by prepare: ids
             return {"image": image, "mask": mask}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cnn_apps.data.sources.base import register_source
 from cnn_apps.data.sources.detection_manifest import _clip_box, _DetectionManifestSource
-from cnn_apps.data.sources.images import IMAGE_EXTENSIONS, _image_size
+from cnn_apps.data.sources.images import IMAGE_EXTENSIONS, _image_info, size_mismatch_hint
 from cnn_apps.data.spec import DatasetSpec
 from cnn_apps.errors import ConfigError, DataError
 
@@ -193,22 +193,24 @@ class VocSource(_DetectionManifestSource):
                     skipped.append({"file": str(xml_path), "reason": str(exc)})
                     continue
                 image_path = self._image_path(root, image_id, ann["filename"])
-                size, reason = _image_size(image_path)
+                info, reason = _image_info(image_path, self.data.max_image_pixels)
                 if reason:
                     skipped.append(
                         {"file": str(image_path), "reason": f"{reason} (annotation {xml_path.name})"}
                     )
                     continue
+                size = info.size  # upright: an EXIF-turned photo's boxes are drawn on it upright
                 if ann["width"] and (ann["width"], ann["height"]) != size:
                     skipped.append(
                         {
                             "file": str(xml_path),
                             "reason": f"<size> {ann['width']}x{ann['height']} "
-                            f"differs from the image's {size[0]}x{size[1]} ({image_path.name})",
+                            f"differs from the image's {size[0]}x{size[1]} ({image_path.name})"
+                            + size_mismatch_hint(info, (ann["width"], ann["height"])),
                         }
                     )
                     continue
-                parsed[split].append((xml_path, image_path, size, ann))
+                parsed[split].append((xml_path, image_path, info, ann))
         found = sorted(
             {o["name"] for v in parsed.values() for *_, ann in v for o in ann["objects"] if "error" not in o}
         )
@@ -223,7 +225,8 @@ class VocSource(_DetectionManifestSource):
         records = {}
         for split, items in parsed.items():
             records[split] = []
-            for xml_path, image_path, (w, h), ann in items:
+            for xml_path, image_path, info, ann in items:
+                w, h = info.size
                 rec = {
                     "path": str(image_path.resolve()),
                     "width": w,
@@ -233,6 +236,8 @@ class VocSource(_DetectionManifestSource):
                     "ignore": [],
                     "image_id": image_path.stem,
                 }
+                if info.orientation != 1:  # the pipeline turns the image upright, not the boxes
+                    rec["orientation"] = info.orientation
                 for o in ann["objects"]:
                     where = f"object {o['index']} ({o['name'] or 'no name'})"
                     if "error" in o:
