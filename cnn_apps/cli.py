@@ -12,7 +12,7 @@
     cnn-apps models                                  (the backbone zoo: parameters, FLOPs)
     cnn-apps predict  --model M --input I [--output results.jsonl] [--coco-json F] [--masks DIR]
                       (M: an exports folder, runs:/..., models:/..., or a TF Serving URL)
-    cnn-apps serve    --model models:/NAME@champion | --from-run TRAIN_RUN   (mlflow models serve)
+    cnn-apps serve    --model models:/NAME@champion | --from-run TRAIN_RUN   (MLflow's scoring API)
     cnn-apps promote  NAME VERSION [--alias champion]  (move a registered model's alias)
 
 Without ``--config``, a stage that reads another run starts from that run's
@@ -81,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_arguments(
         sub.add_parser(
-            "serve", help="serve a registered model with `mlflow models serve` (--from-run: export it first)"
+            "serve",
+            help="serve a registered model with MLflow's scoring API and request limits "
+            "(--from-run: export it first)",
         )
     )
     p = sub.add_parser("promote", help="point a registered model's alias (champion) at a version")
@@ -232,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("absl").setLevel(logging.ERROR)  # TFDS: "Using custom data configuration"
     from cnn_apps.errors import CnnAppsError
-    from cnn_apps.tracking import Terminated
+    from cnn_apps.tracking import Terminated, access_error, redact
 
     def terminate(signum, frame):  # SIGTERM (docker stop, kill): end the MLflow run as KILLED
         raise Terminated()
@@ -264,11 +266,19 @@ def main(argv: list[str] | None = None) -> int:
             getattr(args, "resume", None),
         )
     except CnnAppsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        refused = access_error(exc)  # wrong credentials (HTTP 401) under another error are the news
+        shown = refused if refused is not None and refused.status == 401 else exc
+        print(f"error: {redact(shown)}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Terminated) as exc:
         print("interrupted" if isinstance(exc, KeyboardInterrupt) else "terminated", file=sys.stderr)
         return 130 if isinstance(exc, KeyboardInterrupt) else 143
+    except Exception as exc:
+        refused = access_error(exc)  # MLflow's exception for an HTTP 401/403: one line, no traceback
+        if refused is None:
+            raise
+        print(f"error: {redact(refused)}", file=sys.stderr)
+        return 2
     for key, value in result.outputs.items():
         print(f"{key}: {value}")
     print(f"run_id: {result.run_id}")

@@ -3,6 +3,11 @@
 * Tracking URI: ``MLFLOW_TRACKING_URI``, else ``tracking.uri`` from the config,
   else a local SQLite store ``./mlruns/mlflow.db`` with artifacts in
   ``./mlruns/artifacts/<experiment>/`` (``make mlflow-ui`` serves it).
+* Credentials for a server with basic auth: ``MLFLOW_TRACKING_USERNAME`` /
+  ``MLFLOW_TRACKING_PASSWORD`` (or ``MLFLOW_TRACKING_TOKEN``), or ``http://USER:PASSWORD@host``
+  in the URI, which :func:`set_tracking_uri` moves into those two variables so that MLflow (and
+  every message) only sees the URI without them. No password or token is printed, logged or
+  recorded: messages name the user and the URI without its credentials (:func:`display_uri`).
 * One experiment per task (``classification``, ``detection``, ``segmentation``).
 * A stage run is named ``stage:model:dataset`` and tagged ``stage``,
   ``source_run`` (the run whose output it consumed), ``dataset_fingerprint`` and
@@ -15,11 +20,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import tempfile
+import urllib.parse
 from pathlib import Path
 
-from cnn_apps.config import Config, mask_secrets
+from cnn_apps.config import URI_PASSWORD, Config, mask_secrets
 from cnn_apps.errors import TrackingError
 
 DEFAULT_STORE_DIR = "mlruns"
@@ -48,16 +55,86 @@ def tracking_uri(config: Config | None = None) -> str:
     return default_tracking_uri()
 
 
-def set_tracking_uri(uri: str) -> None:
+USERNAME_ENV = "MLFLOW_TRACKING_USERNAME"  # MLflow's client sends these two as basic auth
+PASSWORD_ENV = "MLFLOW_TRACKING_PASSWORD"
+TOKEN_ENV = "MLFLOW_TRACKING_TOKEN"  # ... or this one as a bearer token
+
+
+def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """``(uri without user:password@, user, password)`` of an http(s) URI, percent-decoded; any
+    other URI (and one without credentials) comes back as it is with ``None, None``."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme.lower() not in ("http", "https") or "@" not in parts.netloc:
+        return uri, None, None
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, has_password, password = userinfo.partition(":")
+    clean = urllib.parse.urlunsplit(parts._replace(netloc=hostport))
+    return (
+        clean,
+        urllib.parse.unquote(user) or None,
+        urllib.parse.unquote(password) if has_password else None,
+    )
+
+
+def display_uri(uri: str) -> str:
+    """``uri`` as messages show it: an http(s) URI without ``user:password@``, any other with its
+    password masked (``postgresql://mlflow:***@db/mlflow``)."""
+    clean, _, _ = split_credentials(uri)
+    return URI_PASSWORD.sub(r"\g<scheme>\g<user>:***@", clean)
+
+
+def redact(text: str) -> str:
+    """``text`` without the credentials in use: the password and token of the environment (where
+    :func:`set_tracking_uri` also puts a URI's) and any ``scheme://user:password@`` in it."""
+    text = URI_PASSWORD.sub(r"\g<scheme>\g<user>:***@", str(text))
+    for name in (PASSWORD_ENV, TOKEN_ENV):
+        secret = os.environ.get(name)
+        if secret and len(secret) >= 3:  # a one- or two-letter "secret" would mask half the text
+            for form in {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote(secret)}:
+                text = text.replace(form, "***")
+    return text
+
+
+_ENV_BEFORE_URI_CREDENTIALS: dict[str, str | None] | None = None  # what a URI's credentials replaced
+
+
+def _use_uri_credentials(user: str | None, password: str | None) -> None:
+    """Put a URI's credentials in MLflow's variables (remembering what they replace), or, for a
+    URI without any, put back what the last URI with credentials replaced."""
+    global _ENV_BEFORE_URI_CREDENTIALS
+    if user is None and password is None:
+        if _ENV_BEFORE_URI_CREDENTIALS is not None:
+            for name, value in _ENV_BEFORE_URI_CREDENTIALS.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            _ENV_BEFORE_URI_CREDENTIALS = None
+        return
+    if _ENV_BEFORE_URI_CREDENTIALS is None:
+        _ENV_BEFORE_URI_CREDENTIALS = {name: os.environ.get(name) for name in (USERNAME_ENV, PASSWORD_ENV)}
+    for name, value in ((USERNAME_ENV, user), (PASSWORD_ENV, password)):
+        if value is not None:
+            os.environ[name] = value
+
+
+def set_tracking_uri(uri: str) -> str:
     """``mlflow.set_tracking_uri`` without its side effect of exporting MLFLOW_TRACKING_URI,
-    which would then outrank the next config's ``tracking.uri`` in this process."""
+    which would then outrank the next config's ``tracking.uri`` in this process.
+
+    ``http://USER:PASSWORD@host`` goes to MLflow as ``http://host`` with USER and PASSWORD in
+    ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` (its client sends them as basic
+    auth), so that no MLflow message or link holds the password. Returns the URI MLflow got."""
     mlflow = _mlflow()
+    clean, user, password = split_credentials(uri)
+    _use_uri_credentials(user, password)
     before = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
+    mlflow.set_tracking_uri(clean)
     if before is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = before
+    return clean
 
 
 def setup(config: Config) -> str:
@@ -66,9 +143,9 @@ def setup(config: Config) -> str:
     uri = tracking_uri(config)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    set_tracking_uri(uri)  # first: a URI's credentials go where MLflow (and the check) reads them
     if uri.startswith(("http://", "https://")):
         check_server(uri)
-    set_tracking_uri(uri)
     # a pretext task is classification on made-up labels: same experiment
     name = config.tracking.experiment or ("classification" if config.task == "pretext" else config.task)
     client = mlflow.MlflowClient()
@@ -88,37 +165,144 @@ def setup(config: Config) -> str:
         return exp.experiment_id
 
 
-_CHECKED_SERVERS: set[str] = set()
+_CHECKED_SERVERS: set[tuple] = set()
+# a read any user with READ may make; MLflow's basic-auth app leaves /health open, not this
+_PROBE = "/api/2.0/mlflow/experiments/search?max_results=1"
+USERS_HELP = "README.md, 'Users and permissions'"
+
+
+def _credentials(uri: str) -> tuple[str | None, str | None, str | None]:
+    """``(user, password, token)`` a request to ``uri`` carries: the URI's own, else MLflow's
+    (its environment variables, then ~/.mlflow/credentials)."""
+    _, user, password = split_credentials(uri)
+    if user is None and password is None:
+        from mlflow.utils.credentials import read_mlflow_creds
+
+        user, password = read_mlflow_creds()
+    return user, password, os.environ.get(TOKEN_ENV) or None
+
+
+def current_user(uri: str | None = None) -> str | None:
+    """The user name requests to the tracking server carry (never the password), or None."""
+    return _credentials(uri or _mlflow().get_tracking_uri())[0]
+
+
+def _auth_header(user, password, token) -> dict:
+    """The Authorization header MLflow's client would send: basic auth with both a user and a
+    password, else the token as a bearer token."""
+    import base64
+
+    if user and password:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+    if token:
+        return {"Authorization": f"Bearer {token}"}
+    return {}
+
+
+def access_message(
+    uri: str,
+    status: int,
+    user: str | None,
+    token: str | None,
+    doing: str = "read runs",
+    grant: str = "READ",
+) -> str:
+    """One line for an HTTP 401 or 403 from the tracking server at ``uri``: missing credentials,
+    wrong credentials (naming the user, never the password), or a missing permission."""
+    where = display_uri(uri)
+    who = f"user '{user}'" if user else "the token in MLFLOW_TRACKING_TOKEN" if token else None
+    if status == 401 and who is None:
+        return (
+            f"the tracking server {where} needs credentials (HTTP 401): set MLFLOW_TRACKING_USERNAME "
+            f"and MLFLOW_TRACKING_PASSWORD, or put USER:PASSWORD@ in the tracking URI ({USERS_HELP})"
+        )
+    if status == 401:
+        fix = "the password in MLFLOW_TRACKING_PASSWORD or the tracking URI" if user else TOKEN_ENV
+        return f"wrong credentials for {who} on the tracking server {where} (HTTP 401): check {fix}"
+    return (
+        f"{who or 'this client'} has no permission to {doing} on the tracking server {where} "
+        f"(HTTP {status}): an admin can grant {grant} ({USERS_HELP})"
+    )
 
 
 def check_server(uri: str, timeout: float = 5.0) -> None:
     """Raise :class:`TrackingError` within ``timeout`` seconds when the tracking server at ``uri``
-    does not answer ``/health`` (MLflow's own client retries for minutes before failing);
-    checked once per process."""
+    does not answer ``/health`` (MLflow's own client retries for minutes before failing), or
+    refuses this client's credentials; checked once per process (per server and credentials).
+
+    The requests carry the credentials MLflow's client would send (basic auth, or the token), and
+    a read of the REST API follows ``/health``, which an authenticating server leaves open: a 401
+    says "needs credentials" or "wrong credentials for user X", a 403 "no permission"."""
     import urllib.error
     import urllib.request
 
-    if uri in _CHECKED_SERVERS:
+    clean = split_credentials(uri)[0]
+    user, password, token = _credentials(uri)
+    key = (clean, user, password, token)
+    if key in _CHECKED_SERVERS:
         return
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as reply:
-            reply.read()
-    except urllib.error.HTTPError as exc:
-        if exc.code in (401, 403):  # an authenticating proxy in front of a live server
-            _CHECKED_SERVERS.add(uri)
-            return
-        raise TrackingError(
-            f"tracking server {uri} answered /health with HTTP {exc.code}; is it an MLflow "
-            "server? (MLFLOW_TRACKING_URI or tracking.uri)"
-        ) from exc
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise TrackingError(
-            f"cannot reach the tracking server {uri} ({reason}); start it (see "
-            "mlflow/compose.yaml or `make mlflow-ui`), or unset MLFLOW_TRACKING_URI / "
-            "tracking.uri to use the local ./mlruns store"
-        ) from exc
-    _CHECKED_SERVERS.add(uri)
+    headers = _auth_header(user, password, token)
+    for path in ("/health", _PROBE):
+        request = urllib.request.Request(clean.rstrip("/") + path, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as reply:
+                reply.read()
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403) and (
+                os.environ.get("MLFLOW_TRACKING_AUTH") or os.environ.get("MLFLOW_TRACKING_AWS_SIGV4")
+            ):
+                break  # an auth plugin or AWS SigV4 signs MLflow's requests, not these: it is up
+            if exc.code in (401, 403):
+                raise TrackingError(access_message(clean, exc.code, user, token)) from None
+            if path == "/health":
+                raise TrackingError(
+                    f"tracking server {display_uri(clean)} answered /health with HTTP {exc.code}; is it "
+                    "an MLflow server? (MLFLOW_TRACKING_URI or tracking.uri)"
+                ) from None
+            # another answer to the read (a server-side error): MLflow's client will report it
+        except (OSError, ValueError) as exc:
+            reason = redact(getattr(exc, "reason", exc))
+            raise TrackingError(
+                f"cannot reach the tracking server {display_uri(clean)} ({reason}); start it (see "
+                "mlflow/compose.yaml or `make mlflow-ui`), or unset MLFLOW_TRACKING_URI / "
+                "tracking.uri to use the local ./mlruns store"
+            ) from None
+    _CHECKED_SERVERS.add(key)
+
+
+# what a 403 on an endpoint means to a user, and the permission that would allow it
+_DENIED = {
+    "runs/create": ("create runs in this experiment", "EDIT on the experiment"),
+    "experiments/create": ("create experiments", "permission to create experiments"),
+    "registered-models/alias": ("move a registered model's alias", "EDIT on the registered model"),
+    "registered-models/create": ("create registered models", "permission to create registered models"),
+    "model-versions/create": ("register a model version", "EDIT on the registered model"),
+}
+_ENDPOINT = re.compile(r"endpoint (?P<endpoint>/\S+) failed with error code (?P<status>\d{3})")
+
+
+def access_error(exc: BaseException) -> TrackingError | None:
+    """A one-line :class:`TrackingError` when ``exc`` (or what caused it) is the tracking server
+    refusing this client (HTTP 401 / 403 from MLflow's client), else None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        code = getattr(exc, "error_code", None)
+        if code in ("PERMISSION_DENIED", "UNAUTHENTICATED") and type(exc).__module__.startswith("mlflow"):
+            uri = _mlflow().get_tracking_uri()
+            user, _, token = _credentials(uri)
+            match = _ENDPOINT.search(str(exc))
+            endpoint = match["endpoint"] if match else ""
+            status = 401 if code == "UNAUTHENTICATED" else 403
+            doing, grant = next(
+                (v for k, v in _DENIED.items() if endpoint.endswith("/mlflow/" + k)),
+                (f"call {endpoint}" if endpoint else "do this", "the permission it needs"),
+            )
+            error = TrackingError(access_message(uri, status, user, token, doing, grant))
+            error.status = status
+            return error
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _is_local_sqlite(uri: str) -> bool:
@@ -210,7 +394,7 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, Terminated):
         return "terminated (SIGTERM)"
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {first}"[:500]
+    return redact(f"{type(exc).__name__}: {first}")[:500]
 
 
 def _end_run(run, status: str, reason: str | None = None) -> None:
@@ -224,7 +408,9 @@ def _end_run(run, status: str, reason: str | None = None) -> None:
     except Exception as exc:  # pragma: no cover - the server went away mid-run
         import logging
 
-        logging.getLogger("cnn_apps").warning("could not mark run %s %s: %s", run.info.run_id, status, exc)
+        logging.getLogger("cnn_apps").warning(
+            "could not mark run %s %s: %s", run.info.run_id, status, redact(str(exc).splitlines()[0])
+        )
 
 
 def _param(value) -> str:
@@ -238,8 +424,16 @@ def get_run(run_id: str, expect_stage: tuple[str, ...] | None = None):
     try:
         run = mlflow.MlflowClient().get_run(run_id)
     except Exception as exc:
+        refused = access_error(exc)
+        if refused is not None and refused.status == 403:  # MLflow's auth app: also for a missing run
+            who = f"user '{current_user()}'" if current_user() else "this client"
+            raise TrackingError(
+                f"run {run_id} not found in {display_uri(mlflow.get_tracking_uri())}, or {who} may not "
+                "read it (HTTP 403: the server does not say which)"
+            ) from exc
         raise TrackingError(
-            f"run {run_id} not found in {mlflow.get_tracking_uri()}: {str(exc).splitlines()[0]}"
+            f"run {run_id} not found in {display_uri(mlflow.get_tracking_uri())}: "
+            f"{redact(str(exc).splitlines()[0])}"
         ) from exc
     stage = run.data.tags.get("stage")
     if expect_stage and stage not in expect_stage:

@@ -4,6 +4,9 @@
     ... MLFLOW_TRACKING_URI=server.url ...
     stop_server(server)                     # SIGTERM to its process group, then SIGKILL
 
+    server = start_auth_server(tmp_dir, admin_password=pw)   # MLflow's basic-auth app (mlflow[auth])
+    create_user(server, "alice", "a-long-password"); grant(server, "alice", "experiment", "*", "EDIT")
+
 The server runs one uvicorn worker and no job runner (``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false``),
 in its own process group so that stopping it by its process id also stops the uvicorn child.
 Its output goes to ``server.log_path``; a server that does not come up fails with that log.
@@ -11,8 +14,11 @@ Its output goes to ``server.log_path``; a server that does not come up fails wit
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -36,6 +42,7 @@ class MlflowServer:
     argv: list[str] = field(default_factory=list)
     backend_store_uri: str = ""
     artifacts_dir: Path | None = None
+    admin: tuple[str, str] | None = None  # (user, password) of a basic-auth server's admin
 
     @property
     def pid(self) -> int:
@@ -55,8 +62,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def server_argv(workdir: Path, port: int) -> tuple[list[str], str, Path]:
-    """``mlflow server`` arguments (after ``mlflow``): SQLite backend, artifacts proxied by the server."""
+def server_argv(workdir: Path, port: int, app_name: str | None = None) -> tuple[list[str], str, Path]:
+    """``mlflow server`` arguments (after ``mlflow``): SQLite backend, artifacts proxied by the
+    server; ``app_name``: ``--app-name`` (``basic-auth``: MLflow's authentication app)."""
     backend = f"sqlite:///{workdir / 'mlflow.db'}"
     artifacts = workdir / "mlartifacts"
     argv = [
@@ -73,26 +81,40 @@ def server_argv(workdir: Path, port: int) -> tuple[list[str], str, Path]:
         "--workers",
         "1",
     ]
+    if app_name:
+        argv += ["--app-name", app_name]
     return argv, backend, artifacts
 
 
 def start_server(
-    workdir: Path, *, argv: list[str] | None = None, port: int | None = None, timeout: float = 120.0
+    workdir: Path,
+    *,
+    argv: list[str] | None = None,
+    port: int | None = None,
+    timeout: float = 120.0,
+    app_name: str | None = None,
+    env: dict | None = None,
 ) -> MlflowServer:
     """Start ``python -m mlflow ARGV`` in ``workdir`` and wait until ``/health`` answers.
 
-    Without ``argv``: :func:`server_argv` on a free port. With ``argv``, ``port`` must be the
-    port it listens on. Raises ``RuntimeError`` with the server's log if it exits or does not
-    answer within ``timeout`` seconds."""
+    Without ``argv``: :func:`server_argv` on a free port (with ``app_name``). With ``argv``,
+    ``port`` must be the port it listens on. ``env``: added to the server's environment (e.g.
+    ``MLFLOW_AUTH_CONFIG_PATH``). Raises ``RuntimeError`` with the server's log if it exits or
+    does not answer within ``timeout`` seconds."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     backend, artifacts = "", None
     if argv is None:
         port = port or free_port()
-        argv, backend, artifacts = server_argv(workdir, port)
+        argv, backend, artifacts = server_argv(workdir, port, app_name)
     elif port is None:
         raise ValueError("start_server(argv=...) needs the port the server listens on")
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
     env.pop("MLFLOW_TRACKING_URI", None)  # the server's own store comes from its arguments
     log_path = workdir / f"mlflow-server-{port}.log"
     with open(log_path, "wb") as log:
@@ -167,6 +189,112 @@ def port_is_open(port: int, host: str = HOST) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(1)
         return s.connect_ex((host, port)) == 0
+
+
+# ------------------------------------------------------------------ basic auth (mlflow[auth])
+ADMIN = "admin"
+
+
+def write_auth_config(
+    path: Path,
+    *,
+    database_uri: str,
+    admin_password: str | None = None,
+    admin_username: str = ADMIN,
+    default_permission: str = "READ",
+    cache_seconds: int = 300,
+) -> Path:
+    """The ini file of MLflow's basic-auth app (``MLFLOW_AUTH_CONFIG_PATH``). ``cache_seconds``:
+    how long a worker trusts a checked password (each check is a slow PBKDF2 hash otherwise)."""
+    lines = [
+        "[mlflow]",
+        f"default_permission = {default_permission}",
+        f"database_uri = {database_uri}",
+        f"admin_username = {admin_username}",
+        f"auth_cache_ttl_seconds = {cache_seconds}",
+    ]
+    if admin_password is not None:
+        lines.append(f"admin_password = {admin_password}")
+    path = Path(path)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def auth_environment(config_path: Path) -> dict:
+    """What the basic-auth app needs besides its ini file: a static CSRF key."""
+    return {
+        "MLFLOW_AUTH_CONFIG_PATH": str(config_path),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+    }
+
+
+def start_auth_server(
+    workdir: Path, *, admin_password: str, default_permission: str = "READ", timeout: float = 240.0
+) -> MlflowServer:
+    """:func:`start_server` with ``--app-name basic-auth``: users in SQLite beside the runs, the
+    admin ``admin`` with ``admin_password`` (MLflow wants 12 characters or more)."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    ini = write_auth_config(
+        workdir / "basic_auth.ini",
+        database_uri=f"sqlite:///{workdir / 'basic_auth.db'}",
+        admin_password=admin_password,
+        default_permission=default_permission,
+    )
+    server = start_server(workdir, app_name="basic-auth", env=auth_environment(ini), timeout=timeout)
+    server.admin = (ADMIN, admin_password)
+    return server
+
+
+def request(
+    server: MlflowServer,
+    method: str,
+    path: str,
+    body: dict | None = None,
+    auth: tuple[str, str] | None = None,
+    timeout: float = 60.0,
+) -> tuple[int, str]:
+    """``(status, body text)`` of one HTTP request to the server, with basic ``auth`` if given."""
+    headers = {"Content-Type": "application/json"}
+    if auth is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(":".join(auth).encode()).decode()
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(server.url + path, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def _as_admin(server: MlflowServer, method: str, path: str, body: dict) -> dict:
+    status, text = request(server, method, path, body, auth=server.admin)
+    if status != 200:
+        raise RuntimeError(f"{method} {path} as {ADMIN}: HTTP {status}: {text[:500]}")
+    return json.loads(text) if text.strip() else {}
+
+
+def create_user(server: MlflowServer, username: str, password: str) -> dict:
+    """A new user (not an admin) through the REST API, as the admin: the README's ``curl``."""
+    return _as_admin(
+        server, "POST", "/api/2.0/mlflow/users/create", {"username": username, "password": password}
+    )
+
+
+def grant(server: MlflowServer, username: str, resource_type: str, resource_id: str, permission: str):
+    """Give ``username`` ``permission`` (READ, EDIT, MANAGE) on a resource (``experiment`` or
+    ``registered_model``; ``*``: all of them), as the admin: the README's ``curl``."""
+    return _as_admin(
+        server,
+        "POST",
+        "/api/3.0/mlflow/users/permissions/grant",
+        {
+            "username": username,
+            "resource_type": resource_type,
+            "resource_id": resource_id,
+            "permission": permission,
+        },
+    )
 
 
 # ------------------------------------------------------------------ one tiny pipeline, shared

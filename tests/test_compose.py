@@ -1,15 +1,19 @@
 """mlflow/compose.yaml without a Docker engine: the file is valid YAML naming paths that exist,
-every published port is on 127.0.0.1, TF Serving's model config lists the exports, and the
-`mlflow server` command line of the compose file starts here (SQLite instead of PostgreSQL)."""
+every published port is on 127.0.0.1, TF Serving's model config lists the exports, the tracking
+server runs MLflow's basic-auth app with its admin password in an env file kept out of git, and
+the `mlflow server` command line of the compose file starts here, with its auth config (SQLite
+instead of PostgreSQL)."""
 
+import configparser
 import re
+import secrets
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from mlflow_server import free_port, start_server, stop_server
+from mlflow_server import free_port, request, start_server, stop_server
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "mlflow" / "compose.yaml"
@@ -84,6 +88,7 @@ def test_mlflow_image_matches_the_client_and_has_a_postgres_driver(compose):
     build = compose["services"]["mlflow"]["build"]["dockerfile_inline"]
     assert f"FROM ghcr.io/mlflow/mlflow:v{mlflow.__version__}" in build
     assert "psycopg2" in build
+    assert f"'mlflow[auth]=={mlflow.__version__}'" in build  # the basic-auth app needs Flask-WTF
     options = _options(compose["services"]["mlflow"]["command"])
     assert _interpolate(options["--backend-store-uri"]).startswith(
         "postgresql+psycopg2://mlflow:mlflow@postgres:5432/"
@@ -95,6 +100,44 @@ def test_mlflow_image_matches_the_client_and_has_a_postgres_driver(compose):
     assert options["--artifacts-destination"] == artifacts_volume.split(":")[1]
     env = compose["services"]["mlflow"]["environment"]
     assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+
+
+def _auth_config(compose) -> configparser.SectionProxy:
+    parser = configparser.ConfigParser()
+    parser.read_string(_interpolate(compose["configs"]["basic-auth"]["content"]))
+    return parser["mlflow"]
+
+
+def test_the_tracking_server_runs_basic_auth_with_its_secrets_out_of_git(compose):
+    service = compose["services"]["mlflow"]
+    command = [str(arg) for arg in service["command"]]
+    assert _options(command)["--app-name"] == "basic-auth"
+    # the auth app's config: mounted where MLFLOW_AUTH_CONFIG_PATH says; READ for a new user
+    (mount,) = service["configs"]
+    assert mount["source"] == "basic-auth"
+    assert service["environment"]["MLFLOW_AUTH_CONFIG_PATH"] == mount["target"]
+    auth = _auth_config(compose)
+    assert auth["default_permission"] == "READ"
+    assert auth["admin_username"] == "admin"
+    assert "admin_password" not in auth  # the password is not in the compose file ...
+    assert auth["database_uri"].startswith("postgresql+psycopg2://mlflow:mlflow@postgres:5432/")
+    # ... but in an env file git ignores, of which an example with empty values is in git
+    assert service["env_file"] == ["auth.env"]
+    example = COMPOSE.parent / "auth.env.example"
+    values = dict(
+        line.split("=", 1) for line in example.read_text().splitlines() if line and not line.startswith("#")
+    )
+    assert values == {"MLFLOW_AUTH_ADMIN_PASSWORD": "", "MLFLOW_FLASK_SERVER_SECRET_KEY": ""}
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--quiet", "--no-index", "mlflow/auth.env"], cwd=ROOT, check=False
+    )
+    assert ignored.returncode == 0, "mlflow/auth.env is not in .gitignore"
+    assert (
+        subprocess.run(["git", "check-ignore", "--quiet", "mlflow/auth.env.example"], cwd=ROOT).returncode
+        == 1
+    )
 
 
 def test_tf_serving_image_is_named_only_in_the_compose_file(compose):
@@ -158,9 +201,11 @@ def test_tf_serving_model_config_lists_each_export(tmp_path):
     assert empty.split() == ["model_config_list", "{", "}"]
 
 
-def test_the_compose_mlflow_server_command_starts_here_with_sqlite(compose, tmp_path):
+@pytest.mark.slow  # a basic-auth server takes 10-40 s to start
+def test_the_compose_mlflow_server_command_starts_here_with_sqlite(compose, tmp_path, monkeypatch):
     """The compose file's `mlflow server` line, all its flags kept, with SQLite instead of
-    PostgreSQL, a temporary folder for the artifact volume, and loopback instead of 0.0.0.0."""
+    PostgreSQL (runs and users), a temporary folder for the artifact volume, and loopback
+    instead of 0.0.0.0; its auth config and the env file's two variables as compose gives them."""
     import mlflow
 
     command = [_interpolate(str(arg)) for arg in compose["services"]["mlflow"]["command"]]
@@ -178,8 +223,26 @@ def test_the_compose_mlflow_server_command_starts_here_with_sqlite(compose, tmp_
         if arg in replace:
             argv[i + 1] = replace.pop(arg)
     assert not replace, f"the compose command has no {sorted(replace)}"
-    server = start_server(tmp_path, argv=argv, port=port)
+    auth = configparser.ConfigParser()
+    auth.read_string(_interpolate(compose["configs"]["basic-auth"]["content"]))
+    auth["mlflow"]["database_uri"] = f"sqlite:///{tmp_path / 'basic_auth.db'}"
+    with open(tmp_path / "basic_auth.ini", "w") as f:
+        auth.write(f)
+    admin_password = "compose-admin-" + secrets.token_hex(4)
+    env = {
+        **compose["services"]["mlflow"]["environment"],
+        "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "basic_auth.ini"),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,  # what auth.env gives the container
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+    }
+    server = start_server(tmp_path, argv=argv, port=port, env=env, timeout=240)
     try:
+        search = "/api/2.0/mlflow/experiments/search?max_results=1"
+        assert request(server, "GET", search)[0] == 401  # no credentials
+        assert request(server, "GET", search, auth=("admin", "not-" + admin_password))[0] == 401
+        assert request(server, "GET", "/health")[0] == 200  # the compose healthcheck's URL stays open
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", admin_password)
         client = mlflow.MlflowClient(server.url)
         exp = client.create_experiment("compose-check")
         run = client.create_run(exp)

@@ -104,12 +104,12 @@ def test_stages_link_up_in_mlflow_and_export_serves(cli, tmp_path, monkeypatch, 
     assert str(client.get_model_version_by_alias("tiny", "champion").version) == "1"
     assert str(client.get_model_version_by_alias("tiny", "latest").version) == "2"
 
-    # one command exports, registers and serves: `serve --from-run` hands over to mlflow models serve
+    # one command exports, registers and serves: `serve --from-run` hands over to the model server
     served_with = {}
     monkeypatch.setattr(os, "execvpe", lambda file, cmd, env: served_with.update(cmd=cmd, env=env))
     assert main(["serve", "--from-run", train, "--port", "5099", *set_args(tiny_overrides(tmp_path))]) == 0
     assert "registered models:/tiny/3" in capsys.readouterr().out
-    assert served_with["cmd"][1:5] == ["models", "serve", "-m", "models:/tiny/3"]
+    assert served_with["cmd"][1:5] == ["-m", "cnn_apps.serving.model_server", "--model", "models:/tiny/3"]
     assert served_with["env"]["MLFLOW_TRACKING_URI"] == cli.uri and "5099" in served_with["cmd"]
 
     # finetune as feature extraction: backbone weights unchanged by value, head changed

@@ -34,8 +34,10 @@ def _client(tracking_uri: str | None = None):
 
     from cnn_apps import tracking
 
-    if tracking_uri:
+    if tracking_uri:  # USER:PASSWORD@ in it goes to MLflow's credential variables, not into messages
         tracking.set_tracking_uri(tracking_uri)
+        if tracking_uri.startswith(("http://", "https://")):
+            tracking.check_server(tracking_uri)  # unreachable, or refusing these credentials: one line
     return mlflow.MlflowClient()
 
 
@@ -147,6 +149,7 @@ def promote(name: str, version: str | int, alias: str = CHAMPION, tracking_uri: 
     from cnn_apps import tracking
 
     client = _client(tracking_uri or tracking.tracking_uri())
+    where = tracking.display_uri(client.tracking_uri)
     if alias.lower() == LATEST:
         raise TrackingError(
             "the alias 'latest' is MLflow's own: models:/<name>@latest is always the newest "
@@ -156,12 +159,12 @@ def promote(name: str, version: str | int, alias: str = CHAMPION, tracking_uri: 
         versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
     except Exception as exc:
         raise TrackingError(
-            f"cannot read registered model '{name}' from {client.tracking_uri}: {str(exc).splitlines()[0]}"
+            f"cannot read registered model '{name}' from {where}: {tracking.redact(str(exc).splitlines()[0])}"
         ) from exc
     if not versions:
         names = sorted(m.name for m in client.search_registered_models())
         raise TrackingError(
-            f"no registered model '{name}' in {client.tracking_uri}; registered: {', '.join(names) or 'none'}"
+            f"no registered model '{name}' in {where}; registered: {', '.join(names) or 'none'}"
         )
     if str(version) not in {str(v) for v in versions}:
         raise TrackingError(

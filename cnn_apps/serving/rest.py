@@ -14,8 +14,12 @@ the reply, and a small client.
   name ends in ``_bytes`` as ``{"b64": ...}``); refused, as TF Serving refuses it, when the
   outputs differ in their 0-th (batch) dimension.
 * :class:`TFServingClient`: ``metadata()`` (GET ``{url}/metadata``), ``status()`` (GET ``{url}``)
-  and ``predict(files)`` (POST ``{url}:predict``) with urllib and a timeout; connection errors
-  and ``{"error": ...}`` replies raise :class:`ServingError` naming the URL.
+  and ``predict(files)`` (POST ``{url}:predict``) with urllib and a timeout; connection errors,
+  error statuses and ``{"error": ...}`` replies raise :class:`ServingError` naming the URL, the
+  status and the server's message on one line. A request body over ``max_request_bytes``
+  (default 32 MiB, the limit of ``cnn-apps serve``) is refused before it is sent
+  (:class:`RequestTooLarge`, status 413); a reply that is not ``application/json``, is cut
+  short, or is over ``max_response_bytes`` (default 1 GiB) is refused when it is read.
 
 Only the standard library and NumPy: no TensorFlow on the client side.
 """
@@ -23,6 +27,7 @@ Only the standard library and NumPy: no TensorFlow on the client side.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import re
 import urllib.error
@@ -34,6 +39,11 @@ from cnn_apps.errors import ModelError
 
 #: http(s)://host[:port]/v1/models/<name>[/versions/<n> | /labels/<label>]
 URL_PATTERN = re.compile(r"^https?://[^/\s]+/v1/models/[^/:\s]+(/versions/\d+|/labels/[^/:\s]+)?$")
+DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
+DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024 * 1024
+_ERROR_BYTES = 64 * 1024  # of an error reply, read for its message
+_READ_BYTES = 1024 * 1024  # a reply is read in pieces of this size
+_MESSAGE_CHARS = 300
 
 
 class ServingError(ModelError):
@@ -41,8 +51,22 @@ class ServingError(ModelError):
     (None when no answer came)."""
 
     def __init__(self, message: str, status: int | None = None):
-        super().__init__(message)
+        super().__init__(_one_line(message, 1000))
         self.status = status
+
+
+class RequestTooLarge(ServingError):
+    """A request body over the client's ``max_request_bytes``: refused before it was sent
+    (``status`` 413, as the server would answer; predict splits its batch on it)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, status=413)
+
+
+def _one_line(text, limit: int = _MESSAGE_CHARS) -> str:
+    """``text`` on one line (whitespace runs collapsed) of at most ``limit`` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
 # ---------------------------------------------------------------------- request
@@ -234,9 +258,16 @@ def response_columns(reply: dict) -> dict:
 class TFServingClient:
     """A TF Serving model over REST: ``url`` is ``http://host:8501/v1/models/<name>``, optionally
     with ``/versions/<n>`` or ``/labels/<label>`` (a trailing ``:predict`` or ``/metadata`` is
-    dropped). ``timeout`` (seconds) applies to each call."""
+    dropped). ``timeout`` (seconds) applies to each call; a request body over
+    ``max_request_bytes`` is not sent, a reply over ``max_response_bytes`` not read."""
 
-    def __init__(self, url: str, timeout: float = 60.0):
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 60.0,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ):
         url = url.strip().rstrip("/")
         for suffix in (":predict", ":classify", ":regress", "/metadata"):
             url = url.removesuffix(suffix)
@@ -247,12 +278,21 @@ class TFServingClient:
             )
         self.url = url
         self.timeout = float(timeout)
+        self.max_request_bytes = int(max_request_bytes)
+        self.max_response_bytes = int(max_response_bytes)
+        if self.max_request_bytes < 1 or self.max_response_bytes < 1:
+            raise ModelError("max_request_bytes and max_response_bytes must be positive")
 
     def __repr__(self) -> str:
         return f"TFServingClient({self.url!r})"
 
     def _call(self, url: str, body: dict | None = None) -> dict:
         data = None if body is None else json.dumps(body).encode("utf-8")
+        if data is not None and len(data) > self.max_request_bytes:
+            raise RequestTooLarge(
+                f"not sent to {url}: the request body of {len(data)} bytes is over the client's limit "
+                f"of {self.max_request_bytes} bytes; send fewer or smaller files per request"
+            )
         request = urllib.request.Request(
             url,
             data=data,
@@ -261,31 +301,68 @@ class TFServingClient:
         )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                text = response.read().decode("utf-8", errors="replace")
+                content_type, raw = self._read_reply(url, response)
         except urllib.error.HTTPError as exc:
-            text = exc.read().decode("utf-8", errors="replace") if exc.fp else ""
+            try:
+                text = exc.read(_ERROR_BYTES).decode("utf-8", errors="replace") if exc.fp else ""
+            except (OSError, http.client.HTTPException):
+                text = ""
             raise ServingError(
                 f"TF Serving at {url} answered HTTP {exc.code}: {_error_text(text) or exc.reason}",
                 status=exc.code,
-            ) from exc
-        except (
-            urllib.error.URLError,
-            TimeoutError,
-            ConnectionError,
-        ) as exc:  # socket.timeout is TimeoutError
-            reason = getattr(exc, "reason", exc)
+            ) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            # socket.timeout is TimeoutError; a connection closed mid-reply is an HTTPException
+            reason = getattr(exc, "reason", None) or exc
             if isinstance(reason, TimeoutError) or isinstance(exc, TimeoutError):
                 reason = f"no answer within {self.timeout:g} s"
-            raise ServingError(f"cannot reach TF Serving at {url}: {reason}") from exc
+            elif isinstance(exc, http.client.HTTPException):
+                reason = f"the reply broke off ({type(exc).__name__}: {exc})"
+            raise ServingError(f"cannot reach TF Serving at {url}: {reason}") from None
+        text = raw.decode("utf-8", errors="replace")
+        if content_type and content_type != "application/json" and not content_type.endswith("+json"):
+            raise ServingError(
+                f"TF Serving at {url} answered Content-Type {content_type!r}, not application/json: "
+                f"{_one_line(text, 200)!r}"
+            )
         try:
             reply = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError):
             raise ServingError(
-                f"TF Serving at {url} answered something other than JSON: {text[:200]!r}"
-            ) from exc
+                f"TF Serving at {url} answered something other than JSON: {_one_line(text, 200)!r}"
+            ) from None
         if isinstance(reply, dict) and "error" in reply:
             raise ServingError(f"TF Serving at {url} answered an error: {reply['error']}", status=200)
         return reply
+
+    def _read_reply(self, url: str, response) -> tuple[str, bytes]:
+        """(the reply's media type, its body), within ``max_response_bytes`` and complete."""
+        content_type = (response.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        announced = response.headers.get("Content-Length")
+        try:
+            announced = int(announced) if announced is not None else None
+        except ValueError:
+            announced = None
+        limit = self.max_response_bytes
+        if announced is not None and announced > limit:
+            raise ServingError(
+                f"TF Serving at {url} answered {announced} bytes, over the client's limit of {limit} bytes"
+            )
+        chunks, size = [], 0
+        while size <= limit:  # in pieces: a reply without Content-Length is read until it ends
+            chunk = response.read(min(_READ_BYTES, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        raw = b"".join(chunks)
+        if len(raw) > limit:
+            raise ServingError(f"TF Serving at {url} answered more than the client's limit of {limit} bytes")
+        if announced is not None and len(raw) < announced:
+            raise ServingError(
+                f"TF Serving at {url}: the reply was cut short ({len(raw)} of {announced} bytes came)"
+            )
+        return content_type, raw
 
     def status(self) -> dict:
         """GET ``{url}``: the model's version status."""
@@ -322,8 +399,12 @@ class TFServingClient:
 
 
 def _error_text(text: str) -> str:
+    """The message of an error reply on one line: its ``error`` (TF Serving) or ``message``
+    (MLflow) field, else its text without markup."""
     try:
         reply = json.loads(text)
-    except ValueError:
-        return text.strip()[:500]
-    return str(reply.get("error", reply)) if isinstance(reply, dict) else str(reply)
+    except (ValueError, RecursionError):
+        return _one_line(re.sub(r"<[^>]*>", " ", text))
+    if isinstance(reply, dict):
+        reply = reply.get("error", reply.get("message", reply))
+    return _one_line(reply)
