@@ -1,4 +1,4 @@
-"""The serving edge. ``cnn-apps serve``'s server (:class:`cnn_apps.serving.model_server.EdgeApp`
+"""The serving edge. ``cnn-apps serve``'s server (:class:`cnn_apps.serving.edge.EdgeApp`
 under uvicorn, on a loopback port, a tiny classifier saved as an MLflow model) refuses a bad
 request with a 4xx and a one-line JSON message, logs one line for it and no traceback, and
 after a few hundred bad requests still answers a good one with the model's own prediction.
@@ -24,7 +24,7 @@ from tf_serving_stub import TFServingStub, export, tiny_classifier
 
 from cnn_apps.errors import ModelError
 from cnn_apps.serving import model_server
-from cnn_apps.serving.model_server import Limits
+from cnn_apps.serving.edge import DEFAULT_MAX_PIXELS, Limits
 from cnn_apps.serving.rest import RequestTooLarge, ServingError, TFServingClient, predict_request
 
 SIZE = 32  # the tiny classifier's input size
@@ -442,7 +442,7 @@ def test_serve_passes_its_limits_to_the_server(monkeypatch, tmp_path, capsys):
     assert cmd[:3] == [sys.executable, "-m", "cnn_apps.serving.model_server"]
     args = model_server.server_parser().parse_args(cmd[3:])
     assert (args.model, args.host, args.port, args.workers) == ("models:/m/1", "127.0.0.1", 5099, 1)
-    assert model_server.limits_from_args(args) == Limits(1000, 3, model_server.DEFAULT_MAX_PIXELS, 2.5)
+    assert model_server.limits_from_args(args) == Limits(1000, 3, DEFAULT_MAX_PIXELS, 2.5)
     assert "bodies up to 1000 bytes" in capsys.readouterr().out
     for bad in (["--max-request-bytes", "0"], ["--max-pixels", "many"], ["--body-timeout", "-1"]):
         with pytest.raises(SystemExit) as exit_:
