@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
-import json
 import os
 import platform
 import statistics
@@ -32,6 +31,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 PAIRS = {  # ours (registry name, extra args) vs keras.applications constructor
     "vgg16": ({"dropout": 0.0}, "VGG16"),
@@ -147,9 +147,9 @@ def main(argv=None) -> dict:
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
     }
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    from provenance import write_result  # benchmarks/ is on sys.path when run as a script
+
+    out = write_result("backbones", result, Path(args.output))
     print(f"\nwrote {out}")
     return result
 

@@ -24,6 +24,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def images_per_second(iterator, batches: int) -> float:
@@ -95,9 +96,9 @@ def main(argv=None) -> dict:
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
     }
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    from provenance import write_result  # benchmarks/ is on sys.path when run as a script
+
+    write_result("data_pipeline", result, Path(args.output))
     print(json.dumps(result, indent=2))
     print(
         f"pipeline / train step = {result['ratio_pipeline_to_train']:.2f}x "

@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
-import json
 import os
 import platform
 import statistics
@@ -55,6 +54,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 SHAPES_CLASSES = 4  # circle, square, triangle, star (cnn_apps.data.shapes; not imported: cv2)
 MODELS = {  # name -> shapes config (None: the registered paper model)
@@ -402,9 +402,9 @@ def main(argv=None) -> dict:
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    from provenance import write_result  # benchmarks/ is on sys.path when run as a script
+
+    out = write_result("detectors", result, Path(args.out))
     print(f"\nwrote {out}")
     return result
 

@@ -36,7 +36,6 @@ selective search and scikit-learn's SVMs outside any graph).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -47,6 +46,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 DEFAULT_CONFIG = "pipelines/configs/shapes_detector_ladder.yaml"
 
@@ -350,9 +350,9 @@ def main(argv=None) -> dict:
         "detectors": table,
         "peer": peer_info,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    from provenance import write_result  # benchmarks/ is on sys.path when run as a script
+
+    out = write_result("ladder", result, Path(args.out))
     print(f"wrote {out}")
     return result
 
