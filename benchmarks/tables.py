@@ -6,7 +6,7 @@ A table lives in a Markdown file between two markers::
     ... generated, do not edit ...
     <!-- /results -->
 
-``python benchmarks/tables.py`` rewrites every such block of README.md from its JSON files;
+``python benchmarks/tables.py`` rewrites every such block of README.md and of the pages under ``docs/`` from their JSON files;
 ``--check`` only compares and exits 1 naming the stale tables (``tests/test_result_tables.py``
 runs the same check, so a figure typed by hand, or a JSON re-measured without regenerating the
 docs, fails the suite). Each table ends with a line naming its files' commits and dates.
@@ -22,7 +22,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-DOCS = (ROOT / "README.md",)
+
+
+def docs() -> list[Path]:
+    """The Markdown files that may hold result blocks: README.md and the docs site's pages."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
 BLOCK = re.compile(r"(<!-- results: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
 
 
@@ -108,10 +113,10 @@ def main(argv=None) -> int:
     parser.add_argument("--check", action="store_true", help="compare only; exit 1 when a table is stale")
     args = parser.parse_args(argv)
     stale = []
-    for doc in DOCS:
+    for doc in docs():
         text = doc.read_text(encoding="utf-8")
         new, changed = render(text)
-        stale += [f"{doc.name}: {name}" for name in changed]
+        stale += [f"{doc.relative_to(ROOT)}: {name}" for name in changed]
         if changed and not args.check:
             doc.write_text(new, encoding="utf-8")
     if stale:
