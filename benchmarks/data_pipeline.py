@@ -46,11 +46,11 @@ def main(argv=None) -> dict:
     import keras
     import tensorflow as tf
 
-    from cnn_apps.classification import ImageClassifier
+    from cnn_apps import tasks
     from cnn_apps.config import load_config
     from cnn_apps.data.sources import get_source
-    from cnn_apps.tasks.inputs import input_shape, split_dataset
-    from cnn_apps.training.fit import compile_classifier
+    from cnn_apps.tasks.inputs import split_dataset
+    from cnn_apps.training.fit import compile_model
 
     config = load_config(args.config, args.overrides)
     spec = get_source(config).prepare()
@@ -62,16 +62,9 @@ def main(argv=None) -> dict:
     cold = images_per_second(iter(ds), steps_per_epoch)  # the first pass fills the cache
     warm = images_per_second(iter(ds.repeat()), n)
 
-    m = config.model
-    model = ImageClassifier(
-        spec.num_classes,
-        input_shape(spec, config),
-        backbone=m.backbone,
-        width=m.width,
-        dropout=m.dropout,
-        backbone_args=m.backbone_args,
-    )
-    compile_classifier(model, config.training, steps_per_epoch)
+    task = tasks.for_config(config, spec)  # the model `cnn-apps train` builds for this config
+    model = task.build_model()
+    compile_model(model, config.training, steps_per_epoch, task.compile_args())
     held = [(tf.constant(x), tf.constant(y)) for x, y in ds.take(min(n, 8))]
     model.train_on_batch(*held[0])  # trace
     start, count = time.perf_counter(), 0

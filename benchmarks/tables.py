@@ -6,10 +6,11 @@ A table lives in a Markdown file between two markers::
     ... generated, do not edit ...
     <!-- /results -->
 
-``python benchmarks/tables.py`` rewrites every such block of README.md and of the pages under ``docs/`` from their JSON files;
-``--check`` only compares and exits 1 naming the stale tables (``tests/test_result_tables.py``
-runs the same check, so a figure typed by hand, or a JSON re-measured without regenerating the
-docs, fails the suite). Each table ends with a line naming its files' commits and dates.
+``python benchmarks/tables.py`` rewrites every such block of README.md and of the pages under
+``docs/`` from their JSON files; ``--check`` only compares and exits 1 naming the stale tables
+(``tests/test_result_tables.py`` runs the same check, so a figure typed by hand, or a JSON
+re-measured without regenerating the docs, fails the suite). Each table ends with a line naming
+its files' commits and dates.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 def docs() -> list[Path]:
     """The Markdown files that may hold result blocks: README.md and the docs site's pages."""
     return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
 
 BLOCK = re.compile(r"(<!-- results: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
 

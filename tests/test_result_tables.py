@@ -1,6 +1,7 @@
-"""The docs' result tables (README.md and the pages under docs/) are generated from committed JSON under benchmarks/results/, written
-by the runs that measured them (config, commit, date, machine): a figure typed by hand, or a
-re-measured JSON whose table was not regenerated, fails here."""
+"""The docs' result tables (README.md and the pages under docs/) are generated from committed
+JSON under benchmarks/results/, written by the runs that measured them (config, commit, date,
+machine): a figure typed by hand, or a re-measured JSON whose table was not regenerated, fails
+here."""
 
 import json
 import re
