@@ -66,6 +66,10 @@ class DataConfig:
     )
     test_fraction: float = 0.1  # folder without a test/ sub-folder, voc and masks without test.txt, coco
     max_train_examples: int | None = None  # use a stratified subset of train
+    # classification (fashion_mnist, digits, opencv_digits, folder): keep only these classes, given
+    # as indices into the source's class list or as names, in this order; labels become 0..k-1
+    # (a split-class transfer study trains on some classes and transfers to the others)
+    classes: list[int | str] | None = None
     seed: int = 0
     # prepare skips bad records (unreadable images, broken boxes or masks), counts them in the
     # skipped_records metric and names each in skipped_records.csv; false: any bad record fails prepare
@@ -303,6 +307,7 @@ class Config:
             ("skip_bad_records", True),
             ("max_image_pixels", DataConfig.max_image_pixels),
             ("skip_empty_classes", False),
+            ("classes", None),
         ):
             if relevant.get(key) == default:  # fields added later: defaults keep older fingerprints
                 relevant.pop(key, None)

@@ -45,11 +45,18 @@ class Source(abc.ABC):
 
     name = ""
     tasks = ("classification",)
+    selects_classes = False  # True: prepare and load honour data.classes
 
     def __init__(self, config: Config):
         if config.task not in self.tasks:
             raise ConfigError(
                 f"data.source '{self.name}' supports task {', '.join(self.tasks)}, not '{config.task}'"
+            )
+        if config.data.classes is not None and not self.selects_classes:
+            which = sorted(n for n, cls in SOURCES.items() if cls.selects_classes)
+            raise ConfigError(
+                f"data.classes: data.source '{self.name}' cannot keep a subset of its classes; the sources "
+                f"that can: {', '.join(which)}"
             )
         self.config = config
         self.data = config.data

@@ -11,7 +11,13 @@ import numpy as np
 
 from cnn_apps.data.sources.base import Source, _tf, register_source
 from cnn_apps.data.sources.images import set_channels
-from cnn_apps.data.sources.records import _class_counts, stratified_split, stratified_subset
+from cnn_apps.data.sources.records import (
+    _class_counts,
+    relabel,
+    select_classes,
+    stratified_split,
+    stratified_subset,
+)
 from cnn_apps.data.spec import DatasetSpec
 from cnn_apps.errors import DataError
 
@@ -29,6 +35,8 @@ class _InMemoryDigitsSource(Source):
     (the rest, optionally a stratified ``max_train_examples`` subset), deterministic
     for ``data.seed``. The images are small (8x8, 20x20); the pipeline resizes them to
     ``data.image_size``, i.e. upsizes them."""
+
+    selects_classes = True
 
     @abc.abstractmethod
     def _location(self) -> str:
@@ -48,6 +56,16 @@ class _InMemoryDigitsSource(Source):
             _DIGITS_CACHE[key] = self._decode(location)
         return _DIGITS_CACHE[key]
 
+    def _selected(self, location: str, data: dict):
+        """The images and labels of the ``classes`` of ``data`` (renumbered), when set; and the
+        class names."""
+        images, labels = self._arrays(location)
+        chosen = select_classes(DIGIT_CLASSES, data.get("classes"), self.name)
+        if chosen is None:
+            return images, labels, list(DIGIT_CLASSES)
+        keep, labels = relabel(labels, chosen)
+        return images[keep], labels, [DIGIT_CLASSES[i] for i in chosen]
+
     @staticmethod
     def _indices(labels: np.ndarray, data: dict) -> dict:
         """``{"train": idx, "validation": idx, "test": idx}`` from a data config (as a dict)."""
@@ -63,9 +81,9 @@ class _InMemoryDigitsSource(Source):
         import dataclasses
 
         location = self._location()
-        images, labels = self._arrays(location)
-        idx = self._indices(labels, dataclasses.asdict(self.data))
-        names = list(DIGIT_CLASSES)
+        data = dataclasses.asdict(self.data)
+        images, labels, names = self._selected(location, data)
+        idx = self._indices(labels, data)
         channels = self.data.channels or 1
         h, w = images.shape[1:3]
         return self._spec(
@@ -84,7 +102,7 @@ class _InMemoryDigitsSource(Source):
         # The spec's own data settings made the split: reuse them, so a later stage
         # with other fractions or seed still reads the examples that were counted.
         data = {**dataclasses.asdict(self.data), **(spec.data or {})}
-        images, labels = self._arrays(spec.location)
+        images, labels, _ = self._selected(spec.location, data)
         keep = self._indices(labels, data)[split]
         ds = tf.data.Dataset.from_tensor_slices({"image": images[keep][..., None], "label": labels[keep]})
         return ds.map(lambda x: {**x, "image": set_channels(x["image"], spec.channels)})

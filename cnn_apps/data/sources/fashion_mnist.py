@@ -12,7 +12,13 @@ import numpy as np
 from cnn_apps.data.sources.base import Source, _tf, register_source
 from cnn_apps.data.sources.images import set_channels
 from cnn_apps.data.sources.online import is_online
-from cnn_apps.data.sources.records import _class_counts, stratified_split, stratified_subset
+from cnn_apps.data.sources.records import (
+    _class_counts,
+    relabel,
+    select_classes,
+    stratified_split,
+    stratified_subset,
+)
 from cnn_apps.data.sources.tfds import TfdsSource
 from cnn_apps.data.spec import DatasetSpec
 from cnn_apps.errors import DataError
@@ -68,6 +74,7 @@ class FashionMnistSource(Source):
     ``val_fraction`` of the 60,000 training images; test is the 10,000 t10k images."""
 
     name = "fashion_mnist"
+    selects_classes = True
     _STEMS = {
         "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -96,6 +103,18 @@ class FashionMnistSource(Source):
             _IDX_CACHE[key] = (images, labels.astype(np.int64))
         return _IDX_CACHE[key]
 
+    def _chosen(self) -> list[int] | None:
+        return select_classes(FASHION_MNIST_CLASSES, self.data.classes, self.name)
+
+    def _selected(self, part: str):
+        """``part``'s images and labels, of the ``data.classes`` only (renumbered), when set."""
+        images, labels = self._arrays(part)
+        chosen = self._chosen()
+        if chosen is None:
+            return images, labels
+        keep, labels = relabel(labels, chosen)
+        return images[keep], labels
+
     def _indices(self, labels: np.ndarray) -> dict:
         parts = stratified_split(labels, {"validation": self.data.val_fraction}, self.data.seed)
         train = parts["rest"]
@@ -119,12 +138,13 @@ class FashionMnistSource(Source):
             spec = self._tfds_fallback().prepare()
             spec.extra["via"] = "tfds"
             return spec
-        _, train_labels = self._arrays("train")
+        _, train_labels = self._selected("train")
         idx = self._indices(train_labels)
         splits = {s: train_labels[i] for s, i in idx.items()}
-        test_images, test_labels = self._arrays("test")
+        test_images, test_labels = self._selected("test")
         splits["test"] = test_labels
-        names = list(FASHION_MNIST_CLASSES)
+        chosen = self._chosen()
+        names = list(FASHION_MNIST_CLASSES) if chosen is None else [FASHION_MNIST_CLASSES[i] for i in chosen]
         channels = self.data.channels or 1
         h, w = test_images.shape[1:3]
         return self._spec(
@@ -141,9 +161,9 @@ class FashionMnistSource(Source):
             return TfdsSource(self.config, tfds_name="fashion_mnist").load(spec, split)
         tf = _tf()
         if split == "test":
-            images, labels = self._arrays("test")
+            images, labels = self._selected("test")
         else:
-            images, labels = self._arrays("train")
+            images, labels = self._selected("train")
             keep = self._indices(labels)[split]
             images, labels = images[keep], labels[keep]
         ds = tf.data.Dataset.from_tensor_slices({"image": images[..., None], "label": labels})

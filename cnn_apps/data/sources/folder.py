@@ -10,7 +10,13 @@ import numpy as np
 
 from cnn_apps.data.sources.base import Source, _tf, register_source
 from cnn_apps.data.sources.images import _image_info, decode_image_file
-from cnn_apps.data.sources.records import _class_counts, skipped_summary, stratified_split, stratified_subset
+from cnn_apps.data.sources.records import (
+    _class_counts,
+    select_classes,
+    skipped_summary,
+    stratified_split,
+    stratified_subset,
+)
 from cnn_apps.data.spec import SPLITS, DatasetSpec
 from cnn_apps.errors import ConfigError, DataError
 
@@ -45,6 +51,7 @@ class FolderSource(Source):
     none in ``val/`` or ``test/`` is fine: small splits may miss a class."""
 
     name = "folder"
+    selects_classes = True
 
     def _root(self) -> Path:
         if not self.data.path:
@@ -70,6 +77,12 @@ class FolderSource(Source):
         split_dirs = split_dirs or {"train": root}
         files = {s: _scan_class_dirs(p) for s, p in split_dirs.items()}
         class_names = sorted({c for per_class in files.values() for c in per_class})
+        chosen = select_classes(class_names, self.data.classes, f"{self.name} ({root})")
+        if chosen is not None:  # data.classes: the other class folders are not read at all
+            class_names = [class_names[i] for i in chosen]
+            files = {
+                s: {c: p for c, p in per_class.items() if c in class_names} for s, per_class in files.items()
+            }
         if len(class_names) < 2:
             raise DataError(f"{root}: need at least two class sub-folders, found {class_names or 'none'}")
         skipped, rows = [], {s: [] for s in files}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnn_apps.errors import DataError
+from cnn_apps.errors import ConfigError, DataError
 
 
 def stratified_split(labels: np.ndarray, fractions: dict, seed: int) -> dict:
@@ -52,6 +52,45 @@ def _random_split(records: list, fractions: dict, seed: int) -> dict:
         start += take
     parts["rest"] = sorted(order[start:])
     return {k: [records[i] for i in v] for k, v in parts.items()}
+
+
+def select_classes(class_names, wanted, source: str) -> list[int] | None:
+    """The indices into ``class_names`` that ``data.classes`` (``wanted``) keeps, in its order:
+    an int is an index, a string a name. None when ``wanted`` is None (every class). A
+    ConfigError names the valid indices and names, a repeated class, or fewer than two."""
+    if wanted is None:
+        return None
+    names = [str(n) for n in class_names]
+    chosen = []
+    for item in wanted:
+        if isinstance(item, int) and not isinstance(item, bool) and 0 <= item < len(names):
+            index = item
+        elif isinstance(item, str) and item in names:
+            index = names.index(item)
+        else:
+            raise ConfigError(
+                f"data.classes: {item!r} is not a class of data.source {source}: give indices "
+                f"0..{len(names) - 1} or names ({', '.join(names)})"
+            )
+        if index in chosen:
+            raise ConfigError(f"data.classes: {names[index]!r} is given twice")
+        chosen.append(index)
+    if len(chosen) < 2:
+        raise ConfigError(f"data.classes: keep at least two classes, got {list(wanted)}")
+    return chosen
+
+
+def relabel(labels: np.ndarray, chosen: list[int] | None) -> tuple[np.ndarray, np.ndarray]:
+    """(the positions of the examples whose class is in ``chosen``, their labels renumbered to
+    positions in ``chosen``); every example, unchanged, when ``chosen`` is None."""
+    labels = np.asarray(labels, np.int64)
+    if chosen is None:
+        return np.arange(len(labels)), labels
+    lookup = np.full(max(int(labels.max(initial=0)), max(chosen)) + 1, -1, np.int64)
+    lookup[chosen] = np.arange(len(chosen))
+    new = lookup[labels]
+    keep = np.flatnonzero(new >= 0)
+    return keep, new[keep]
 
 
 def _class_counts(labels, class_names) -> dict:
