@@ -27,7 +27,8 @@ import yaml
 from cnn_apps.errors import ConfigError
 
 TASKS = ("classification", "detection", "segmentation", "pretext")
-FINETUNE_MODES = ("feature_extraction", "shallow", "fine_tune", "scratch")
+FINETUNE_MODES = ("feature_extraction", "shallow", "fine_tune", "scratch", "copy_blocks")
+STUDY_TRANSFER_MODES = ("feature_extraction", "shallow", "fine_tune", "scratch")
 
 
 def _choice(default, choices, help_text=""):
@@ -70,6 +71,9 @@ class DataConfig:
     # as indices into the source's class list or as names, in this order; labels become 0..k-1
     # (a split-class transfer study trains on some classes and transfers to the others)
     classes: list[int | str] | None = None
+    # the seed of max_train_examples' stratified draw (None: data.seed); a study's seeds vary it
+    # while the validation and test splits, drawn with data.seed, stay the same
+    subset_seed: int | None = None
     seed: int = 0
     # prepare skips bad records (unreadable images, broken boxes or masks), counts them in the
     # skipped_records metric and names each in skipped_records.csv; false: any bad record fails prepare
@@ -163,11 +167,18 @@ class StudyConfig:
     train_sizes: list[int] = field(default_factory=lambda: [250, 500, 1000, 2000])
     depth_models: list[str] = field(default_factory=lambda: ["plain18", "resnet18"])
     # transfer: the modes compared, target examples per class, and the source to learn from
-    modes: list[str] = field(default_factory=lambda: list(FINETUNE_MODES))
+    modes: list[str] = field(default_factory=lambda: list(STUDY_TRANSFER_MODES))
     examples_per_class: list[int] = field(default_factory=list)  # empty: the whole target train split
     source_data: dict = field(default_factory=dict)  # data-section overrides for the source dataset
     source_task: str = _choice("classification", ("classification", "pretext"))
-    source_epochs: int = 10
+    source_epochs: int = 10  # at most; the source's early stopping (training section) ends it sooner
+    # each (mode, examples per class) child runs once per seed (training.seed and the target
+    # subset's data.subset_seed); the summary gives the mean and spread over them
+    seeds: list[int] = field(default_factory=lambda: [0])
+    # Yosinski et al.'s layer curve: for each k here, the first k backbone blocks copied frozen from
+    # the source (AnB) and from a network trained on the target itself (BnB); empty: no curve
+    layer_curve_blocks: list[int] = field(default_factory=list)
+    layer_curve_examples: int | None = None  # target examples per class (None: all of its train split)
     # detectors (the speed ladder): detector config files trained and timed on the same images
     detectors: list[str] = field(default_factory=list)
     # segmenters: segmenter config files trained and evaluated on the same images
@@ -212,6 +223,9 @@ class FinetuneConfig:
     fine_tune_learning_rate: float = 1e-4
     shallow_model: str = _choice("logistic", ("logistic", "linear_svm"))
     shallow_c: float = 1.0  # inverse regularization strength of the shallow model
+    # copy_blocks: the source's first N backbone blocks, frozen; the rest starts from random weights
+    # and trains with the new head (training.epochs, training.learning_rate)
+    copied_blocks: int = 1
 
 
 @dataclass
@@ -308,6 +322,7 @@ class Config:
             ("max_image_pixels", DataConfig.max_image_pixels),
             ("skip_empty_classes", False),
             ("classes", None),
+            ("subset_seed", None),
         ):
             if relevant.get(key) == default:  # fields added later: defaults keep older fingerprints
                 relevant.pop(key, None)

@@ -147,12 +147,20 @@ def curves(
     ylabel: str = "error",
     logx: bool = False,
     logy: bool = False,
+    errors: dict | None = None,
 ):
     """Lines sharing one x axis: ``series = {"train error": [...], ...}``; ``logy`` for losses
-    whose first epoch dwarfs the rest."""
+    whose first epoch dwarfs the rest; ``errors`` (same keys) draws +- bars, e.g. a spread over
+    seeds."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for name, values in series.items():
-        ax.plot(xs[: len(values)], values, "o-", label=name)
+        spread = (errors or {}).get(name)
+        if spread is not None:
+            ax.errorbar(
+                xs[: len(values)], values, yerr=spread[: len(values)], fmt="o-", capsize=3, label=name
+            )
+        else:
+            ax.plot(xs[: len(values)], values, "o-", label=name)
     if logx:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)

@@ -84,9 +84,14 @@ def test_transfer_study_trains_a_source_then_one_child_per_mode(tmp_path, capsys
     parent = client.get_run(parent_id)
     source_run = parent.data.tags["source_model_run"]
     kids = client.search_runs([parent.info.experiment_id], filter_string=f"tags.study_run = '{parent_id}'")
-    assert sorted(k.data.tags["setting"] for k in kids) == ["fine_tune@3", "shallow@3"]
+    assert sorted(k.data.tags["setting"] for k in kids) == ["fine_tune@3/seed0", "shallow@3/seed0", "source"]
+    assert parent.data.metrics["source_classes"] == 4  # the shapes source's own test split scored
+    assert 0 <= parent.data.metrics["source_test_accuracy"] <= 1
+    kids = [k for k in kids if k.info.run_id != source_run]
     for kid in kids:
         assert kid.data.tags["source_run"] == source_run and kid.data.metrics["train_examples"] == 30
     table = mlflow.artifacts.load_text(f"runs:/{parent_id}/results.csv").splitlines()
-    assert table[0].startswith("mode,examples_per_class,train_examples,test_accuracy") and len(table) == 3
+    assert (
+        table[0].startswith("mode,examples_per_class,seed,train_examples,test_accuracy") and len(table) == 3
+    )
     assert "transfer.png" in {a.path for a in client.list_artifacts(parent_id)}

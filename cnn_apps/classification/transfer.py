@@ -1,4 +1,4 @@
-"""Transfer learning helpers: freeze a base, unfreeze its top N blocks, count.
+"""Transfer learning helpers: freeze a base, unfreeze its top N blocks, copy its first N, count.
 
 Blocks are found by layer name, in graph order: ``stem``, ``stageS_blockB``
 (resnet_mini), ``convS_blockB`` / ``conv1`` (ResNet, plain), ``blockB`` (VGG),
@@ -57,6 +57,27 @@ def unfreeze_top_blocks(classifier, n: int) -> list[str]:
             layer.trainable = name in top
     freeze_batch_norm(backbone)
     return top
+
+
+def copy_first_blocks(source, target, n: int) -> list[str]:
+    """Copy the first ``n`` blocks of ``source``'s backbone into ``target``'s, frozen (batch norm
+    in inference mode); the blocks above keep ``target``'s own (random) weights and train, as in
+    Yosinski et al.'s AnB / BnB networks. Returns the names of the copied blocks."""
+    from cnn_apps.errors import ModelError
+
+    src, dst = backbone_blocks(source.backbone), backbone_blocks(target.backbone)
+    if list(src) != list(dst):
+        raise ModelError(f"cannot copy blocks between different backbones: {list(src)} vs {list(dst)}")
+    if not 1 <= n <= len(dst):
+        raise ConfigError(
+            f"finetune.copied_blocks: give 1..{len(dst)} (the backbone's blocks: {', '.join(dst)}), got {n}"
+        )
+    names = list(dst)[:n]
+    for name in names:
+        for from_layer, to_layer in zip(src[name], dst[name], strict=True):
+            to_layer.set_weights(from_layer.get_weights())
+            to_layer.trainable = False
+    return names
 
 
 def parameter_counts(model) -> dict:

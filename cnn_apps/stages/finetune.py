@@ -20,7 +20,10 @@ Modes (``finetune.mode``):
 * ``fine_tune``: head warm-up with the base frozen, then the top
   ``finetune.unfreeze_blocks`` blocks train at ``finetune.fine_tune_learning_rate``,
   batch norm kept in inference mode, with early stopping;
-* ``scratch``: the same architecture from random weights (the baseline).
+* ``scratch``: the same architecture from random weights (the baseline);
+* ``copy_blocks``: the source's first ``finetune.copied_blocks`` backbone blocks, frozen, under
+  the rest of the architecture from random weights (Yosinski et al. 2014's AnB networks, or BnB
+  when the source was trained on the target itself): where features stop being general.
 
 Each phase logs its trainable/frozen parameter counts, learning rate and epochs;
 the bias/variance diagnosis runs after each (phase 1 of fine_tune: ``head_`` prefix).
@@ -51,7 +54,12 @@ def finetune(
     import keras
     import mlflow
 
-    from cnn_apps.classification.transfer import freeze_batch_norm, parameter_counts, unfreeze_top_blocks
+    from cnn_apps.classification.transfer import (
+        copy_first_blocks,
+        freeze_batch_norm,
+        parameter_counts,
+        unfreeze_top_blocks,
+    )
     from cnn_apps.training.diagnosis import classification_error
     from cnn_apps.training.fit import fit_and_log
 
@@ -68,7 +76,8 @@ def finetune(
         )
 
     keras.utils.set_random_seed(config.training.seed)
-    model = _target_model(base, spec, fresh=ft.mode == "scratch")
+    model = _target_model(base, spec, fresh=ft.mode in ("scratch", "copy_blocks"))
+    copied = copy_first_blocks(base, model, ft.copied_blocks) if ft.mode == "copy_blocks" else []
     train_ds = split_dataset(spec, config, "train", training=True)
     train_eval_ds = split_dataset(spec, config, "train", training=False)
     val_ds = split_dataset(spec, config, "validation", training=False)
@@ -129,6 +138,9 @@ def finetune(
             model = summary.pop("model")
         elif ft.mode == "scratch":
             summary = phase("scratch", "", config.training.epochs, config.training.learning_rate)
+        elif ft.mode == "copy_blocks":
+            mlflow.log_params({"copied_blocks": len(copied), "copied_block_names": ",".join(copied)})
+            summary = phase("copy_blocks", "", config.training.epochs, config.training.learning_rate)
         else:
             model.backbone.trainable = False
             freeze_batch_norm(model)

@@ -8,11 +8,8 @@
   training examples (``study.train_sizes``), the diagnostic for "would more data help?".
 * ``depth``: ``study.depth_models`` (plain18 vs resnet18) with per-epoch error
   curves: the degradation problem of deep plain nets that residual connections fix.
-* ``transfer``: a source model is trained on ``study.source_data`` (labelled, or a
-  rotation ``pretext`` task with ``study.source_task``), then each of ``study.modes``
-  (feature_extraction, shallow, fine_tune, scratch) is a finetune child on the
-  config's (small) target data, for each of ``study.examples_per_class``; every
-  child is evaluated on the target's test split.
+* ``transfer``: a source model, then every finetune mode at every target size and seed,
+  and Yosinski et al.'s layer curve (:mod:`cnn_apps.stages.transfer_study`).
 * ``detectors``: the detector speed ladder (:mod:`cnn_apps.stages.ladder`).
 * ``segmentation``: the segmenters side by side (:mod:`cnn_apps.stages.segmenter_study`).
 
@@ -116,6 +113,8 @@ def study(kind: str, config: Config, from_run: str | None = None) -> StageResult
 
         return segmenter_study(config, from_run)
     if kind == "transfer":
+        from cnn_apps.stages.transfer_study import transfer_study
+
         return transfer_study(config)
     variants = _variants(kind, config)  # validate before any work
     if from_run is None:
@@ -228,148 +227,4 @@ def _plot(kind: str, rows, series, dataset: str):
             "validation error": [r["val_error"] for r in rows],
         },
         title=f"regularization study on {dataset}",
-    )
-
-
-# ---------------------------------------------------------------------- transfer
-_TRANSFER_COLUMNS = (
-    "mode",
-    "examples_per_class",
-    "train_examples",
-    "test_accuracy",
-    "val_accuracy",
-    "train_error",
-    "val_error",
-    "verdict",
-    "run_id",
-)
-
-
-def transfer_study(config: Config) -> StageResult:
-    """Source model once, then every (mode, examples per class) as a finetune child, evaluated."""
-    import mlflow
-
-    from cnn_apps.stages.evaluate import evaluate
-    from cnn_apps.stages.finetune import finetune
-    from cnn_apps.stages.prepare import prepare
-    from cnn_apps.stages.train import train
-
-    s = config.study
-    unknown = set(s.modes) - {"feature_extraction", "shallow", "fine_tune", "scratch"}
-    if unknown or not s.modes:
-        raise ConfigError(
-            f"study.modes: unknown {sorted(unknown)}; use feature_extraction, shallow, fine_tune, scratch"
-        )
-    source_config = copy.deepcopy(config)
-    source_config.task = s.source_task
-    try:
-        from cnn_apps.config import from_dict
-
-        merged = from_dict({"data": {**source_config.data.__dict__, **s.source_data}}).data
-    except ConfigError as exc:
-        raise ConfigError(f"study.source_data: {exc}") from None
-    source_config.data = merged
-    source_config.training.epochs = s.source_epochs
-    target = prepare(config)
-    spec = tracking.load_dataset_spec(target.run_id)
-    sizes = s.examples_per_class or [None]
-    rows = []
-    with tracking.stage_run(
-        config,
-        "study",
-        model="transfer",
-        dataset=dataset_label(spec),
-        source_run=target.run_id,
-        fingerprint=spec.fingerprint,
-        tags={"study": "transfer", "source_task": s.source_task},
-    ) as parent:
-        log.info("study transfer: training the source model (%s on %s)", s.source_task, merged.source)
-        src = train(
-            source_config,
-            None,
-            nested=True,
-            tags={"study": "transfer", "setting": "source"},
-            run_name=f"train:{config.model.backbone}:{merged.source}:source-{s.source_task}",
-        )
-        mlflow.set_tag("source_model_run", src.run_id)
-        for n in sizes:
-            child_config = copy.deepcopy(config)
-            if n is not None:
-                child_config.data.max_train_examples = n * spec.num_classes
-            for mode in s.modes:
-                child_config.finetune.mode = mode
-                label = f"{mode}" + ("" if n is None else f"@{n}")
-                log.info("study transfer: %s", label)
-                result = finetune(
-                    child_config,
-                    src.run_id,
-                    nested=True,
-                    tags={"study": "transfer", "setting": label, "study_run": parent.info.run_id},
-                )
-                tested = evaluate(child_config, result.run_id, nested=True)
-                summary = result.extra["summary"]
-                d = summary["diagnosis"]
-                rows.append(
-                    {
-                        "mode": mode,
-                        "examples_per_class": n if n is not None else "all",
-                        "train_examples": int(mlflow.get_run(result.run_id).data.metrics["train_examples"]),
-                        "test_accuracy": tested.outputs["test_accuracy"],
-                        "val_accuracy": summary["best_val_accuracy"],
-                        "train_error": d.train_error,
-                        "val_error": d.val_error,
-                        "verdict": d.verdict,
-                        "run_id": result.run_id,
-                    }
-                )
-        mlflow.log_metrics(
-            {f"test_accuracy_{r['mode']}_{r['examples_per_class']}": r["test_accuracy"] for r in rows}
-        )
-        mlflow.log_text(csv_table(rows, _TRANSFER_COLUMNS), "results.csv")
-        mlflow.log_text(
-            markdown_table(rows, _TRANSFER_COLUMNS, f"Study: transfer to {dataset_label(spec)}"), "results.md"
-        )
-        tracking.log_figure(_transfer_plot(rows, s.source_task, dataset_label(spec)), "transfer.png")
-        best = max(rows, key=lambda r: r["test_accuracy"])
-        return StageResult(
-            parent.info.run_id,
-            "study",
-            {
-                "study": "transfer",
-                "source_run": src.run_id,
-                "children": len(rows),
-                "best": f"{best['mode']}@{best['examples_per_class']}",
-                "best_test_accuracy": best["test_accuracy"],
-            },
-            extra={"rows": rows},
-        )
-
-
-def _transfer_plot(rows, source_task: str, dataset: str):
-    from cnn_apps import plots
-
-    sizes = sorted({r["examples_per_class"] for r in rows}, key=lambda v: (isinstance(v, str), v))
-    modes = list(dict.fromkeys(r["mode"] for r in rows))
-    if len(sizes) > 1 and all(isinstance(v, int) for v in sizes):
-        series = {
-            m: [
-                next(r["test_accuracy"] for r in rows if r["mode"] == m and r["examples_per_class"] == n)
-                for n in sizes
-            ]
-            for m in modes
-        }
-        fig = plots.curves(
-            sizes,
-            series,
-            title=f"transfer ({source_task} source) to {dataset}",
-            xlabel="target training examples per class",
-            ylabel="test accuracy",
-            logx=True,
-        )
-        return fig
-    return plots.grouped_bars(
-        modes,
-        {"test accuracy": [next(r["test_accuracy"] for r in rows if r["mode"] == m) for m in modes]},
-        title=f"transfer ({source_task} source) to {dataset}",
-        ylabel="test accuracy",
     )

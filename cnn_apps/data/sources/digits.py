@@ -17,6 +17,7 @@ from cnn_apps.data.sources.records import (
     select_classes,
     stratified_split,
     stratified_subset,
+    subset_seed,
 )
 from cnn_apps.data.spec import DatasetSpec
 from cnn_apps.errors import DataError
@@ -74,7 +75,7 @@ class _InMemoryDigitsSource(Source):
         )
         train = parts["rest"]
         if data.get("max_train_examples"):
-            train = train[stratified_subset(labels[train], data["max_train_examples"], data["seed"])]
+            train = train[stratified_subset(labels[train], data["max_train_examples"], subset_seed(data))]
         return {"train": train, "validation": parts["validation"], "test": parts["test"]}
 
     def prepare(self) -> DatasetSpec:

@@ -18,6 +18,7 @@ from cnn_apps.data.sources.records import (
     select_classes,
     stratified_split,
     stratified_subset,
+    subset_seed,
 )
 from cnn_apps.data.sources.tfds import TfdsSource
 from cnn_apps.data.spec import DatasetSpec
@@ -119,7 +120,9 @@ class FashionMnistSource(Source):
         parts = stratified_split(labels, {"validation": self.data.val_fraction}, self.data.seed)
         train = parts["rest"]
         if self.data.max_train_examples:
-            train = train[stratified_subset(labels[train], self.data.max_train_examples, self.data.seed)]
+            train = train[
+                stratified_subset(labels[train], self.data.max_train_examples, subset_seed(self.data))
+            ]
         return {"train": train, "validation": parts["validation"]}
 
     def _tfds_fallback(self) -> TfdsSource:

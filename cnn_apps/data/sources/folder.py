@@ -16,6 +16,7 @@ from cnn_apps.data.sources.records import (
     skipped_summary,
     stratified_split,
     stratified_subset,
+    subset_seed,
 )
 from cnn_apps.data.spec import SPLITS, DatasetSpec
 from cnn_apps.errors import ConfigError, DataError
@@ -189,7 +190,7 @@ class FolderSource(Source):
             train = [train[i] for i in parts["rest"]]
             labels = labels[parts["rest"]]
         if self.data.max_train_examples:
-            keep = stratified_subset(labels, self.data.max_train_examples, self.data.seed)
+            keep = stratified_subset(labels, self.data.max_train_examples, subset_seed(self.data))
             train = [train[i] for i in keep]
         rows["train"] = train
         return rows

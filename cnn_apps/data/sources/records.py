@@ -34,6 +34,14 @@ def stratified_split(labels: np.ndarray, fractions: dict, seed: int) -> dict:
     return {k: np.sort(np.asarray(v, np.int64)) for k, v in parts.items()}
 
 
+def subset_seed(data) -> int:
+    """The seed of ``max_train_examples``' draw: ``data.subset_seed``, else ``data.seed`` (a data
+    config, or its dict as a spec stores it)."""
+    get = data.get if isinstance(data, dict) else lambda key: getattr(data, key, None)
+    chosen = get("subset_seed")
+    return get("seed") if chosen is None else chosen
+
+
 def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     """``n`` indices with the class balance of ``labels`` (for ``max_train_examples``)."""
     if n >= len(labels):
