@@ -1,5 +1,5 @@
 # GPU training image: the official TensorFlow GPU image plus this package.
-# Not built in this project's CI (no Docker engine there); see README "Docker".
+# Not built in this project's CI (no Docker engine there); see docs/serving.md, "Docker".
 #   docker build -t cnn-apps:gpu .
 #   docker run --gpus all -v $PWD/mlruns:/app/mlruns -v $PWD/exports:/app/exports \
 #       cnn-apps:gpu cnn-apps all --config pipelines/configs/shapes_classification.yaml

@@ -1,7 +1,7 @@
 """Measure one model of the zoo the way a user would, and keep the numbers with their provenance.
 
 Runs ``cnn-apps all`` (prepare -> train -> evaluate -> export) for a shipped config into a
-private MLflow store, then writes what the README's result tables show (the evaluate run's
+private MLflow store, then writes what the docs' result tables show (the evaluate run's
 ``test_*`` metrics and the train run's epochs, best epoch, seconds and parameters) to
 ``benchmarks/results/zoo_<config stem>.json`` with the config, the overrides, the commit, the
 date and the machine. The tables are generated from those files (``benchmarks/tables.py``).

@@ -168,7 +168,7 @@ def setup(config: Config) -> str:
 _CHECKED_SERVERS: set[tuple] = set()
 # a read any user with READ may make; MLflow's basic-auth app leaves /health open, not this
 _PROBE = "/api/2.0/mlflow/experiments/search?max_results=1"
-USERS_HELP = "README.md, 'Users and permissions'"
+USERS_HELP = "docs/serving.md, 'Users and permissions'"
 
 
 def _credentials(uri: str) -> tuple[str | None, str | None, str | None]:

@@ -275,7 +275,7 @@ def _as_admin(server: MlflowServer, method: str, path: str, body: dict) -> dict:
 
 
 def create_user(server: MlflowServer, username: str, password: str) -> dict:
-    """A new user (not an admin) through the REST API, as the admin: the README's ``curl``."""
+    """A new user (not an admin) through the REST API, as the admin: the ``curl`` of docs/serving.md."""
     return _as_admin(
         server, "POST", "/api/2.0/mlflow/users/create", {"username": username, "password": password}
     )
@@ -283,7 +283,7 @@ def create_user(server: MlflowServer, username: str, password: str) -> dict:
 
 def grant(server: MlflowServer, username: str, resource_type: str, resource_id: str, permission: str):
     """Give ``username`` ``permission`` (READ, EDIT, MANAGE) on a resource (``experiment`` or
-    ``registered_model``; ``*``: all of them), as the admin: the README's ``curl``."""
+    ``registered_model``; ``*``: all of them), as the admin: the ``curl`` of docs/serving.md."""
     return _as_admin(
         server,
         "POST",

@@ -1,4 +1,4 @@
-"""Bad input: one test (or parametrized case) per row of README's "Bad input" table.
+"""Bad input: one test (or parametrized case) per row of the "Bad input" table in docs/data.md.
 
 Every row goes through the real entry point: ``cnn-apps prepare`` (``cli.main``) on a
 folder, VOC, COCO or masks source, ``cnn-apps predict``, config loading, and

@@ -1,5 +1,5 @@
 """``mlflow models serve`` on a registered classifier and segmenter: a real server process on a
-loopback port, a real HTTP request with the body the README documents, answers equal to the
+loopback port, a real HTTP request with the body docs/serving.md documents, answers equal to the
 Keras model's."""
 
 import json
@@ -127,7 +127,7 @@ def test_registered_classifier_and_segmenter_are_served_over_loopback(registry, 
                 "--port",
                 str(port),
             ]
-        else:  # MLflow's own command, as the README shows it
+        else:  # MLflow's own command, as docs/serving.md shows it
             command = serve_command(model_uri, port=port)
             assert command[1:] == [
                 "models",
@@ -145,7 +145,7 @@ def test_registered_classifier_and_segmenter_are_served_over_loopback(registry, 
             ]
         proc, url = _serve(command, env, port, tmp_path / f"serve-{model.name}.log")
         try:
-            # the README's request: {"inputs": (B, H, W, 3) raw pixels as nested lists}
+            # the request of docs/serving.md: {"inputs": (B, H, W, 3) raw pixels as nested lists}
             reply = _post(f"{url}/invocations", {"inputs": images.astype(int).tolist()})
         finally:
             _stop(proc)

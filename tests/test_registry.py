@@ -76,6 +76,17 @@ def test_champion_moves_only_to_a_better_evaluated_version(store):
     assert version.tags["champion_decision"] == worse["champion_decision"]
 
 
+def test_a_tie_does_not_move_the_champion(store):
+    # 4/9 at full precision: a score read back rounded (0.444444) once made the tie "beat" it
+    first = _register(store, _source(store, accuracy=4 / 9), 1)
+    tie = _register(store, _source(store, accuracy=4 / 9), 2)
+    assert first["champion"] and not tie["champion"]
+    assert "does not beat champion version 1" in tie["champion_decision"]
+    assert str(alias_version("shapes-classifier", CHAMPION).version) == "1"
+    slightly_better = _register(store, _source(store, accuracy=4 / 9 + 1e-9), 3)
+    assert slightly_better["champion"]
+
+
 def test_registered_version_has_the_models_signature(store):
     _register(store, _source(store, accuracy=0.9), 1)
     info = mlflow.models.get_model_info("models:/shapes-classifier@champion")

@@ -1,4 +1,4 @@
-"""TF Serving's REST protocol (cnn_apps.serving.rest): the exact request body the README
+"""TF Serving's REST protocol (cnn_apps.serving.rest): the exact request body docs/serving.md
 documents, decoded as TF Serving decodes it and run through each kind of export's
 ``serve_bytes`` signature, the row-format reply, and the client against a loopback stub of
 the server (tests/tf_serving_stub.py)."""

@@ -1,5 +1,5 @@
 """What ``saved_model_cli show --all`` reports for each exportable kind of model (the tables in
-README "Serving"): signature names, input and output names, dtypes, and a dynamic batch.
+docs/serving.md): signature names, input and output names, dtypes, and a dynamic batch.
 YOLO and SSD are checked in test_detection_export.py."""
 
 import json

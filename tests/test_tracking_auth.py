@@ -226,7 +226,7 @@ def test_mlflows_401_and_403_become_one_line_naming_the_user(clean_env):
         assert str(tracking.access_error(exc)) == (
             "user 'reader' has no permission to move a registered model's alias on the tracking server "
             "http://127.0.0.1:5000 (HTTP 403): an admin can grant EDIT on the registered model "
-            "(README.md, 'Users and permissions')"
+            "(docs/serving.md, 'Users and permissions')"
         )
     assert tracking.access_error(ValueError("no")) is None
     assert tracking.access_error(MlflowException("gone", error_code=RESOURCE_DOES_NOT_EXIST)) is None
@@ -236,7 +236,7 @@ def test_mlflows_401_and_403_become_one_line_naming_the_user(clean_env):
 @pytest.fixture(scope="module")
 def auth_server(tmp_path_factory):
     """``mlflow server --app-name basic-auth`` (default permission READ) with two users: ``writer``
-    (EDIT on every experiment and registered model, granted as the README says) and ``reader``
+    (EDIT on every experiment and registered model, granted as docs/serving.md says) and ``reader``
     (the default READ). The admin made the experiment ``classification``, so the writer's
     permission is the grant, not a creator's MANAGE."""
     server = start_auth_server(tmp_path_factory.mktemp("auth-server"), admin_password=ADMIN_PASSWORD)
@@ -278,7 +278,7 @@ def test_without_credentials_the_server_answers_401_and_the_cli_says_so(
     assert err.strip() == (
         f"error: the tracking server {url} needs credentials (HTTP 401): set MLFLOW_TRACKING_USERNAME and "
         "MLFLOW_TRACKING_PASSWORD, or put USER:PASSWORD@ in the tracking URI "
-        "(README.md, 'Users and permissions')"
+        "(docs/serving.md, 'Users and permissions')"
     )
     clean_env.setenv("MLFLOW_TRACKING_URI", _uri(url, WRITER, "not-the-password"))
     assert main(["train", *set_args(tiny_overrides(tmp_path))]) == 2
@@ -377,7 +377,8 @@ def test_a_read_only_user_can_neither_create_runs_nor_move_the_champion(
     out, err = capsys.readouterr()
     assert err.strip() == (
         "error: user 'reader' has no permission to create runs in this experiment on the tracking server "
-        f"{url} (HTTP 403): an admin can grant EDIT on the experiment (README.md, 'Users and permissions')"
+        f"{url} (HTTP 403): an admin can grant EDIT on the experiment "
+        "(docs/serving.md, 'Users and permissions')"
     )
     assert "Traceback" not in out + err and not _leaks(out + err)
 
@@ -390,7 +391,7 @@ def test_a_read_only_user_can_neither_create_runs_nor_move_the_champion(
     assert err.strip() == (
         "error: user 'reader' has no permission to move a registered model's alias on the tracking server "
         f"{url} (HTTP 403): an admin can grant EDIT on the registered model "
-        "(README.md, 'Users and permissions')"
+        "(docs/serving.md, 'Users and permissions')"
     )
     assert "Traceback" not in out + err and not _leaks(out + err)
     admin = _admin_client(auth_server, clean_env)

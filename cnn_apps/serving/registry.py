@@ -92,7 +92,9 @@ def register_export(
         "export_version": str(export_version),
         "source_run": source_id,
         "task": task,
-        **{f"metric.{k}": f"{v:.6g}" for k, v in sorted(metrics.items())},
+        # full precision (repr round-trips a float): the champion's score is read back from here,
+        # and a rounded one made a tie look like a win
+        **{f"metric.{k}": repr(float(v)) for k, v in sorted(metrics.items())},
     }
     if evaluation is not None:
         tags["evaluate_run"] = evaluation.info.run_id
