@@ -367,7 +367,36 @@ def data_pipeline() -> str:
     return "\n".join(lines) + "\n" + _source_line([r])
 
 
+PAPERS = {
+    "fcn32s": "1.8 M of them the fixed x32 bilinear filter",
+    "segnet": "29.5 M in the SegNet paper",
+    "unet": "31 M in the U-Net paper",
+    "ssd300_vgg16": "torchvision's ssd300_vgg16 has 35,641,826 with 90 classes; ours too (a test)",
+}
+
+
+def model_sizes() -> str:
+    """``benchmarks/model_sizes.py``: the registered detectors (20 classes) and segmenters (21
+    classes at 224 px) at their default size."""
+    r = load("model_sizes")
+    lines = [
+        "| model | kind | input | parameters | note |",
+        "| --- | --- | ---: | ---: | --- |",
+    ]
+    for row in r["detectors"]:
+        lines.append(
+            f"| `{row['name']}` | detector ({row['backbone']}) | {row['input_size']} | {row['params']:,} "
+            f"| {PAPERS.get(row['name'], '')} |"
+        )
+    for row in r["segmenters"]:
+        lines.append(
+            f"| `{row['name']}` | segmenter | 224 | {row['params']:,} | {PAPERS.get(row['name'], '')} |"
+        )
+    return "\n".join(lines) + "\n" + _source_line([r])
+
+
 TABLES = {
+    "model_sizes": model_sizes,
     "detection_zoo": detection_zoo,
     "coco_eval": coco_eval,
     "classifier_zoo": classifier_zoo,
