@@ -24,7 +24,7 @@ from cnn_apps.backbones.zoo import zoo_table
 from cnn_apps.classification import ImageClassifier
 from cnn_apps.errors import ConfigError, ModelArgumentError, ModelError
 
-ZOO = ["alexnet", "vgg16", "vgg19", "resnet18", "resnet34", "resnet50", "plain18", "plain34"]
+ZOO = ["alexnet", "vgg16", "vgg19", "resnet18", "resnet34", "resnet50", "resnet50_v1_5", "plain18", "plain34"]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -99,6 +99,23 @@ def test_paper_resnets_match_torchvision_trainable_counts(name, expected):
     model = build(name)  # conv_bias=False, BN after every conv
     assert trainable(model) == expected
     assert not model.get_layer("conv1_conv").use_bias
+
+
+def test_resnet50_v1_5_is_torchvisions_layout():
+    # torchvision's resnet50 docs: num_params 25,557,032, GFLOPS 4.09 (multiply-adds), the stride
+    # of each downsampling bottleneck on its 3x3 (v1.5) instead of its first 1x1 (v1)
+    v1, v15 = build("resnet50"), build("resnet50_v1_5")
+    assert trainable(v15) == trainable(v1) == 25_557_032
+    assert count_macs(v15) / 1e9 == pytest.approx(4.09, abs=0.005)
+    assert count_macs(v1) / 1e9 == pytest.approx(3.86, abs=0.005)
+    for stage in ("conv3", "conv4", "conv5"):
+        assert v15.get_layer(f"{stage}_block1_1_conv").strides == (1, 1)
+        assert v15.get_layer(f"{stage}_block1_2_conv").strides == (2, 2)
+        assert v1.get_layer(f"{stage}_block1_1_conv").strides == (2, 2)
+    assert v15.output_shape == v1.output_shape == (None, 1000)
+    assert v15.pyramid_outputs == v1.pyramid_outputs
+    with pytest.raises(ModelArgumentError, match="stride_in_3x3 applies to bottleneck blocks"):
+        build("resnet18", stride_in_3x3=True)
 
 
 def test_plain_nets_are_the_resnets_without_shortcuts():
@@ -403,6 +420,7 @@ def test_from_keras_applications(monkeypatch):
     [
         ("vgg16", {"width": 0.25, "include_top": True, "num_classes": 4, "batch_norm": True, "l2": 1e-4}),
         ("resnet50", {"width": 0.25, "pooling": "avg", "block_dropout": 0.1, "conv_bias": True}),
+        ("resnet50_v1_5", {"width": 0.25, "pooling": "avg"}),
         ("plain18", {"width": 0.25, "batch_norm": False, "l1": 1e-5}),
         ("alexnet", {"width": 0.25, "include_top": True, "num_classes": 4, "grouped": True, "dropout": 0.3}),
     ],
