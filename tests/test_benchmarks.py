@@ -21,7 +21,7 @@ def test_data_pipeline_benchmark_measures_a_ratio(tmp_path, monkeypatch):
         ]
     )
     result = json.loads(out.read_text())
-    assert result["provenance"]["machine"]["cores"] >= 1
+    assert json.loads(out.read_text())["provenance"]["machine"]["cores"] >= 1
     assert result["pipeline_warm_images_per_s"] > 0 and result["train_step_images_per_s"] > 0
     expected = result["pipeline_warm_images_per_s"] / result["train_step_images_per_s"]
     assert abs(result["ratio_pipeline_to_train"] - expected) < 0.01 * expected + 0.01
@@ -50,3 +50,21 @@ def test_study_benchmark_keeps_the_table_and_child_runs(tmp_path, monkeypatch):
         child = result["children"][row["run_id"]]
         assert child["setting"] == row["setting"]
         assert abs(child["metrics"]["val_error"] - row["val_error"]) < 1e-4
+
+
+def test_cpu_benchmark_runs_ours_at_both_precisions_without_a_peer(tmp_path):
+    import cpu
+
+    out = tmp_path / "cpu.json"
+    result = cpu.main(
+        ["--tiny", "--no-peer", "--models", "resnet50", "--steps", "1", "--warmup", "1", "--out", str(out)]
+    )
+    assert [(r["model"], r["precision"]) for r in result["rows"]] == [
+        ("resnet50", "float32"),
+        ("resnet50", "bfloat16"),
+    ]
+    for row in result["rows"]:
+        assert row["peer_error"] == "--no-peer" and row["ours"]["params"] > 0
+        for mode in ("inference", "train"):
+            assert row[mode]["ours"]["images_per_s"] > 0 and "ratio_theirs_time_over_ours" not in row[mode]
+    assert json.loads(out.read_text())["provenance"]["machine"]["cores"] >= 1
