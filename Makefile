@@ -43,7 +43,7 @@ lint: $(VENV)/.installed-dev
 # is not green.
 test: lint
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
-	@$(BIN)/python -m pytest -ra $(PYTEST_ARGS) tests; rc=$$?; \
+	@$(BIN)/python -m pytest -ra --durations=25 $(PYTEST_ARGS) tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 test-fast: $(VENV)/.installed-dev
