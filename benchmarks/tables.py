@@ -476,6 +476,7 @@ TABLES = {
     "backbone_speed": backbone_speed,
     "detector_speed": detector_speed,
     "data_pipeline": data_pipeline,
+    "segmenter_study": segmenter_study,
 }
 
 
