@@ -2,7 +2,8 @@
 
 Runs ``cnn-apps study KIND --config C`` into a private MLflow store, then writes the parent run's
 result table (its ``results.csv``, ``ladder.csv`` or ``segmenters.csv`` artifact, one row per
-child) and every child run's final metrics, parameters and tags to
+child), every other CSV table it logged (the transfer study's ``summary.csv`` and layer curve)
+and every child run's final metrics, parameters and tags to
 ``benchmarks/results/study_<kind>_<config stem>.json`` with the config, the overrides, the
 commit, the date and the machine. For ``detectors`` it then times the trained ladder side by
 side (``benchmarks/ladder.py --study <parent>``, ``benchmarks/results/ladder.json``). The docs'
@@ -41,15 +42,19 @@ def _number(text: str):
     return text
 
 
-def _table(client, run_id: str) -> tuple[str, list[dict]]:
-    names = {a.path for a in client.list_artifacts(run_id)}
-    for name in TABLE_ARTIFACTS:
-        if name in names:
-            local = client.download_artifacts(run_id, name)
-            text = Path(local).read_text(encoding="utf-8")
-            rows = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(text))]
-            return name, rows
-    raise SystemExit(f"the study run {run_id} logged none of {', '.join(TABLE_ARTIFACTS)}: {sorted(names)}")
+def _csv_rows(client, run_id: str, name: str) -> list[dict]:
+    text = Path(client.download_artifacts(run_id, name)).read_text(encoding="utf-8")
+    return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(text))]
+
+
+def _tables(client, run_id: str) -> tuple[str, list[dict], dict[str, list[dict]]]:
+    """The parent's main table (the first of TABLE_ARTIFACTS it logged) and every other CSV it logged."""
+    names = sorted(a.path for a in client.list_artifacts(run_id))
+    main = next((name for name in TABLE_ARTIFACTS if name in names), None)
+    if main is None:
+        raise SystemExit(f"the study run {run_id} logged none of {', '.join(TABLE_ARTIFACTS)}: {names}")
+    extra = {n: _csv_rows(client, run_id, n) for n in names if n.endswith(".csv") and n != main}
+    return main, _csv_rows(client, run_id, main), extra
 
 
 def measure(kind: str, config: str, overrides: list[str], store: Path) -> dict:
@@ -72,7 +77,7 @@ def measure(kind: str, config: str, overrides: list[str], store: Path) -> dict:
     if len(parents) != 1:
         raise SystemExit(f"expected one study run in the private store, found {len(parents)}")
     parent = parents[0]
-    artifact, rows = _table(client, parent.info.run_id)
+    artifact, rows, extra = _tables(client, parent.info.run_id)
     children = {}
     for r in runs:
         if r.data.tags.get("mlflow.parentRunId") != parent.info.run_id:
@@ -90,6 +95,7 @@ def measure(kind: str, config: str, overrides: list[str], store: Path) -> dict:
         "parent_metrics": dict(sorted(parent.data.metrics.items())),
         "table_artifact": artifact,
         "rows": rows,
+        "tables": extra,
         "children": children,
         "uri": uri,
     }
