@@ -198,16 +198,22 @@ def main(argv=None) -> dict:
     flags = cpu_flags()
     precisions = ["float32", "bfloat16"] if args.precision == "both" else [args.precision]
 
-    import keras
-    import tensorflow as tf
-    from provenance import write_result
-
     peer = {"torch": None, "torchvision": None, "why": "--no-peer"}
     if not args.no_peer:
+        # torchvision before TensorFlow: PyPI's CUDA builds of torch ship Triton, whose native
+        # library crashes the process (SIGSEGV) when it loads after TensorFlow's; loaded first,
+        # both work
+        if "tensorflow" in sys.modules:
+            print("warning: TensorFlow is already imported; torchvision's Triton may crash", file=sys.stderr)
         torch, torchvision, why = gpu.load_peer()
         peer = {"torch": torch, "torchvision": torchvision, "why": why}
         if torch is not None:
             torch.set_num_threads(os.cpu_count())
+
+    import keras
+    import tensorflow as tf
+    from provenance import write_result
+
     rows = [bench(name, args, peer, precision) for precision in precisions for name in names]
     result = {
         "benchmark": "cpu",
