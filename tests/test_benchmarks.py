@@ -68,3 +68,39 @@ def test_cpu_benchmark_runs_ours_at_both_precisions_without_a_peer(tmp_path):
         for mode in ("inference", "train"):
             assert row[mode]["ours"]["images_per_s"] > 0 and "ratio_theirs_time_over_ours" not in row[mode]
     assert json.loads(out.read_text())["provenance"]["machine"]["cores"] >= 1
+
+
+def test_paper_ladder_input_keeps_the_aspect_at_a_600_px_shorter_side():
+    """A VOC-sized 4:3 photo (375 x 500) goes to 600 x 800 at the top-left of an 800 px square,
+    the rest zeros; boxes scale by the same factor (1.6)."""
+    import ladder_paper
+    import numpy as np
+
+    photo = np.full((375, 500, 3), 200, np.uint8)
+    canvas, scale = ladder_paper.network_input(photo, 600, 800)
+    assert canvas.shape == (800, 800, 3) and scale == 1.6
+    assert (canvas[:600, :800] == 200).all() and (canvas[600:] == 0).all()
+    tall = np.full((500, 300, 3), 50, np.uint8)  # 600 px short side would make it 1000 tall: capped
+    canvas, scale = ladder_paper.network_input(tall, 600, 800)
+    assert scale == 1.6 and (canvas[:800, :480] == 50).all() and (canvas[:, 480:] == 0).all()
+
+
+def test_paper_ladder_times_every_rung_on_a_photo(tmp_path):
+    """Tiny VGG, one OpenCV sample photo: every rung timed with its parts, the proposal rungs on
+    the same selective-search boxes, R-CNN's network time scaled from the warps it timed."""
+    import ladder_paper
+
+    out = tmp_path / "ladder_paper.json"
+    result = ladder_paper.main(["--tiny", "--photos", "messi5.jpg", "--rcnn-warps", "8", "--out", str(out)])
+    rows = {r["rung"]: r for r in result["rows"]}
+    assert list(rows) == list(ladder_paper.RUNGS)
+    counts = {rows[k]["proposals"] for k in ("rcnn", "sppnet", "fast_rcnn")}
+    assert len(counts) == 1 and counts.pop() > 8  # more proposals than R-CNN timed warps for
+    assert rows["faster_rcnn"]["proposals"] == result["settings"]["rpn_post_nms"]
+    for row in rows.values():  # one photo, one round: the median call is that call
+        parts = row["proposal_ms"] + row["network_ms"] + row["post_ms"]
+        assert abs(row["ms_per_image"] - parts) < 0.05 and row["network_ms"] > 0
+        assert row["speedup_vs_rcnn"] > 0 and row["paper_ms"] > 0
+    assert rows["rcnn"]["speedup_vs_rcnn"] == 1.0 and rows["faster_rcnn"]["course_speedup"] == 250.0
+    assert rows["yolo"]["proposal_ms"] == 0 and rows["faster_rcnn"]["proposal_ms"] == 0
+    assert json.loads(out.read_text())["provenance"]["machine"]["cores"] >= 1

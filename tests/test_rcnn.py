@@ -250,12 +250,14 @@ def test_stages_train_and_evaluate_through_mlflow(tmp_path, monkeypatch):
     [
         ("vgg16", {"width": 0.0625}, "pool4", 16),
         ("vgg16", {"width": 0.0625}, "P3", 8),
+        ("vgg16", {"width": 0.0625}, "block5_conv3", 16),  # a layer: conv5, SPP-net's map
         ("resnet_mini", {"backbone_args": TINY}, "C3", 8),
     ],
 )
 def test_sppnet_reads_the_stride_of_any_pyramid_name(backbone, args, level, stride):
     """SPP-net's spatial scale comes from the backbone's pyramid: a P-key, a ResNet's C-name
-    or VGG's poolN name (which the level-number parse of old could not read)."""
+    or VGG's poolN name (which the level-number parse of old could not read), or from the map
+    of a named layer."""
     model = SPPNet(2, ["a", "b"], image_size=64, backbone=backbone, feature_level=level, **args)
     model.classifier = model.build_classifier()
     model._after_finetune()

@@ -10,8 +10,9 @@ D = C L.
 The backbone is the one :func:`~cnn_apps.detection.region_detector.finetune_classifier` fine-tunes on
 warped proposals (as for R-CNN), or a fine-tuned classifier passed to ``fit(classifier=...)``
 (share one between R-CNN and SPP-net). Its conv weights are copied into a copy of the
-backbone built for the full image size, cut at ``feature_level`` (``C3``: stride 8, a
-12 x 12 map at 96 px; the last stage's 6 x 6 map is too coarse for 8-20 px shapes).
+backbone built for the full image size, cut at ``feature_level``: a pyramid level (``C3``:
+stride 8, a 12 x 12 map at 96 px; the last stage's 6 x 6 map is too coarse for 8-20 px
+shapes), ``last``, or a layer's name (VGG-16's ``block5_conv3``: the paper's conv5, stride 16).
 
 What the paper does differently: it keeps the ImageNet-trained conv layers fixed and
 fine-tunes only the fully connected layers *after* the SPP layer (fc6, fc7 and a new
@@ -74,10 +75,17 @@ class SPPNet(RegionDetector):
             full = keras.Model(full.inputs, full.get_layer(pyramid[self.feature_level]).output)
         elif self.feature_level == "last":
             stride = 2 ** int(round(np.log2(self.image_size / full.output.shape[1])))
+        elif self.feature_level in {layer.name for layer in full.layers}:
+            # a layer's name: VGG's block5_conv3 is the conv5 map SPP-net and Fast R-CNN pool
+            # (stride 16), which no pyramid level (the pools) is
+            output = full.get_layer(self.feature_level).output
+            stride = 2 ** int(round(np.log2(self.image_size / output.shape[1])))
+            full = keras.Model(full.inputs, output)
         else:
             raise ConfigError(
                 f"feature_level {self.feature_level!r} is not an output of backbone {self.backbone}: "
-                f"choose one of {pyramid.names() if hasattr(pyramid, 'names') else sorted(pyramid)} or 'last'"
+                f"choose one of {pyramid.names() if hasattr(pyramid, 'names') else sorted(pyramid)}, "
+                "'last' or a layer name"
             )
         images = keras.Input((self.image_size, self.image_size, 3), name="images")
         self._conv_model = keras.Model(images, full(c.get_layer("pixel_scaling")(images)), name="sppnet_conv")
