@@ -1,0 +1,183 @@
+"""Result tables of the speed benchmarks: backbones and detectors against their peers, the input
+pipeline, the CPU against torchvision and the detector ladder (trained, and at the papers'
+scale)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from table_blocks import _name, load, markdown
+
+
+def backbone_speed() -> str:
+    """``benchmarks/backbones.py``: our VGG-16 and ResNet-50 against keras.applications'."""
+    r = load("backbones")
+    rows = [
+        [
+            f"`{row['model']}`",
+            f"{row['params_ours']:,} ({'yes' if row['params_ours'] == row['params_keras'] else 'NO'})",
+            f"{row['ours_infer_images_per_s']:.1f}",
+            f"{row['infer_ratio']:.2f}x",
+            f"{row['ours_train_images_per_s']:.1f}",
+            f"{row['train_ratio']:.2f}x",
+        ]
+        for row in r["results"]
+    ]
+    intro = (
+        f"{r['backend']}, {r['image_size']} px, batch {r['batch_size']}, medians of {r['rounds']} rounds; "
+        "ratio = ours / theirs in images/s:"
+    )
+    header = "model | parameters (ours = theirs): | inference img/s: | ratio: | training img/s: | ratio:"
+    return markdown(header, rows, [r], intro=intro)
+
+
+def detector_speed() -> str:
+    """``benchmarks/detectors.py``: detect (network, decoding, NMS) with TF's NMS and the portable one."""
+    r = load("detectors")
+    rows = [
+        [
+            _name(row["model"]),
+            f"{row['params']:,}",
+            row["boxes_before_nms"],
+            impl,
+            f"{m['latency_ms']:.1f} ms",
+            f"{m['images_per_s']:,.0f}",
+            f"{100 * m['nms_share_latency']:.0f}%",
+        ]
+        for row in r["results"]
+        for impl, m in row["implementations"].items()
+    ]
+    header = (
+        "model | params: | boxes before NMS: | NMS | latency (batch 1): | img/s (batch 16): "
+        "| NMS share of latency:"
+    )
+    return markdown(header, rows, [r])
+
+
+def data_pipeline() -> str:
+    """``benchmarks/data_pipeline.py`` (``make bench``): input throughput against the train step's."""
+    r = load("data_pipeline")
+    row = [
+        f"`{Path(r['config']).name}`",
+        f"{r['pipeline_cold_images_per_s']:,.0f} img/s",
+        f"{r['pipeline_warm_images_per_s']:,.0f} img/s",
+        f"{r['train_step_images_per_s']:,.0f} img/s",
+        f"{r['ratio_pipeline_to_train']:.1f}x",
+    ]
+    header = (
+        "config | first epoch (read, decode, cache): | warm pipeline: | train step: | pipeline / train step:"
+    )
+    return markdown(header, [row], [r])
+
+
+def cpu_peers() -> str:
+    """``benchmarks/cpu.py``: ours against torchvision on this CPU; ratio = their time / ours
+    (> 1: ours is faster)."""
+    r = load("cpu")
+
+    def side(row, mode, who):
+        cell = row.get(mode, {}).get(who)
+        return "n/a" if not cell else f"{cell['images_per_s']:,.1f}"
+
+    def ratio(row, mode):
+        value = row.get(mode, {}).get("ratio_theirs_time_over_ours")
+        return "n/a" if value is None else f"**{value:.2f}x**"
+
+    rows = [
+        [
+            row["model"],
+            row["precision"],
+            f"{row['image_size']} px, {row['batch_size']}",
+            *(
+                f(row, mode)
+                for mode in ("inference", "train")
+                for f in (lambda x, m: side(x, m, "ours"), lambda x, m: side(x, m, "theirs"), ratio)
+            ),
+        ]
+        for row in r["rows"]
+    ]
+    v = r["versions"]
+    note = (
+        f"TensorFlow {v['tensorflow']} (oneDNN), Keras {v['keras']}; torch {v['torch']}, torchvision "
+        f"{v['torchvision']}; {r['cores']} cores, bfloat16 instructions: "
+        f"{', '.join(r['bf16_instructions']) or 'none'}; {r['steps']} alternating timed steps a side."
+    )
+    header = (
+        "model | precision | input, batch | inference img/s: ours: | torchvision: | ratio: "
+        "| training img/s: ours: | torchvision: | ratio:"
+    )
+    return markdown(header, rows, [r], note=note)
+
+
+def ladder_timing() -> str:
+    """``benchmarks/ladder.py --study <the ladder study>``: the trained ladder timed side by side."""
+    r = load("ladder")
+    rows = []
+    for row in r["detectors"]:
+        course = row.get("course") or {}
+        rows.append(
+            [
+                _name(row["detector"]),
+                f"{row['ms_per_image']:.1f}",
+                f"{row['p90_ms']:.1f}",
+                ", ".join(f"{k.removesuffix('_ms')} {v:.1f}" for k, v in row["parts_ms"].items()) or "-",
+                f"{row['speedup_vs_first']:.1f}x",
+                f"{course['seconds_per_image']:g} s, {course['speedup']}x" if course else "",
+                f"{course['ratio_measured_over_course_speedup']:.3f}" if course else "",
+            ]
+        )
+    peer = r.get("peer")
+    note = (
+        f"Peer: torchvision's Faster R-CNN {peer['ms_per_image']:.1f} ms per image; ours / torchvision "
+        f"{peer['ratio_ms_ours_over_peer']:.2f}x."
+        if peer
+        else 'Peer: torchvision was not installed for this run (`"peer": null`).'
+    )
+    header = (
+        "detector | ms per image: | p90: | parts (ms) | speed-up: | course: | measured / course speed-up:"
+    )
+    return markdown(header, rows, [r], note=note)
+
+
+K40_RUNGS = ("rcnn", "sppnet", "fast_rcnn", "faster_rcnn")  # the papers timed these on one GPU model
+
+
+def ladder_paper() -> str:
+    """``benchmarks/ladder_paper.py``: the ladder at its papers' scale, random weights."""
+    r = load("ladder_paper")
+    rows = []
+    for row in r["rows"]:
+        course = row.get("course_speedup")
+        rows.append(
+            [
+                _name(row["rung"]),
+                f"{row['ms_per_image']:,.0f}",
+                f"{row['proposal_ms']:,.0f}" if row["proposal_ms"] else "-",
+                f"{row['network_ms']:,.0f}",
+                f"{row['post_ms']:,.0f}",
+                f"{row['proposals']:,.0f}" if row["proposals"] else "-",
+                f"**{row['speedup_vs_rcnn']:.1f}x**",
+                f"{course:g}x" if course else "",
+                f"{row['paper_ms']:,.0f} ms"
+                + (f", {row['paper_speedup_vs_rcnn']:.0f}x" if row["rung"] in K40_RUNGS else ""),
+            ]
+        )
+    s = r["settings"]
+    goals = ", ".join(
+        f"{_name(k)} >= {v:g}x ({'met' if by[k] >= v else 'missed'}: {by[k]:.1f}x)"
+        for by in [{row["rung"]: row["speedup_vs_rcnn"] for row in r["rows"]}]
+        for k, v in r["goals"].items()
+        if k in by
+    )
+    note = (
+        f"{len(r['photos'])} photos ({', '.join(r['photos'])}), {r['rounds']} timed pass(es) after a "
+        f"warm-up, medians; {r['precision']}; up to {s['max_proposals']:,} selective-search proposals "
+        f"(fast mode); R-CNN's network timed on {r['rcnn_warps_timed']} warps per photo and scaled to "
+        "its proposals. Paper column: each paper's own GPU figure (R-CNN to Faster R-CNN on a K40, "
+        f"so their speed-ups compare; YOLO and SSD on a Titan X). Goals on this CPU: {goals}."
+    )
+    header = (
+        "rung | ms per image: | proposals: | network: | post-processing: | boxes: | vs R-CNN: "
+        "| course: | paper (GPU):"
+    )
+    return markdown(header, rows, [r], note=note)

@@ -1,0 +1,161 @@
+"""Result tables of the studies (``benchmarks/study.py KIND --config C``): the segmenters, the
+detector ladder, the regularization / learning-curve / depth diagnoses and the split-class
+transfer study."""
+
+from __future__ import annotations
+
+from table_blocks import _name, _percent, _study, markdown
+
+
+def segmenter_study() -> str:
+    """``benchmarks/study.py segmentation --config pipelines/configs/shapes_segmenters.yaml``."""
+    r = _study("segmentation", "shapes_segmenters")
+    rows = [
+        [
+            _name(row["segmenter"]),
+            *(
+                f"{row[k]:.3f}"
+                for k in ("test_miou", "test_pixel_accuracy", "test_mean_accuracy", "test_fw_iou")
+            ),
+            f"{row['ms_per_image']:.1f}",
+            f"{row['images_per_s']:,.0f}",
+            f"{int(row['params']):,}",
+            f"{row['train_seconds']:,.0f} s, {int(row['epochs'])} epochs",
+        ]
+        for row in r["rows"]
+    ]
+    header = (
+        "segmenter | test mIoU: | pixel accuracy: | mean accuracy: | fw IoU: | ms per image: | images/s: "
+        "| parameters: | training:"
+    )
+    return markdown(header, rows, [r])
+
+
+def detector_ladder() -> str:
+    """``benchmarks/study.py detectors --config pipelines/configs/shapes_detector_ladder.yaml``."""
+    r = _study("detectors", "shapes_detector_ladder")
+    rows = []
+    for row in r["rows"]:
+        proposals = row["proposal_ms"]
+        rows.append(
+            [
+                _name(row["detector"]),
+                f"{row['test_map50']:.3f}",
+                f"{row['test_coco_ap']:.3f}",
+                f"{row['ms_per_image']:.1f}",
+                f"{proposals:.0f}"
+                if isinstance(proposals, float) and proposals == proposals and proposals
+                else "-",
+                f"{row['speedup']:.1f}x",
+                f"{row['train_seconds']:,.0f} s",
+            ]
+        )
+    header = (
+        "detector | test mAP50: | COCO AP: | ms per image (study): | of it proposals: | speed-up: | training:"
+    )
+    return markdown(header, rows, [r])
+
+
+def _diagnosis_table(kind: str, config: str, first: str) -> str:
+    r = _study(kind, config)
+    rows = []
+    for row in r["rows"]:
+        child = r["children"][row["run_id"]]["metrics"]
+        best = int(child["best_epoch"]) + 1 if "best_epoch" in child else "n/a"
+        rows.append(
+            [
+                row["setting"],
+                _percent(row["train_error"]),
+                _percent(row["val_error"]),
+                f"{100 * row['variance']:.1f}",
+                str(row["verdict"]).replace("_", " "),
+                f"{row['epochs']} ({best})",
+            ]
+        )
+    header = f"{first} | training error: | validation error: | variance: | verdict | epochs (best):"
+    return markdown(header, rows, [r])
+
+
+def regularization_study() -> str:
+    """``benchmarks/study.py regularization --config pipelines/configs/fashion_mnist_regularization.yaml``."""
+    return _diagnosis_table("regularization", "fashion_mnist_regularization", "setting")
+
+
+def learning_curve() -> str:
+    """``benchmarks/study.py learning-curve --config pipelines/configs/fashion_mnist_regularization.yaml``."""
+    return _diagnosis_table("learning_curve", "fashion_mnist_regularization", "training images")
+
+
+def depth_study() -> str:
+    """``benchmarks/study.py depth --config pipelines/configs/fashion_mnist_depth.yaml``: errors of
+    the kept (best-validation) epoch, and the running training error of the last epoch."""
+    r = _study("depth", "fashion_mnist_depth")
+    rows = []
+    for row in r["rows"]:
+        child = r["children"][row["run_id"]]["metrics"]
+        last = 1.0 - child["train_accuracy"] if "train_accuracy" in child else None
+        rows.append(
+            [
+                row["setting"],
+                f"{int(child['params_total']):,}",
+                _percent(row["train_error"]),
+                _percent(row["val_error"]),
+                _percent(last),
+                row["epochs"],
+            ]
+        )
+    header = (
+        "model | parameters: | training error: | validation error: | training error, last epoch: | epochs:"
+    )
+    return markdown(header, rows, [r])
+
+
+def _mean_spread(row: dict) -> str:
+    """A summary row's test accuracy: mean +- standard deviation over its seeds, in percent."""
+    return f"{100 * row['test_accuracy_mean']:.1f}% ± {100 * row['test_accuracy_std']:.1f}"
+
+
+def transfer_split() -> str:
+    """``benchmarks/study.py transfer --config pipelines/configs/transfer_fashion_split.yaml``:
+    the modes at each target size, mean +- std over the seeds."""
+    r = _study("transfer", "transfer_fashion_split")
+    summary = r["tables"]["summary.csv"]
+    modes = list(dict.fromkeys(row["mode"] for row in summary))
+    cell = {(row["mode"], row["examples_per_class"]): row for row in summary}
+    sizes = sorted({row["examples_per_class"] for row in summary})
+    rows = []
+    for n in sizes:
+        tuned, scratch = cell.get(("fine_tune", n)), cell.get(("scratch", n))
+        gain = (
+            f"{100 * (tuned['test_accuracy_mean'] - scratch['test_accuracy_mean']):+.1f}"
+            if tuned and scratch
+            else "n/a"
+        )
+        rows.append([n, *(_mean_spread(cell[m, n]) if (m, n) in cell else "n/a" for m in modes), gain])
+    seeds = summary[0]["seeds"]
+    p = r["parent_metrics"]
+    intro = (
+        f"Source (classes 0-4, all their training images): {100 * p['source_test_accuracy']:.1f}% test "
+        f"accuracy after {p['source_epochs']:.0f} epochs (early stopping). Target: classes 5-9, "
+        f"{seeds} seeds per cell (mean ± standard deviation of the test accuracy)."
+    )
+    header = (
+        "examples per class: | " + " | ".join(f"{m}:" for m in modes) + " | fine_tune - scratch (points):"
+    )
+    return markdown(header, rows, [r], intro=intro)
+
+
+def transfer_layer_curve() -> str:
+    """The same study's layer curve (Yosinski et al.): the first k blocks copied frozen from the
+    source (AnB) or from a network trained on the target (BnB), the rest trained."""
+    r = _study("transfer", "transfer_fashion_split")
+    curve = r["tables"]["layer_curve_summary.csv"]
+    cell = {(row["network"], row["copied_blocks"]): row for row in curve}
+    blocks = sorted({row["copied_blocks"] for row in curve})
+    rows = []
+    for k in blocks:
+        a, b = cell.get(("AnB", k)), cell.get(("BnB", k))
+        gap = f"{100 * (a['test_accuracy_mean'] - b['test_accuracy_mean']):+.1f}" if a and b else "n/a"
+        rows.append([k, _mean_spread(a) if a else "n/a", _mean_spread(b) if b else "n/a", gap])
+    header = "blocks copied frozen: | AnB (from the source): | BnB (from the target): | AnB - BnB (points):"
+    return markdown(header, rows, [r])
