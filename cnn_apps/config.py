@@ -59,8 +59,8 @@ class DataConfig:
     image_size: int = 64  # model input side (and the generated side for shapes)
     channels: int | None = None  # None keeps the source's own (3 for shapes, 1 for fashion_mnist)
     train_size: int = 4000  # shapes only: examples per split
-    val_size: int = 500
-    test_size: int = 500
+    val_size: int = 500  # shapes only: validation examples
+    test_size: int = 500  # shapes only: test examples
     max_objects: int = 4  # shapes detection / segmentation: objects per image (1..max)
     val_fraction: float = (
         0.1  # folder / fashion_mnist / tfds / voc / coco / masks: held out of train for validation
@@ -74,6 +74,8 @@ class DataConfig:
     # the seed of max_train_examples' stratified draw (None: data.seed); a study's seeds vary it
     # while the validation and test splits, drawn with data.seed, stay the same
     subset_seed: int | None = None
+    # the seed of the data itself: the shapes images generated, the validation / test hold-out
+    # drawn from a source's train split, and (without subset_seed) the max_train_examples subset
     seed: int = 0
     # prepare skips bad records (unreadable images, broken boxes or masks), counts them in the
     # skipped_records metric and names each in skipped_records.csv; false: any bad record fails prepare
@@ -161,10 +163,15 @@ class DiagnosisConfig:
 class StudyConfig:
     """`cnn-apps study ...`: what the children vary (all share data and seed)."""
 
+    # regularization: the settings compared, one child run each (none, l1, l2, dropout, batch_norm,
+    # batch_norm+dropout, all: the regularization section's strengths switched on one at a time)
     settings: list[str] = field(
         default_factory=lambda: ["none", "l1", "l2", "dropout", "batch_norm", "batch_norm+dropout", "all"]
     )
+    # learning-curve: training-set sizes, one child run each on a stratified subset
     train_sizes: list[int] = field(default_factory=lambda: [250, 500, 1000, 2000])
+    # depth: the backbones compared, one child run each (plain18/plain34 without shortcuts,
+    # resnet18/resnet34 with them)
     depth_models: list[str] = field(default_factory=lambda: ["plain18", "resnet18"])
     # transfer: the modes compared, target examples per class, and the source to learn from
     modes: list[str] = field(default_factory=lambda: list(STUDY_TRANSFER_MODES))
@@ -187,17 +194,17 @@ class StudyConfig:
 
 @dataclass
 class TrainingConfig:
-    epochs: int = 12
-    batch_size: int = 64
+    epochs: int = 12  # at most: early stopping may end training sooner
+    batch_size: int = 64  # the global batch: split over the replicas when distributed
     optimizer: str = _choice("adam", ("adam", "adamw", "sgd"))
-    learning_rate: float = 1e-3
+    learning_rate: float = 1e-3  # the peak rate: after any warm-up, before the schedule's decay
     weight_decay: float = 0.0  # decoupled (adamw) or L2-style for sgd; see issue on regularization
     momentum: float = 0.9  # sgd only
     lr_schedule: str = _choice("cosine", ("cosine", "constant", "plateau"))
-    warmup_epochs: int = 0
+    warmup_epochs: int = 0  # cosine only: a linear warm-up from a tenth of learning_rate over these epochs
     early_stopping_patience: int = 4  # epochs without val_loss improvement; 0 disables
     cache: bool = True  # cache decoded images in memory when they fit
-    seed: int = 0
+    seed: int = 0  # initial weights, shuffling, augmentation and dropout
     # a backup every epoch under <checkpoint_dir>/<run_id>/, for `cnn-apps train --resume RUN_ID`
     checkpoint_dir: str = "checkpoints"
     # where and how training runs (cnn_apps/training/distribute.py): batch_size is the global batch
@@ -217,10 +224,10 @@ class FinetuneConfig:
     from_uri: str | None = None  # runs:/<id>/model or models:/<name>@<alias> (instead of --from-run)
     weights: str | None = None  # .weights.h5 of model.backbone, or a .keras classifier/backbone
     epochs: int = 5  # the head's epochs (feature_extraction; phase 1 of fine_tune)
-    learning_rate: float = 1e-3
+    learning_rate: float = 1e-3  # the head's learning rate (feature_extraction; phase 1 of fine_tune)
     unfreeze_blocks: int = 2  # fine_tune phase 2: the backbone's top N blocks train (BN stays frozen)
-    fine_tune_epochs: int = 10
-    fine_tune_learning_rate: float = 1e-4
+    fine_tune_epochs: int = 10  # fine_tune phase 2: epochs with the top unfreeze_blocks blocks training
+    fine_tune_learning_rate: float = 1e-4  # phase 2's rate: small, so as not to wreck the copied features
     shallow_model: str = _choice("logistic", ("logistic", "linear_svm"))
     shallow_c: float = 1.0  # inverse regularization strength of the shallow model
     # copy_blocks: the source's first N backbone blocks, frozen; the rest starts from random weights
@@ -230,7 +237,7 @@ class FinetuneConfig:
 
 @dataclass
 class EvaluateConfig:
-    batch_size: int = 64
+    batch_size: int = 64  # images per batch of the test pass
     speed_batches: int = 10  # batches timed for test_images_per_s (after one warm-up batch)
     # detection and segmentation: score in the original images' pixels (boxes mapped back through
     # the pipeline's resize, class scores resized to each original mask before the argmax) or
@@ -278,6 +285,8 @@ class TrackingConfig:
 class Config:
     """A whole experiment: one YAML file in ``pipelines/configs/``."""
 
+    # the model's name when exported and registered (exports/<name>/<version>/, models:/<name>),
+    # unless export.name is set
     name: str = "shapes-classifier"
     task: str = _choice("classification", TASKS)
     data: DataConfig = field(default_factory=DataConfig)
