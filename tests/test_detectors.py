@@ -1,6 +1,7 @@
 """YOLO v1 and SSD as Keras models: construction, config round trip, .keras save/load,
 training step, the paper's SSD300, and building from a config."""
 
+import keras
 import numpy as np
 import pytest
 
@@ -80,6 +81,20 @@ def test_ssd300_vgg16_is_the_paper_model():
 def test_yolo_grid_and_outputs():
     model = YOLOv1(20, image_size=64, **TINY)
     assert model.output.shape[1:] == (7, 7, 30)  # the paper's 7 x 7 x (2 * 5 + 20)
+
+
+def test_yolo_reads_a_pyramid_level_with_either_head(tmp_path):
+    """feature_level cuts the backbone at a level (C4 of resnet_mini: stride 16, 7 x 7 at 112 px,
+    so the conv head fits the grid); it crashed once on the level model's list output."""
+    for head in ("fc", "conv"):
+        model = YOLOv1(
+            3, image_size=112, feature_level="C4", head=head, head_filters=8, hidden_units=16, **TINY
+        )
+        assert model.output.shape[1:] == (7, 7, 13)
+        assert model.get_layer("head_reduce").input.shape[1:3] == (7, 7)
+    path = tmp_path / "yolo_c4.keras"
+    model.save(path)
+    assert keras.models.load_model(path).get_config()["feature_level"] == "C4"
 
 
 def test_detector_from_config():

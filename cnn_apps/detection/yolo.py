@@ -83,6 +83,8 @@ class YOLOv1(Detector):
         # === Functional model ===
         inputs = keras.Input(shape=(image_size, image_size, 3), name="images")
         x = features(scaling(inputs))
+        if isinstance(x, (list, tuple)):  # pyramid_features' model: a list of its one level
+            x = x[0]
         if head == "conv" and tuple(x.shape[1:3]) != (grid, grid):
             raise ValueError(
                 f"head='conv' needs a {grid}x{grid} feature map; the backbone gives "
