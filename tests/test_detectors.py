@@ -122,6 +122,19 @@ def test_detector_from_config():
         detector_from_config(config, 4, ["circle", "square"])
 
 
+def test_two_stage_samplers_take_the_training_seed():
+    """Faster R-CNN's RPN / RoI samplers draw with training.seed unless architecture_args set
+    their own seed (they were always seeded 0, whatever the config said)."""
+    tiny = ["data.image_size=64", "model.backbone_args={stage_filters: [8, 16, 16, 32]}"]
+    config = load_config("pipelines/configs/shapes_faster_rcnn.yaml", [*tiny, "training.seed=7"])
+    assert detector_from_config(config, 4).get_config()["seed"] == 7
+    own = load_config(
+        "pipelines/configs/shapes_faster_rcnn.yaml",
+        [*tiny, "training.seed=7", "model.architecture_args={seed: 3}"],
+    )
+    assert detector_from_config(own, 4).get_config()["seed"] == 3
+
+
 def test_bad_detector_arguments_raise_model_argument_errors():
     with pytest.raises(ModelArgumentError, match=r"YOLOv1: class_names has 1 class names for num_classes=2"):
         YOLOv1(2, image_size=64, class_names=["a"], **TINY)

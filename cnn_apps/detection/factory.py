@@ -12,12 +12,18 @@ from cnn_apps import registry
 def detector_from_config(config, num_classes: int, class_names=None, **overrides):
     """``registry.get("detector", config.model.architecture)`` called with the image size,
     the ``detection`` section as post-processing, the backbone (unless the architecture
-    fixes its own, like ``ssd300_vgg16``) and ``model.architecture_args``."""
+    fixes its own, like ``ssd300_vgg16``), ``training.seed`` as the seed of a detector that
+    samples (the two-stage RPN / RoI samplers) and ``model.architecture_args`` (which may set
+    its own ``seed``)."""
     args = dict(
         image_size=config.data.image_size,
         class_names=class_names,
         postprocess=dataclasses.asdict(config.detection),
     )
+    if config.model.architecture in registry.names("detector"):
+        accepted = registry.accepted_arguments(registry.get("detector", config.model.architecture))
+        if accepted is not None and "seed" in accepted:
+            args["seed"] = config.training.seed
     return registry.build_from_config("detector", config, num_classes, args, overrides)
 
 
