@@ -181,3 +181,14 @@ def ladder_paper() -> str:
         "| course: | paper (GPU):"
     )
     return markdown(header, rows, [r], note=note)
+
+
+def demo_time() -> str:
+    """``benchmarks/demo_time.py``: ``make demo`` from a fresh clone, by part and stage."""
+    r = load("demo_time")
+    stages = r["stage_seconds"]
+    rows = [["`make install` (virtual environment, package)", f"{r['install_seconds']:,.0f} s"]]
+    rows += [[f"`cnn-apps all`: {stage}", f"{seconds:,.0f} s"] for stage, seconds in stages.items()]
+    rows.append(["**total**", f"**{r['total_seconds'] / 60:.1f} min**"])
+    note = f"pip's download cache: {r['pip_cache']}."
+    return markdown("step | time:", rows, [r], note=note)
