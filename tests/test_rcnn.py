@@ -6,16 +6,12 @@ import numpy as np
 import pytest
 
 from cnn_apps.config import load_config
-from cnn_apps.detection import region_detector
+from cnn_apps.detection import region_detector, region_geometry
 from cnn_apps.detection.proposals import box_iou
 from cnn_apps.detection.rcnn import RCNN
-from cnn_apps.detection.region_detector import (
-    RegionHead,
-    context_window,
-    train_box_regressor,
-    train_linear_svm,
-    warp_regions,
-)
+from cnn_apps.detection.region_geometry import context_window, warp_regions
+from cnn_apps.detection.region_head import RegionHead
+from cnn_apps.detection.region_training import train_box_regressor, train_linear_svm
 from cnn_apps.detection.sppnet import SPPNet
 from cnn_apps.errors import ConfigError
 
@@ -27,7 +23,7 @@ def test_context_window_leaves_p_pixels_of_context_at_the_warp_size():
     box = np.array([[20, 10, 40, 50]], np.float32)  # 20 x 40
     warp, p = 64, 16
     window = context_window(box, warp, p)[0]
-    pad = p * warp / region_detector.PAPER_WARP  # ~4.5 px at 64
+    pad = p * warp / region_geometry.PAPER_WARP  # ~4.5 px at 64
     inner = warp - 2 * pad
     np.testing.assert_allclose(
         window,
@@ -71,12 +67,12 @@ def test_box_regression_improves_iou():
     rng = np.random.default_rng(1)
     gt = np.array([[20, 20, 50, 60]], np.float32).repeat(300, 0)
     props = gt + rng.uniform(-6, 6, gt.shape).astype(np.float32)
-    deltas = region_detector.encode_deltas(gt, props)
+    deltas = region_geometry.encode_deltas(gt, props)
     feats = np.concatenate([deltas * 10, rng.normal(0, 1, (300, 12))], 1).astype(
         np.float32
     )  # informative features
     coef, intercept = train_box_regressor(feats[:200], props[:200], gt[:200], alpha=1.0)
-    moved = region_detector.decode_deltas(feats[200:] @ coef.T + intercept, props[200:])
+    moved = region_geometry.decode_deltas(feats[200:] @ coef.T + intercept, props[200:])
     before = np.diag(box_iou(props[200:], gt[200:])).mean()
     after = np.diag(box_iou(moved, gt[200:])).mean()
     assert after > before + 0.05 and after > 0.95

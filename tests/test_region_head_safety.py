@@ -12,7 +12,8 @@ import pytest
 
 from cnn_apps import tracking
 from cnn_apps.detection.rcnn import RCNN
-from cnn_apps.detection.region_detector import HEAD_FILE, HEAD_META_FILE, LEGACY_HEAD_FILE, RegionDetector
+from cnn_apps.detection.region_detector import LEGACY_HEAD_FILE, RegionDetector
+from cnn_apps.detection.region_head import HEAD_FILE, HEAD_META_FILE
 from cnn_apps.detection.sppnet import SPPNet
 from cnn_apps.errors import ModelError
 

@@ -13,9 +13,9 @@ as plain arrays in ``region_head.npz`` plus ``region_head.json``, never a pickle
 pickled ``region_head.joblib`` loads only with ``--unsafe-load``). It is evaluate-only: there
 is no SavedModel export.
 
-What is shared with SPP-net (:mod:`cnn_apps.detection.sppnet`) lives in their base module
-:mod:`cnn_apps.detection.region_detector`: :func:`~cnn_apps.detection.region_detector.finetune_classifier`
-(the backbone fine-tuned on warped proposals), :class:`~cnn_apps.detection.region_detector.RegionHead`
+What is shared with SPP-net (:mod:`cnn_apps.detection.sppnet`) lives in their base modules:
+:func:`~cnn_apps.detection.region_training.finetune_classifier`
+(the backbone fine-tuned on warped proposals), :class:`~cnn_apps.detection.region_head.RegionHead`
 (SVMs, hard negative mining, box regression, NMS) and
 :class:`~cnn_apps.detection.region_detector.RegionDetector` (fit / predict / save / load); this
 module only says how features of boxes are computed (``_box_features``).
@@ -30,7 +30,8 @@ from __future__ import annotations
 import numpy as np
 
 from cnn_apps import registry
-from cnn_apps.detection.region_detector import RegionDetector, warp_regions
+from cnn_apps.detection.region_detector import RegionDetector
+from cnn_apps.detection.region_geometry import warp_regions
 
 
 @registry.register("region_detector", "rcnn")

@@ -1,13 +1,13 @@
 """SPP-net for detection (He et al. 2014): the conv feature map is computed **once per image**,
 every proposal is projected onto it and max-pooled by a spatial pyramid (levels 4, 2, 1) into
 a fixed-length vector, which goes to the same class-specific SVMs and box regressors as
-R-CNN's (:class:`~cnn_apps.detection.region_detector.RegionHead`). R-CNN runs the network once per
+R-CNN's (:class:`~cnn_apps.detection.region_head.RegionHead`). R-CNN runs the network once per
 proposal; SPP-net once per image, which is where its test-time speed-up comes from.
 
 Shorthand: N images, S image side, P proposals, h w C conv map, L = sum(n^2) pyramid bins,
 D = C L.
 
-The backbone is the one :func:`~cnn_apps.detection.region_detector.finetune_classifier` fine-tunes on
+The backbone is the one :func:`~cnn_apps.detection.region_training.finetune_classifier` fine-tunes on
 warped proposals (as for R-CNN), or a fine-tuned classifier passed to ``fit(classifier=...)``
 (share one between R-CNN and SPP-net). Its conv weights are copied into a copy of the
 backbone built for the full image size, cut at ``feature_level``: a pyramid level (``C3``:
