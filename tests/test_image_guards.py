@@ -151,7 +151,7 @@ def test_voc_coco_and_masks_skip_a_bomb_naming_it(tmp_path):
 
 
 def test_predict_refuses_a_bomb_before_decoding(tmp_path):
-    from cnn_apps.serving.predict import read_image
+    from cnn_apps.serving.images import read_image
 
     _bomb_png(tmp_path / "bomb.png")
     with pytest.raises(DataError) as info:
@@ -286,7 +286,7 @@ def test_detection_boxes_and_masks_are_taken_upright(tmp_path):
 def test_predict_reads_a_rotated_jpeg_upright(tmp_path):
     import tensorflow as tf
 
-    from cnn_apps.serving.predict import read_image
+    from cnn_apps.serving.images import read_image
 
     _exif_jpeg(tmp_path / "portrait.jpg", _halves(), 6)
     image = read_image(tmp_path / "portrait.jpg")

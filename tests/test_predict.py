@@ -24,7 +24,7 @@ from tf_serving_stub import (
 
 from cnn_apps.cli import main
 from cnn_apps.errors import DataError
-from cnn_apps.serving.predict import list_inputs, read_image
+from cnn_apps.serving.images import list_inputs, read_image
 
 GOOD = ["a.png", "b.jpg", "c_gray.png", "d_rgba.png", "e_16bit.png"]
 BAD = {"empty.jpg": "empty file", "text.jpg": "not an image file", "truncated.png": "not a readable image"}

@@ -531,7 +531,9 @@ def test_the_client_refuses_a_request_over_its_limit_before_sending_it(stub):
 
 
 def test_predict_splits_a_batch_too_large_to_send(stub):
-    from cnn_apps.serving.predict import ImageFile, InputRefused, ServingPredictor, _predict_isolating
+    from cnn_apps.serving.images import ImageFile
+    from cnn_apps.serving.predict import _predict_isolating
+    from cnn_apps.serving.predictors import InputRefused, ServingPredictor
 
     pixels = _pixels(3)
     images = [ImageFile(f"{i}.png", _png(p), p) for i, p in enumerate(pixels)]

@@ -1,6 +1,7 @@
 """Serving: SavedModel exports for TF Serving (:mod:`.saved_model`), the MLflow registry's
 aliases (:mod:`.registry`), TF Serving's REST request format (:mod:`.rest`), MLflow's model
-server (:mod:`.model_server`) and batch prediction from any of them (:mod:`.predict`)."""
+server (:mod:`.model_server`) and batch prediction from any of them (:mod:`.predict`: the
+command; :mod:`.images`: its input files; :mod:`.predictors`: the model behind it)."""
 
 from cnn_apps.serving.saved_model import (
     SIGNATURES,
