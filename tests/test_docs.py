@@ -136,3 +136,17 @@ def test_the_site_builds_strictly(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     for page in ("getting-started", "configuration", "results", "api/config"):
         assert (tmp_path / "site" / page / "index.html").is_file(), page
+    # the docstrings' Sphinx roles render as code (docs/scripts/sphinx_roles.py), never literally
+    for page in sorted((tmp_path / "site" / "api").glob("*/index.html")):
+        literal = re.findall(
+            r":(?:func|class|meth|mod|attr|data|exc):<code>", page.read_text(encoding="utf-8")
+        )
+        assert not literal, f"{page.parent.name}: {len(literal)} Sphinx roles shown as text"
+
+
+def test_sphinx_roles_become_the_names_they_show():
+    sys.path.insert(0, str(ROOT / "docs" / "scripts"))
+    from sphinx_roles import plain
+
+    text = "See :func:`~cnn_apps.detection.nms.batched_nms`, :mod:`cnn_apps.serving` and :meth:`Head.fit`."
+    assert plain(text) == "See `batched_nms`, `cnn_apps.serving` and `Head.fit`."
