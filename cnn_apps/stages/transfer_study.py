@@ -225,9 +225,9 @@ def transfer_study(config: Config) -> StageResult:
             mlflow.log_text(csv_table(curve, CURVE_COLUMNS), "layer_curve.csv")
             mlflow.log_text(csv_table(curve_summary, CURVE_SUMMARY_COLUMNS), "layer_curve_summary.csv")
             report += "\n" + markdown_table(curve_summary, CURVE_SUMMARY_COLUMNS, "Layer curve (AnB / BnB)")
-            tracking.log_figure(_curve_plot(curve_summary, dataset_label(spec)), "layer_curve.png")
+            tracking.log_figure(layer_curve_figure(curve_summary, dataset_label(spec)), "layer_curve.png")
         mlflow.log_text(report, "results.md")
-        tracking.log_figure(_plot(summary_rows, s.source_task, dataset_label(spec)), "transfer.png")
+        tracking.log_figure(summary_figure(summary_rows, s.source_task, dataset_label(spec)), "transfer.png")
         best = max(summary_rows, key=lambda r: r["test_accuracy_mean"])
         return StageResult(
             parent.info.run_id,
@@ -263,7 +263,9 @@ def _layer_curve(config: Config, spec, source_run: str, scratch: dict, child) ->
     return rows
 
 
-def _plot(summary_rows, source_task: str, dataset: str):
+def summary_figure(summary_rows, source_task: str, dataset: str):
+    """``transfer.png``: test accuracy (mean +- std over the seeds) of each mode against the
+    target examples per class, from ``summary.csv``'s rows."""
     from cnn_apps import plots
 
     sizes = list(dict.fromkeys(r["examples_per_class"] for r in summary_rows))
@@ -294,7 +296,9 @@ def _plot(summary_rows, source_task: str, dataset: str):
     )
 
 
-def _curve_plot(curve_summary, dataset: str):
+def layer_curve_figure(curve_summary, dataset: str):
+    """``layer_curve.png``: AnB and BnB test accuracy against the blocks copied, from
+    ``layer_curve_summary.csv``'s rows."""
     from cnn_apps import plots
 
     blocks = sorted({r["copied_blocks"] for r in curve_summary})
