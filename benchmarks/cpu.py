@@ -1,12 +1,12 @@
 """Our models against torchvision's on this machine's CPU, in one run: the CPU is where every user
 of this repository first runs it.
 
-Rows (the same models and inputs as ``benchmarks/gpu.py``, which this reuses): ``resnet50`` (ours
-``resnet50_v1_5``, torchvision's layout: the same graph), ``vgg16`` (the same graph), ``ssd300``
-(``ssd300_vgg16``, the same design and post-processing thresholds) and ``faster_rcnn`` (ours on
-one ResNet-50 C4 map with RoI max pooling, theirs ``fasterrcnn_resnet50_fpn``: not the same
-graph, so that ratio compares the applications). Each side runs at its best documented CPU
-settings:
+Rows (the same models and inputs as ``benchmarks/gpu.py``, both from ``benchmarks/peer_models.py``):
+``resnet50`` (ours ``resnet50_v1_5``, torchvision's layout: the same graph), ``vgg16`` (the same
+graph), ``ssd300`` (``ssd300_vgg16``, the same design and post-processing thresholds) and
+``faster_rcnn`` (ours on one ResNet-50 C4 map with RoI max pooling, theirs
+``fasterrcnn_resnet50_fpn``: not the same graph, so that ratio compares the applications). Each
+side runs at its best documented CPU settings:
 
 * ours: TensorFlow with oneDNN (its default), Keras' compiled ``predict_on_batch`` /
   ``train_on_batch`` (what ``predict`` and ``fit`` run; detectors with their decoding and NMS),
@@ -38,13 +38,13 @@ import traceback
 from pathlib import Path
 from types import SimpleNamespace
 
-os.environ["KERAS_BACKEND"] = "tensorflow"  # before gpu.py (which defaults to JAX) is imported
+os.environ["KERAS_BACKEND"] = "tensorflow"  # before peer_models' builders import Keras
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import gpu  # noqa: E402  (the shared model specs, builders and inputs)
+import peer_models  # noqa: E402  (the shared model specs, builders and inputs)
 
 MODELS = ("resnet50", "vgg16", "ssd300", "faster_rcnn")
 # CPU batch sizes (the GPU ones would take minutes a step here)
@@ -67,11 +67,13 @@ def ours_steps(name: str, spec, size: int, images, targets, tiny: bool, precisio
 
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
     try:
-        model, loss = gpu.build_ours(name, spec, size, tiny)
+        model, loss = peer_models.build_ours(name, spec, size, tiny)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     model.compile(
-        optimizer=keras.optimizers.SGD(gpu.LEARNING_RATE, momentum=gpu.MOMENTUM), loss=loss, jit_compile=False
+        optimizer=keras.optimizers.SGD(peer_models.LEARNING_RATE, momentum=peer_models.MOMENTUM),
+        loss=loss,
+        jit_compile=False,
     )
 
     def infer():
@@ -84,9 +86,9 @@ def ours_steps(name: str, spec, size: int, images, targets, tiny: bool, precisio
 
 
 def peer_steps(torch, torchvision, name: str, spec, size: int, images, targets, tiny: bool, precision: str):
-    model = gpu.build_peer(torch, torchvision, name, spec, size, tiny)
+    model = peer_models.build_peer(torch, torchvision, name, spec, size, tiny)
     options = SimpleNamespace(channels_last=True, torch_compile=False, precision=precision)
-    infer, train = gpu.peer_functions(torch, model, spec, images, targets, options, "cpu")
+    infer, train = peer_models.peer_functions(torch, model, spec, images, targets, options, "cpu")
     return infer, train, {"name": spec.peer, "params": int(sum(p.numel() for p in model.parameters()))}
 
 
@@ -121,10 +123,10 @@ def alternate(ours, theirs, warmup: int, steps: int) -> dict:
 
 
 def bench(name: str, args, peer, precision: str) -> dict:
-    spec = gpu.SPECS[name]
+    spec = peer_models.SPECS[name]
     size = spec.tiny_size if args.tiny else spec.image_size
     batch = spec.tiny_batch if args.tiny else BATCH[name]
-    images, targets = gpu.ours_inputs(spec, size, batch)
+    images, targets = peer_models.ours_inputs(spec, size, batch)
     row = {
         "model": name,
         "precision": precision,
@@ -190,7 +192,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--tiny", action="store_true", help="narrow models, small inputs: a smoke test")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/cpu.json)")
     args = parser.parse_args(argv)
-    names = [gpu.ALIASES.get(n.strip(), n.strip()) for n in args.models.split(",") if n.strip()]
+    names = [peer_models.ALIASES.get(n.strip(), n.strip()) for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         parser.error(f"unknown models {unknown}; choose from {', '.join(MODELS)}")
@@ -205,7 +207,7 @@ def main(argv=None) -> dict:
         # both work
         if "tensorflow" in sys.modules:
             print("warning: TensorFlow is already imported; torchvision's Triton may crash", file=sys.stderr)
-        torch, torchvision, why = gpu.load_peer()
+        torch, torchvision, why = peer_models.load_peer()
         peer = {"torch": torch, "torchvision": torchvision, "why": why}
         if torch is not None:
             torch.set_num_threads(os.cpu_count())
