@@ -10,7 +10,8 @@ from conftest import saved_model_cli_signatures
 from cnn_apps.detection.ssd import SSD
 from cnn_apps.detection.yolo import YOLOv1
 from cnn_apps.errors import ModelError
-from cnn_apps.serving.saved_model import _detection_diff, encode_png, export_detector, verify_detector_export
+from cnn_apps.serving.export_verification import _detection_diff, encode_png, verify_detector_export
+from cnn_apps.serving.saved_model import export_detector
 
 SIZE = 64
 TINY = {"stage_filters": [8, 16, 32, 32]}
