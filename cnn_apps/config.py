@@ -186,6 +186,10 @@ class StudyConfig:
     # the source (AnB) and from a network trained on the target itself (BnB); empty: no curve
     layer_curve_blocks: list[int] = field(default_factory=list)
     layer_curve_examples: int | None = None  # target examples per class (None: all of its train split)
+    # training-section overrides for one mode's children, e.g. {scratch: {epochs: 140,
+    # early_stopping_patience: 20}}: at 5 examples per class an epoch is one optimizer step, so
+    # patience counted in epochs can stop a network trained from scratch before it learns
+    mode_training: dict = field(default_factory=dict)
     # detectors (the speed ladder): detector config files trained and timed on the same images
     detectors: list[str] = field(default_factory=list)
     # segmenters: segmenter config files trained and evaluated on the same images

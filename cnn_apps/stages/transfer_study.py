@@ -25,6 +25,7 @@ minimum and maximum over the seeds), ``layer_curve.csv`` / ``layer_curve_summary
 from __future__ import annotations
 
 import copy
+import dataclasses
 import statistics
 
 from cnn_apps import tracking
@@ -78,6 +79,23 @@ def _check(config: Config) -> None:
         raise ConfigError(f"study.seeds: a seed is repeated in {s.seeds}")
     if any(k < 1 for k in s.layer_curve_blocks):
         raise ConfigError(f"study.layer_curve_blocks: block counts are >= 1, got {s.layer_curve_blocks}")
+    modes = (*STUDY_TRANSFER_MODES, "copy_blocks")
+    for mode, overrides in s.mode_training.items():
+        if mode not in modes:
+            raise ConfigError(f"study.mode_training: unknown mode {mode!r}; use {', '.join(modes)}")
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"study.mode_training.{mode}: give training-section keys, e.g. {{epochs: 100}}")
+        _mode_training(config.training, mode, overrides)  # an unknown key fails here, listing the valid ones
+
+
+def _mode_training(training, mode: str, overrides: dict):
+    """The training section with ``study.mode_training[mode]`` over it."""
+    from cnn_apps.config import from_dict
+
+    try:
+        return from_dict({"training": {**dataclasses.asdict(training), **overrides}}).training
+    except ConfigError as exc:
+        raise ConfigError(f"study.mode_training.{mode}: {exc}") from None
 
 
 def source_config(config: Config) -> Config:
@@ -107,6 +125,9 @@ def child_config(config: Config, num_classes: int, n: int | None, seed: int, mod
     out.finetune.mode = mode
     if copied:
         out.finetune.copied_blocks = copied
+    if mode in config.study.mode_training:
+        out.training = _mode_training(out.training, mode, config.study.mode_training[mode])
+        out.training.seed = seed
     return out
 
 
