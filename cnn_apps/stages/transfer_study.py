@@ -246,7 +246,13 @@ def transfer_study(config: Config) -> StageResult:
             mlflow.log_text(csv_table(curve, CURVE_COLUMNS), "layer_curve.csv")
             mlflow.log_text(csv_table(curve_summary, CURVE_SUMMARY_COLUMNS), "layer_curve_summary.csv")
             report += "\n" + markdown_table(curve_summary, CURVE_SUMMARY_COLUMNS, "Layer curve (AnB / BnB)")
-            tracking.log_figure(layer_curve_figure(curve_summary, dataset_label(spec)), "layer_curve.png")
+            base = [
+                r["test_accuracy_mean"]
+                for r in summary_rows
+                if r["mode"] == "scratch" and r["examples_per_class"] == (s.layer_curve_examples or "all")
+            ]
+            figure = layer_curve_figure(curve_summary, dataset_label(spec), base[0] if base else None)
+            tracking.log_figure(figure, "layer_curve.png")
         mlflow.log_text(report, "results.md")
         tracking.log_figure(summary_figure(summary_rows, s.source_task, dataset_label(spec)), "transfer.png")
         best = max(summary_rows, key=lambda r: r["test_accuracy_mean"])
@@ -300,7 +306,7 @@ def summary_figure(summary_rows, source_task: str, dataset: str):
 
     title = f"transfer ({source_task} source) to {dataset}"
     if len(sizes) > 1 and all(isinstance(v, int) for v in sizes):
-        return plots.curves(
+        fig = plots.curves(
             sizes,
             {m: pick(m, "test_accuracy_mean") for m in modes},
             title=title,
@@ -309,6 +315,10 @@ def summary_figure(summary_rows, source_task: str, dataset: str):
             logx=True,
             errors={m: pick(m, "test_accuracy_std") for m in modes},
         )
+        ax = fig.axes[0]  # the sizes themselves as ticks, not powers of ten
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.minorticks_off()
+        return fig
     return plots.grouped_bars(
         modes,
         {"test accuracy": [pick(m, "test_accuracy_mean")[0] for m in modes]},
@@ -317,9 +327,10 @@ def summary_figure(summary_rows, source_task: str, dataset: str):
     )
 
 
-def layer_curve_figure(curve_summary, dataset: str):
+def layer_curve_figure(curve_summary, dataset: str, baseline: float | None = None):
     """``layer_curve.png``: AnB and BnB test accuracy against the blocks copied, from
-    ``layer_curve_summary.csv``'s rows."""
+    ``layer_curve_summary.csv``'s rows; ``baseline``: the scratch network's accuracy on the same
+    examples, as a dashed line (Yosinski et al.'s reference)."""
     from cnn_apps import plots
 
     blocks = sorted({r["copied_blocks"] for r in curve_summary})
@@ -330,7 +341,7 @@ def layer_curve_figure(curve_summary, dataset: str):
             for k in blocks
         ]
 
-    return plots.curves(
+    fig = plots.curves(
         blocks,
         {
             "AnB (source blocks)": pick("AnB", "test_accuracy_mean"),
@@ -344,3 +355,12 @@ def layer_curve_figure(curve_summary, dataset: str):
             "BnB (target blocks)": pick("BnB", "test_accuracy_std"),
         },
     )
+    ax = fig.axes[0]
+    ax.set_xticks(blocks)
+    if baseline is not None:
+        ax.axhline(baseline, color="gray", linestyle="--", label="scratch on the target")
+        ax.legend()
+    values = [*pick("AnB", "test_accuracy_mean"), *pick("BnB", "test_accuracy_mean")]
+    values += [baseline] if baseline is not None else []
+    ax.set_ylim(max(0.0, min(values) - 0.05), min(1.0, max(values) + 0.03))
+    return fig
