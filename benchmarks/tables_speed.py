@@ -192,3 +192,31 @@ def demo_time() -> str:
     rows.append(["**total**", f"**{r['total_seconds'] / 60:.1f} min**"])
     note = f"pip's download cache: {r['pip_cache']}."
     return markdown("step | time:", rows, [r], note=note)
+
+
+def batch_norm() -> str:
+    """``benchmarks/batch_norm.py``: one training step of batch norm alone at ResNet-50's shapes."""
+    r = load("batch_norm")
+    sides = [s for s in ("keras", "tf_fused", "torch") if all(f"{s}_ms" in row for row in r["rows"])]
+    rows = [
+        [
+            row["precision"],
+            " x ".join(str(d) for d in row["shape"]),
+            row["count_in_resnet50"],
+            *(f"{row[f'{s}_ms']:.2f}" for s in sides),
+            *(f"{row[f'keras_over_{s}']:.1f}x" for s in sides if s != "keras"),
+        ]
+        for row in r["rows"]
+    ]
+    totals = r["totals"]
+    note = "Summed over ResNet-50's 53 batch norms (the count column), one training step at batch " + (
+        f"{r['batch']}: "
+        + "; ".join(
+            f"{p}: " + ", ".join(f"{s} {totals[f'{p}_{s}_ms_per_resnet50_step']:,.0f} ms" for s in sides)
+            for p in dict.fromkeys(row["precision"] for row in r["rows"])
+        )
+        + "."
+    )
+    header = "precision | activation (H x W x C) | in ResNet-50: | " + " | ".join(f"{s} ms:" for s in sides)
+    header += "".join(f" | keras / {s}:" for s in sides if s != "keras")
+    return markdown(header, rows, [r], note=note)
