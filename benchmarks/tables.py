@@ -22,7 +22,7 @@ from pathlib import Path
 
 from table_blocks import ROOT
 from tables_models import backbones, classifier_zoo, coco_eval, detection_zoo, model_sizes
-from tables_speed import backbone_speed, cpu_peers, data_pipeline, detector_speed, ladder_paper
+from tables_speed import backbone_speed, batch_norm, cpu_peers, data_pipeline, detector_speed, ladder_paper
 from tables_studies import segmenter_study, transfer_layer_curve, transfer_split
 
 
@@ -46,6 +46,7 @@ TABLES = {
     "segmenter_study": segmenter_study,
     "cpu_peers": cpu_peers,
     "ladder_paper": ladder_paper,
+    "batch_norm": batch_norm,
     "transfer_split": transfer_split,
     "transfer_layer_curve": transfer_layer_curve,
 }

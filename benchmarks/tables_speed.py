@@ -197,7 +197,9 @@ def demo_time() -> str:
 def batch_norm() -> str:
     """``benchmarks/batch_norm.py``: one training step of batch norm alone at ResNet-50's shapes."""
     r = load("batch_norm")
-    sides = [s for s in ("keras", "tf_fused", "torch") if all(f"{s}_ms" in row for row in r["rows"])]
+    # torch's BatchNorm2d alone is in the JSON but not shown: timed this way its sum over the 53
+    # layers exceeds torch's whole ResNet-50 step in cpu.py, so it does not show what its network does
+    sides = ["keras", "tf_fused"]
     rows = [
         [
             row["precision"],

@@ -104,3 +104,20 @@ def test_paper_ladder_times_every_rung_on_a_photo(tmp_path):
     assert rows["rcnn"]["speedup_vs_rcnn"] == 1.0 and rows["faster_rcnn"]["course_speedup"] == 250.0
     assert rows["yolo"]["proposal_ms"] == 0 and rows["faster_rcnn"]["proposal_ms"] == 0
     assert json.loads(out.read_text())["provenance"]["machine"]["cores"] >= 1
+
+
+def test_batch_norm_benchmark_times_keras_against_the_fused_kernel(tmp_path):
+    import batch_norm
+
+    out = tmp_path / "batch_norm.json"
+    result = batch_norm.main(
+        ["--shapes", "1", "--steps", "2", "--batch", "2", "--precision", "float32", "--out", str(out)]
+    )
+    (row,) = result["rows"]
+    assert row["shape"] == [112, 112, 64] and row["count_in_resnet50"] == 1
+    assert (
+        abs(row["keras_over_tf_fused"] - row["keras_ms"] / row["tf_fused_ms"])
+        < 0.01 + 0.01 * row["keras_over_tf_fused"]
+    )
+    assert result["totals"]["float32_keras_ms_per_resnet50_step"] == round(row["keras_ms"], 1)
+    assert json.loads(out.read_text())["provenance"]["machine"]["cores"] >= 1
