@@ -91,7 +91,7 @@ def signal_training_after_first_epoch(folder: Path, sets: list[str], sig: int, t
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            time.sleep(0.5)
+            time.sleep(0.05)  # a tiny model's epoch can take well under a second
             assert proc.poll() is None, proc.stdout.read()
             if backups := list((folder / "checkpoints").glob("*/progress.json")):
                 break

@@ -47,13 +47,12 @@ def test_the_configuration_page_lists_every_key_with_its_default():
 
 def test_a_new_config_field_makes_the_page_stale(tmp_path):
     source = Path(config.__file__).read_text(encoding="utf-8")
-    anchor = "    epochs: int = 12\n"
-    assert anchor in source, "the test's anchor line moved: update it"
+    lines = source.splitlines(keepends=True)
+    anchor = [i for i, line in enumerate(lines) if line.startswith("    epochs: int = 12")]
+    assert anchor, "the test's anchor line (TrainingConfig.epochs) moved: update it"
+    lines.insert(anchor[0] + 1, "    warmup_ratio: float = 0.0  # a knob added after the page\n")
     variant_path = tmp_path / "config_variant.py"
-    variant_path.write_text(
-        source.replace(anchor, anchor + "    warmup_ratio: float = 0.0  # a knob added after the page\n", 1),
-        encoding="utf-8",
-    )
+    variant_path.write_text("".join(lines), encoding="utf-8")
     variant = _load(variant_path, "config_variant")
     page = config_reference.PAGE.read_text(encoding="utf-8")
     regenerated = config_reference.render(page, variant)
