@@ -23,7 +23,13 @@ from pathlib import Path
 from table_blocks import ROOT
 from tables_models import backbones, classifier_zoo, coco_eval, detection_zoo, model_sizes
 from tables_speed import backbone_speed, batch_norm, cpu_peers, data_pipeline, detector_speed, ladder_paper
-from tables_studies import regularization_study, segmenter_study, transfer_layer_curve, transfer_split
+from tables_studies import (
+    learning_curve,
+    regularization_study,
+    segmenter_study,
+    transfer_layer_curve,
+    transfer_split,
+)
 
 
 def docs() -> list[Path]:
@@ -50,6 +56,7 @@ TABLES = {
     "transfer_split": transfer_split,
     "transfer_layer_curve": transfer_layer_curve,
     "regularization_study": regularization_study,
+    "learning_curve": learning_curve,
 }
 
 
