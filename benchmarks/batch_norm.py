@@ -1,14 +1,16 @@
 """Where ResNet-50's CPU training time goes against torchvision: batch normalization.
 
-``benchmarks/cpu.py`` finds our ResNet-50 behind torchvision's in training (and in bfloat16
-inference) while VGG-16, which has no batch norm, is level or ahead. This times one training
-step (forward and backward) of batch norm alone, at ResNet-50's activation shapes, three ways
+``benchmarks/cpu.py`` found our ResNet-50 behind torchvision's in training (and in bfloat16
+inference) while VGG-16, which has no batch norm, was level or ahead. This times one training
+step (forward and backward) of batch norm alone, at ResNet-50's activation shapes, four ways
 on the same CPU, alternating calls:
 
-* ``keras``: ``keras.layers.BatchNormalization`` in training mode, as our backbones use it,
-  inside a ``tf.function`` (Keras 3 computes the moments and the normalization as separate ops);
-* ``tf_fused``: TensorFlow's fused kernel (``tf.compat.v1.nn.fused_batch_norm``, what tf.keras
-  2 used), in the same ``tf.function``;
+* ``keras``: ``keras.layers.BatchNormalization`` in training mode inside a ``tf.function``
+  (Keras 3 computes the moments and the normalization as separate ops);
+* ``cnn_apps``: :class:`cnn_apps.backbones.batch_norm.FusedBatchNormalization`, the layer our
+  backbones use since this benchmark found the cost: Keras' layer calling the fused kernel;
+* ``tf_fused``: TensorFlow's fused kernel itself (``tf.compat.v1.nn.fused_batch_norm``, what
+  tf.keras 2 used), in the same ``tf.function``;
 * ``torch``: ``torch.nn.BatchNorm2d`` in training mode on channels-last tensors (when torch is
   importable; it is loaded before TensorFlow, see ``cpu.py``).
 
@@ -67,6 +69,8 @@ def main(argv=None) -> dict:
     import tensorflow as tf
     from provenance import write_result
 
+    from cnn_apps.backbones.batch_norm import FusedBatchNormalization
+
     if torch is not None:
         torch.set_num_threads(os.cpu_count())
     precisions = ["float32", "bfloat16"] if args.precision == "both" else [args.precision]
@@ -78,18 +82,25 @@ def main(argv=None) -> dict:
             keras.mixed_precision.set_global_policy(
                 "mixed_bfloat16" if precision == "bfloat16" else "float32"
             )
-            layer = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
-            layer.build(x.shape)
+            layers = {
+                "keras": keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5),
+                "cnn_apps": FusedBatchNormalization(momentum=0.9, epsilon=1e-5),
+            }
+            for layer in layers.values():
+                layer.build(x.shape)
             keras.mixed_precision.set_global_policy("float32")
             gamma, beta = tf.Variable(tf.ones(c)), tf.Variable(tf.zeros(c))
 
-            @tf.function
-            def keras_step(layer=layer, x=x):
-                with tf.GradientTape() as tape:
-                    tape.watch(x)
-                    y = layer(x, training=True)
-                    loss = tf.reduce_sum(tf.cast(y, tf.float32))
-                return tape.gradient(loss, [x, *layer.trainable_variables])
+            def layer_step(layer, x=x):
+                @tf.function
+                def step():
+                    with tf.GradientTape() as tape:
+                        tape.watch(x)
+                        y = layer(x, training=True)
+                        loss = tf.reduce_sum(tf.cast(y, tf.float32))
+                    return tape.gradient(loss, [x, *layer.trainable_variables])
+
+                return step
 
             @tf.function
             def fused_step(x=x, gamma=gamma, beta=beta):
@@ -99,8 +110,8 @@ def main(argv=None) -> dict:
                     loss = tf.reduce_sum(tf.cast(y, tf.float32))
                 return tape.gradient(loss, [x, gamma, beta])
 
-            sides = {"keras": lambda f=keras_step: [t.numpy() for t in f()][0],
-                     "tf_fused": lambda f=fused_step: [t.numpy() for t in f()][0]}  # fmt: skip
+            steps = {name: layer_step(layer) for name, layer in layers.items()} | {"tf_fused": fused_step}
+            sides = {name: lambda f=f: [t.numpy() for t in f()][0] for name, f in steps.items()}
             if torch is not None:
                 tx = torch.from_numpy(x.numpy().astype(np.float32)).permute(0, 3, 1, 2)
                 tx = tx.contiguous(memory_format=torch.channels_last).requires_grad_(True)
@@ -139,7 +150,7 @@ def main(argv=None) -> dict:
     totals = {}
     for precision in precisions:
         chosen = [r for r in rows if r["precision"] == precision]
-        for side in ("keras", "tf_fused", "torch"):
+        for side in ("keras", "cnn_apps", "tf_fused", "torch"):
             if all(f"{side}_ms" in r for r in chosen):
                 totals[f"{precision}_{side}_ms_per_resnet50_step"] = round(
                     sum(r[f"{side}_ms"] * r["count_in_resnet50"] for r in chosen), 1

@@ -199,7 +199,7 @@ def batch_norm() -> str:
     r = load("batch_norm")
     # torch's BatchNorm2d alone is in the JSON but not shown: timed this way its sum over the 53
     # layers exceeds torch's whole ResNet-50 step in cpu.py, so it does not show what its network does
-    sides = ["keras", "tf_fused"]
+    sides = [s for s in ("keras", "cnn_apps", "tf_fused") if all(f"{s}_ms" in row for row in r["rows"])]
     rows = [
         [
             row["precision"],

@@ -72,9 +72,12 @@ def test_resnet50_matches_keras_applications_layer_for_layer():
     theirs = keras.applications.ResNet50(weights=None)
     assert ours.count_params() == theirs.count_params() == 25_636_712
 
+    def keras_class(layer):  # our FusedBatchNormalization is Keras' BatchNormalization with a faster call
+        return next(c.__name__ for c in type(layer).__mro__ if c.__module__.startswith("keras"))
+
     def strip(m):
         return [
-            (type(layer).__name__, layer.name, [tuple(v.shape) for v in layer.weights])
+            (keras_class(layer), layer.name, [tuple(v.shape) for v in layer.weights])
             for layer in m.layers
             if not isinstance(layer, keras.layers.InputLayer)
         ]
@@ -365,7 +368,9 @@ def test_keras_applications_weights_give_the_same_outputs(name, constructor, arg
     x = pixels(64)
     want = theirs.predict(x, verbose=0)
     assert np.abs(want).max() > 1e-3  # not a vacuous comparison
-    np.testing.assert_allclose(ours.predict(x, verbose=0), want, atol=1e-5, rtol=1e-5)
+    # float32 round-off only: our batch norm runs TensorFlow's fused kernel, theirs Keras' separate
+    # ops, and the difference grows through ResNet-50's 53 of them (a mis-mapped weight is O(1))
+    np.testing.assert_allclose(ours.predict(x, verbose=0), want, atol=1e-4, rtol=1e-4)
 
 
 def test_keras_applications_vgg_top_maps_too():

@@ -120,4 +120,5 @@ def test_batch_norm_benchmark_times_keras_against_the_fused_kernel(tmp_path):
         < 0.01 + 0.01 * row["keras_over_tf_fused"]
     )
     assert result["totals"]["float32_keras_ms_per_resnet50_step"] == round(row["keras_ms"], 1)
+    assert result["totals"]["float32_cnn_apps_ms_per_resnet50_step"] == round(row["cnn_apps_ms"], 1)
     assert json.loads(out.read_text())["provenance"]["machine"]["cores"] >= 1

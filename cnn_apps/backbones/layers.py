@@ -9,6 +9,7 @@ import math
 import keras
 from keras import layers
 
+from cnn_apps.backbones.batch_norm import FusedBatchNormalization
 from cnn_apps.errors import ModelArgumentError, ModelError
 
 MIN_SIZE = 32  # every zoo backbone builds from 32 px up
@@ -82,7 +83,7 @@ def conv_unit(
     )
     x = conv(x)
     if batch_norm:
-        x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_bn")(x)
+        x = FusedBatchNormalization(epsilon=BN_EPSILON, name=f"{name}_bn")(x)
         x = layers.ReLU(name=f"{name}_relu")(x)
     return x
 

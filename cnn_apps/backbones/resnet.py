@@ -28,6 +28,7 @@ import keras
 from keras import layers
 
 from cnn_apps.backbones.base import Backbone
+from cnn_apps.backbones.batch_norm import FusedBatchNormalization
 from cnn_apps.backbones.layers import (
     BN_EPSILON,
     block_dropout_layer,
@@ -64,7 +65,7 @@ class _Units:
             name=f"{name}_conv",
         )(x)
         if self.batch_norm:
-            x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_bn")(x)
+            x = FusedBatchNormalization(epsilon=BN_EPSILON, name=f"{name}_bn")(x)
         return layers.Activation("relu", name=f"{name}_relu")(x) if relu else x
 
 

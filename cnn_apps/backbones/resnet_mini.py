@@ -16,6 +16,7 @@ import keras
 from keras import layers
 
 from cnn_apps.backbones.base import Backbone
+from cnn_apps.backbones.batch_norm import FusedBatchNormalization
 from cnn_apps.backbones.layers import pointwise_subsample
 from cnn_apps.errors import ModelArgumentError
 from cnn_apps.registry import register
@@ -42,7 +43,7 @@ class _Conv:
             name=f"{name}_conv",
         )(x)
         if self.batch_norm:
-            x = layers.BatchNormalization(momentum=self.bn_momentum, name=f"{name}_bn")(x)
+            x = FusedBatchNormalization(momentum=self.bn_momentum, name=f"{name}_bn")(x)
         return layers.ReLU(name=f"{name}_relu")(x) if activation else x
 
 

@@ -21,6 +21,7 @@ import keras
 from keras import layers, ops
 
 from cnn_apps import registry
+from cnn_apps.backbones.batch_norm import FusedBatchNormalization
 from cnn_apps.backbones.features import build_backbone, pyramid_features
 from cnn_apps.detection.anchors import boxes_per_location, ssd_default_boxes, ssd_scales
 from cnn_apps.detection.boxes import BoxCoder, clip_to_image
@@ -58,13 +59,13 @@ def _extra_block(x, spec, index: int, batch_norm: bool):
     name = f"extra{index}"
     x = layers.Conv2D(max(filters // 2, 8), 1, use_bias=not batch_norm, name=f"{name}_reduce")(x)
     if batch_norm:
-        x = layers.BatchNormalization(momentum=0.9, name=f"{name}_reduce_bn")(x)
+        x = FusedBatchNormalization(momentum=0.9, name=f"{name}_reduce_bn")(x)
     x = layers.ReLU(name=f"{name}_reduce_relu")(x)
     x = layers.Conv2D(
         filters, 3, strides=stride, padding=padding, use_bias=not batch_norm, name=f"{name}_conv"
     )(x)
     if batch_norm:
-        x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+        x = FusedBatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 

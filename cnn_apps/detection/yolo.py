@@ -21,6 +21,7 @@ import keras
 from keras import layers, ops
 
 from cnn_apps import registry
+from cnn_apps.backbones.batch_norm import FusedBatchNormalization
 from cnn_apps.backbones.features import build_backbone, pyramid_features
 from cnn_apps.detection.anchors import yolo_cell_offsets
 from cnn_apps.detection.boxes import clip_to_image
@@ -92,7 +93,7 @@ class YOLOv1(Detector):
             )
         if head_filters:
             x = layers.Conv2D(head_filters, 1 if head == "fc" else 3, padding="same", name="head_reduce")(x)
-            x = layers.BatchNormalization(momentum=0.9, name="head_reduce_bn")(x)
+            x = FusedBatchNormalization(momentum=0.9, name="head_reduce_bn")(x)
             x = layers.LeakyReLU(0.1, name="head_reduce_relu")(x)
         if head == "fc":
             x = layers.Flatten(name="head_flatten")(x)
