@@ -24,6 +24,7 @@ from table_blocks import ROOT
 from tables_models import backbones, classifier_zoo, coco_eval, detection_zoo, model_sizes
 from tables_speed import backbone_speed, batch_norm, cpu_peers, data_pipeline, detector_speed, ladder_paper
 from tables_studies import (
+    depth_study,
     learning_curve,
     regularization_study,
     segmenter_study,
@@ -57,6 +58,7 @@ TABLES = {
     "transfer_layer_curve": transfer_layer_curve,
     "regularization_study": regularization_study,
     "learning_curve": learning_curve,
+    "depth_study": depth_study,
 }
 
 
