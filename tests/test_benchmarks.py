@@ -122,3 +122,23 @@ def test_batch_norm_benchmark_times_keras_against_the_fused_kernel(tmp_path):
     assert result["totals"]["float32_keras_ms_per_resnet50_step"] == round(row["keras_ms"], 1)
     assert result["totals"]["float32_cnn_apps_ms_per_resnet50_step"] == round(row["cnn_apps_ms"], 1)
     assert json.loads(out.read_text())["provenance"]["machine"]["cores"] >= 1
+
+
+def test_demo_time_splits_the_pipeline_by_the_stage_runs_it_logged(tmp_path):
+    """demo_time.py's per-stage seconds are each stage run's end minus start, summed over runs of
+    the same stage, in pipeline order; runs of other stages or still running are left out."""
+    import mlflow
+    from demo_time import stage_seconds
+
+    (tmp_path / "mlruns").mkdir()
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    experiment = client.create_experiment("classification")
+    spans = [("train", 1_000, 61_500), ("prepare", 500, 2_500), ("train", 70_000, 71_000)]
+    spans.append(("study", 500, 9_000))
+    for stage, start, end in [*spans, ("export", 80_000, None)]:
+        run = client.create_run(experiment, start_time=start, tags={"stage": stage})
+        if end is not None:
+            client.set_terminated(run.info.run_id, end_time=end)
+    got = stage_seconds(tmp_path)
+    assert list(got) == ["prepare", "train"]
+    assert got == {"prepare": 2.0, "train": 61.5}
