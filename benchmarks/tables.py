@@ -21,7 +21,15 @@ import sys
 from pathlib import Path
 
 from table_blocks import ROOT
-from tables_models import backbones, classifier_zoo, coco_eval, detection_zoo, model_sizes
+from tables_models import (
+    backbones,
+    classifier_zoo,
+    coco_eval,
+    detection_zoo,
+    model_sizes,
+    segmentation_zoo,
+    yolo_heads,
+)
 from tables_speed import backbone_speed, batch_norm, cpu_peers, data_pipeline, detector_speed, ladder_paper
 from tables_studies import (
     depth_study,
@@ -59,6 +67,8 @@ TABLES = {
     "regularization_study": regularization_study,
     "learning_curve": learning_curve,
     "depth_study": depth_study,
+    "yolo_heads": yolo_heads,
+    "segmentation_zoo": segmentation_zoo,
 }
 
 

@@ -61,6 +61,28 @@ def segmentation_zoo() -> str:
     )
 
 
+def yolo_heads() -> str:
+    """YOLO v1's two heads from scratch on the shapes data: the shipped config's convolutional
+    head (``zoo_shapes_yolo.json``) and the paper's fully connected one (``benchmarks/zoo.py
+    --config pipelines/configs/shapes_yolo.yaml --set "model.architecture_args={..., head: fc,
+    dropout: 0.1}" --out benchmarks/results/zoo_shapes_yolo_fc.json``)."""
+    results = [load("zoo_shapes_yolo"), load("zoo_shapes_yolo_fc")]
+    rows = []
+    for r in results:
+        t, m = r["train"], r["test"]
+        head = "fc (the paper's)" if any("head: fc" in o for o in r["overrides"]) else "conv (shipped)"
+        rows.append(
+            [
+                head,
+                f"{int(t['params_total']):,}",
+                *(_number(m[k]) for k in ("test_map50", "test_coco_ap", "test_coco_ap75")),
+                f"{t['train_seconds']:,.0f} s, {int(t['epochs_trained'])} epochs "
+                f"(best {int(t['best_epoch']) + 1})",
+            ]
+        )
+    return markdown("head | params: | test mAP50: | COCO AP: | COCO AP75: | training", rows, results)
+
+
 def coco_eval() -> str:
     """``benchmarks/coco_eval.py``: the NumPy COCOeval against pycocotools."""
     r = load("coco_eval")
