@@ -27,6 +27,7 @@ from tables_models import (
     coco_eval,
     detection_zoo,
     model_sizes,
+    segmentation_zoo,
     yolo_heads,
 )
 from tables_speed import backbone_speed, batch_norm, cpu_peers, data_pipeline, detector_speed, ladder_paper
@@ -67,6 +68,7 @@ TABLES = {
     "learning_curve": learning_curve,
     "depth_study": depth_study,
     "yolo_heads": yolo_heads,
+    "segmentation_zoo": segmentation_zoo,
 }
 
 
