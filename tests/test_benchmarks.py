@@ -121,6 +121,7 @@ def test_batch_norm_benchmark_times_keras_against_the_fused_kernel(tmp_path):
     )
     assert result["totals"]["float32_keras_ms_per_resnet50_step"] == round(row["keras_ms"], 1)
     assert result["totals"]["float32_cnn_apps_ms_per_resnet50_step"] == round(row["cnn_apps_ms"], 1)
+    assert row["cnn_apps_fused"]  # our layer timed its fused path, not its fall-back to Keras' ops
     assert json.loads(out.read_text())["provenance"]["machine"]["cores"] >= 1
 
 
