@@ -30,9 +30,18 @@ from tables_models import (
     segmentation_zoo,
     yolo_heads,
 )
-from tables_speed import backbone_speed, batch_norm, cpu_peers, data_pipeline, detector_speed, ladder_paper
+from tables_speed import (
+    backbone_speed,
+    batch_norm,
+    cpu_peers,
+    data_pipeline,
+    detector_speed,
+    ladder_paper,
+    ladder_timing,
+)
 from tables_studies import (
     depth_study,
+    detector_ladder,
     learning_curve,
     regularization_study,
     segmenter_study,
@@ -68,6 +77,8 @@ TABLES = {
     "learning_curve": learning_curve,
     "depth_study": depth_study,
     "yolo_heads": yolo_heads,
+    "detector_ladder": detector_ladder,
+    "ladder_timing": ladder_timing,
     "segmentation_zoo": segmentation_zoo,
 }
 
