@@ -19,10 +19,36 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 def commit() -> str:
     """The checkout's commit, ``-dirty`` when it has uncommitted changes (``unknown`` without git):
-    the same stamp as the MLflow runs' ``git_commit`` tag."""
+    the same stamp as the MLflow runs' ``git_commit`` tag, except that result files rewritten
+    under ``benchmarks/results/`` (by an earlier benchmark of the same queue) do not count: they
+    are outputs, not code that ran."""
+    import subprocess
+
     from cnn_apps.tracking import git_commit
 
-    return git_commit()
+    stamp = git_commit()
+    if not stamp.endswith("-dirty"):
+        return stamp
+    try:
+        changed = subprocess.run(
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":(exclude)benchmarks/results",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return stamp
+    return stamp if changed else stamp.removesuffix("-dirty")
 
 
 def machine() -> dict:

@@ -143,3 +143,29 @@ def test_demo_time_splits_the_pipeline_by_the_stage_runs_it_logged(tmp_path):
     got = stage_seconds(tmp_path)
     assert list(got) == ["prepare", "train"]
     assert got == {"prepare": 2.0, "train": 61.5}
+
+
+def test_provenance_calls_a_tree_dirty_for_code_changes_not_for_rewritten_results():
+    """A queue of benchmarks rewrites tracked result files as it goes; the next benchmark's stamp
+    stays the clean commit, while any change outside benchmarks/results/ marks it dirty."""
+    import subprocess
+
+    from provenance import commit
+
+    clean = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True
+    )
+    result, code = ROOT / "benchmarks" / "results" / "cpu.json", ROOT / "benchmarks" / "README.md"
+    if not code.exists():
+        code = ROOT / "README.md"
+    saved = {path: path.read_bytes() for path in (result, code)}
+    try:
+        result.write_bytes(saved[result] + b"\n")
+        stamp = commit()
+        if not clean.stdout.strip():  # a clean checkout (CI's clone): the result file alone
+            assert len(stamp) == 40 and not stamp.endswith("-dirty"), stamp
+        code.write_bytes(saved[code] + b"\n")
+        assert commit().endswith("-dirty")
+    finally:
+        for path, content in saved.items():
+            path.write_bytes(content)
