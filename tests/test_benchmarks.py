@@ -126,23 +126,25 @@ def test_batch_norm_benchmark_times_keras_against_the_fused_kernel(tmp_path):
 
 
 def test_demo_time_splits_the_pipeline_by_the_stage_runs_it_logged(tmp_path):
-    """demo_time.py's per-stage seconds are each stage run's end minus start, summed over runs of
-    the same stage, in pipeline order; runs of other stages or still running are left out."""
+    """demo_time.py times each stage from the end of the previous stage's run to the end of its
+    own (evaluate and export work before opening their runs), the first from the launch; runs of
+    other stages or still running are left out."""
     import mlflow
     from demo_time import stage_seconds
 
     (tmp_path / "mlruns").mkdir()
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     experiment = client.create_experiment("classification")
-    spans = [("train", 1_000, 61_500), ("prepare", 500, 2_500), ("train", 70_000, 71_000)]
-    spans.append(("study", 500, 9_000))
-    for stage, start, end in [*spans, ("export", 80_000, None)]:
+    # (stage, start, end) in ms; the evaluate run opens long after train ended, as the stage does
+    spans = [("train", 3_000, 61_500), ("prepare", 1_500, 2_500), ("evaluate", 69_900, 70_000)]
+    spans += [("study", 500, 9_000), ("export", 71_000, None)]
+    for stage, start, end in spans:
         run = client.create_run(experiment, start_time=start, tags={"stage": stage})
         if end is not None:
             client.set_terminated(run.info.run_id, end_time=end)
-    got = stage_seconds(tmp_path)
-    assert list(got) == ["prepare", "train"]
-    assert got == {"prepare": 2.0, "train": 61.5}
+    got = stage_seconds(tmp_path, started_ms=500)
+    assert list(got) == ["prepare", "train", "evaluate"]
+    assert got == {"prepare": 2.0, "train": 59.0, "evaluate": 8.5}
 
 
 def test_provenance_calls_a_tree_dirty_for_code_changes_not_for_rewritten_results():
