@@ -45,6 +45,7 @@ from tables_studies import (
     learning_curve,
     regularization_study,
     segmenter_study,
+    transfer_far_domain,
     transfer_layer_curve,
     transfer_split,
 )
@@ -79,6 +80,7 @@ TABLES = {
     "yolo_heads": yolo_heads,
     "detector_ladder": detector_ladder,
     "ladder_timing": ladder_timing,
+    "transfer_far_domain": transfer_far_domain,
     "segmentation_zoo": segmentation_zoo,
 }
 

@@ -181,3 +181,50 @@ def transfer_layer_curve() -> str:
         rows.append([k, _mean_spread(a) if a else "n/a", _mean_spread(b) if b else "n/a", gap])
     header = "blocks copied frozen: | AnB (from the source): | BnB (from the target): | AnB - BnB (points):"
     return markdown(header, rows, [r])
+
+
+def _transfer_modes(r: dict, intro: str) -> str:
+    """One transfer study's summary: a row per target size, a column per mode (the test accuracy,
+    ± its standard deviation when the study ran several seeds), the best of each row in bold."""
+    summary = r["tables"]["summary.csv"]
+    cell = {(row["mode"], row["examples_per_class"]): row for row in summary}
+    modes = list(dict.fromkeys(row["mode"] for row in summary))
+    rows = []
+    for n in sorted({n for _, n in cell}, key=lambda n: (isinstance(n, str), 0 if isinstance(n, str) else n)):
+        present = {m: cell[m, n] for m in modes if (m, n) in cell}
+        best = max(present, key=lambda m: present[m]["test_accuracy_mean"])
+        texts = []
+        for m in modes:
+            row = present.get(m)
+            text = (
+                "n/a"
+                if row is None
+                else _mean_spread(row)
+                if row["seeds"] > 1
+                else _percent(row["test_accuracy_mean"])
+            )
+            texts.append(f"**{text}**" if m == best else text)
+        rows.append([n, *texts])
+    return markdown("examples per class: | " + " | ".join(f"{m}:" for m in modes), rows, [r], intro=intro)
+
+
+def _source_intro(r: dict, what: str) -> str:
+    p = r["parent_metrics"]
+    return (
+        f"Source ({what}): {100 * p['source_test_accuracy']:.1f}% test accuracy after "
+        f"{p['source_epochs']:.0f} epochs; target: OpenCV's handwritten digits."
+    )
+
+
+def transfer_far_domain() -> str:
+    """``benchmarks/study.py transfer --config pipelines/configs/transfer_digits.yaml``:
+    Fashion-MNIST's labels -> handwritten digits, the far-domain contrast."""
+    r = _study("transfer", "transfer_digits")
+    return _transfer_modes(r, _source_intro(r, "Fashion-MNIST, 10,000 labelled images"))
+
+
+def transfer_pretext() -> str:
+    """The same with ``--set study.source_task=pretext`` and the source cut to 2,500 images
+    (``study_transfer_transfer_digits_pretext.json``): rotation labels instead of Fashion-MNIST's."""
+    r = _study("transfer", "transfer_digits_pretext")
+    return _transfer_modes(r, _source_intro(r, "rotations of 2,500 Fashion-MNIST images"))
