@@ -35,6 +35,7 @@ from tables_speed import (
     batch_norm,
     cpu_peers,
     data_pipeline,
+    demo_time,
     detector_speed,
     ladder_paper,
     ladder_timing,
@@ -80,6 +81,7 @@ TABLES = {
     "yolo_heads": yolo_heads,
     "detector_ladder": detector_ladder,
     "ladder_timing": ladder_timing,
+    "demo_time": demo_time,
     "transfer_far_domain": transfer_far_domain,
     "segmentation_zoo": segmentation_zoo,
 }
