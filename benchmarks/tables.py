@@ -48,6 +48,7 @@ from tables_studies import (
     segmenter_study,
     transfer_far_domain,
     transfer_layer_curve,
+    transfer_pretext,
     transfer_split,
 )
 
@@ -83,6 +84,7 @@ TABLES = {
     "ladder_timing": ladder_timing,
     "demo_time": demo_time,
     "transfer_far_domain": transfer_far_domain,
+    "transfer_pretext": transfer_pretext,
     "segmentation_zoo": segmentation_zoo,
 }
 
