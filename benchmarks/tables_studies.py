@@ -190,21 +190,18 @@ def _transfer_modes(r: dict, intro: str) -> str:
     cell = {(row["mode"], row["examples_per_class"]): row for row in summary}
     modes = list(dict.fromkeys(row["mode"] for row in summary))
     rows = []
-    for n in sorted({n for _, n in cell}, key=lambda n: (isinstance(n, str), 0 if isinstance(n, str) else n)):
+
+    def accuracy(row) -> str:
+        if row is None:
+            return "n/a"
+        return _mean_spread(row) if row["seeds"] > 1 else _percent(row["test_accuracy_mean"])
+
+    sizes = sorted({n for _, n in cell}, key=lambda n: (n == "all", 0 if n == "all" else n))  # "all" last
+    for n in sizes:
         present = {m: cell[m, n] for m in modes if (m, n) in cell}
         best = max(present, key=lambda m: present[m]["test_accuracy_mean"])
-        texts = []
-        for m in modes:
-            row = present.get(m)
-            text = (
-                "n/a"
-                if row is None
-                else _mean_spread(row)
-                if row["seeds"] > 1
-                else _percent(row["test_accuracy_mean"])
-            )
-            texts.append(f"**{text}**" if m == best else text)
-        rows.append([n, *texts])
+        texts = [accuracy(present.get(m)) for m in modes]
+        rows.append([n, *(f"**{t}**" if m == best else t for m, t in zip(modes, texts))])
     return markdown("examples per class: | " + " | ".join(f"{m}:" for m in modes), rows, [r], intro=intro)
 
 
