@@ -39,6 +39,7 @@ from cnn_apps.backbones.layers import (
     pointwise_subsample,
     scale_filters,
 )
+from cnn_apps.backbones.pointwise_conv import MatmulGradConv2D
 from cnn_apps.errors import ModelArgumentError
 from cnn_apps.registry import register
 
@@ -54,7 +55,7 @@ class _Units:
 
     def __call__(self, x, filters, kernel, name, strides=1, padding="same", relu=True):
         x, strides = pointwise_subsample(x, kernel, strides, name)
-        x = layers.Conv2D(
+        x = MatmulGradConv2D(
             filters,
             kernel,
             strides=strides,

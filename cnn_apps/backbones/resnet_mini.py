@@ -18,6 +18,7 @@ from keras import layers
 from cnn_apps.backbones.base import Backbone
 from cnn_apps.backbones.batch_norm import FusedBatchNormalization
 from cnn_apps.backbones.layers import pointwise_subsample
+from cnn_apps.backbones.pointwise_conv import MatmulGradConv2D
 from cnn_apps.errors import ModelArgumentError
 from cnn_apps.registry import register
 
@@ -32,7 +33,7 @@ class _Conv:
 
     def __call__(self, x, filters, kernel, strides, name, activation=True):
         x, strides = pointwise_subsample(x, kernel, strides, name)
-        x = layers.Conv2D(
+        x = MatmulGradConv2D(
             filters,
             kernel,
             strides=strides,
