@@ -125,6 +125,23 @@ def test_batch_norm_benchmark_times_keras_against_the_fused_kernel(tmp_path):
     assert json.loads(out.read_text())["provenance"]["machine"]["cores"] >= 1
 
 
+def test_pointwise_conv_benchmark_times_resnet50s_1x1_convolutions(tmp_path):
+    import pointwise_conv
+
+    shapes = pointwise_conv.resnet50_pointwise_shapes()
+    # resnet50_v1_5: 16 bottlenecks with two 1x1 stride-1 convolutions each + conv2's projection
+    assert sum(count for *_, count in shapes) == 33 and shapes[0] == (56, 64, 64, 1)
+    out = tmp_path / "pointwise_conv.json"
+    result = pointwise_conv.main(["--shapes", "1", "--steps", "2", "--batch", "2", "--out", str(out)])
+    (row,) = result["rows"]
+    assert (row["height"], row["channels"], row["filters"], row["count_in_resnet50"]) == (56, 64, 64, 1)
+    assert row["cnn_apps_matmul_grad"]  # our layer timed its matmul gradient, not Keras' convolution
+    ratio = row["keras_over_cnn_apps"]
+    assert abs(ratio - row["keras_ms"] / row["cnn_apps_ms"]) < 0.01 + 0.01 * ratio
+    assert result["totals"]["cnn_apps_ms_per_resnet50_step"] == round(row["cnn_apps_ms"], 1)
+    assert json.loads(out.read_text())["provenance"]["machine"]["cores"] >= 1
+
+
 def test_demo_time_splits_the_pipeline_by_the_stage_runs_it_logged(tmp_path):
     """demo_time.py times each stage from the end of the previous stage's run to the end of its
     own (evaluate and export work before opening their runs), the first from the launch; runs of
