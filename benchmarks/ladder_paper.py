@@ -26,6 +26,12 @@ Our detectors take square inputs: the photo at a 600 px shorter side (600 x 800 
 is zero-padded to 800 x 800, so the two-stage rungs convolve 1.33x the pixels of the papers'
 inputs (this favours R-CNN in the ratios, never the later rungs).
 
+Each rung's multiply-adds per image are counted (``cnn_apps.backbones.flops``: convolutions and
+fully connected layers, as the papers count them): R-CNN's network per warp times the proposals,
+the others' networks as built, plus the SVMs and box regressors per proposal. Their ratio to
+R-CNN's is the speed-up each rung would show if every network ran at the same multiply-adds per
+second; the measured speed-up differs by how efficiently each runs (``network_gmacs_per_s``).
+
 Each call is timed whole and split into proposals (selective search; Faster R-CNN's RPN is in
 its network), network and post-processing (SVMs + regression + NMS for R-CNN / SPP-net; the
 compiled detect minus the network-only call for the others). R-CNN's network time is linear in
@@ -248,8 +254,15 @@ def rung_call(kind: str, s: dict, num_threads: int | None):
         )
         return boxes, 1000 * (time.perf_counter() - start)
 
+    from cnn_apps.backbones.flops import count_macs
+
     if kind in ("rcnn", "sppnet"):
         detector = region_rung(kind, s)
+        # multiply-adds: R-CNN's network per warp, SPP-net's conv map per photo; then per proposal
+        # the SVMs and the class-specific box regressors (K x (1 + 4) dot products of the features)
+        net_macs = count_macs(detector._feature_model if kind == "rcnn" else detector._conv_model)
+        dim = int((detector._feature_model if kind == "rcnn" else detector._pool_model).output.shape[-1])
+        head_macs = detector.num_classes * 5 * dim
 
         def call(photo):
             boxes, proposal_ms = propose(photo)
@@ -267,17 +280,23 @@ def rung_call(kind: str, s: dict, num_threads: int | None):
                 detector.predict(image[None], proposals=[boxes * scale])
                 network_ms = detector.last_timings["feature_ms"]
                 post_ms = detector.last_timings["classify_ms"]
+            macs = net_macs * (len(boxes) if kind == "rcnn" else 1) + head_macs * len(boxes)
             return {
                 "proposal_ms": proposal_ms,
                 "network_ms": network_ms,
                 "post_ms": post_ms,
                 "proposals": len(boxes),
+                "gmacs": macs / 1e9,
             }
 
         return call
 
     model, network = keras_rung(kind, s)
     size = int(model.inputs[0].shape[1])
+    # the whole network as built; the RoI head runs on every box it is given: Fast R-CNN's on all
+    # max_proposals (padded) boxes, Faster R-CNN's on the RPN's post-NMS top k
+    rois = {"fast_rcnn": s["max_proposals"], "faster_rcnn": s["rpn_post_nms"]}.get(kind)
+    gmacs = count_macs(network, unknown_rows=rois) / 1e9
 
     def call(photo):
         proposal_ms, count = 0.0, 0
@@ -306,6 +325,7 @@ def rung_call(kind: str, s: dict, num_threads: int | None):
             "network_ms": network_ms,
             "post_ms": max(whole_ms - network_ms, 0.0),
             "proposals": count,
+            "gmacs": gmacs,
         }
 
     return call
@@ -363,12 +383,18 @@ def main(argv=None) -> dict:
         keras.mixed_precision.set_global_policy("float32")
     measured = rotate(calls, images, args.rounds)
     base = measured.get("rcnn", {}).get("ms_per_image")
+    base_macs = measured.get("rcnn", {}).get("gmacs")
     rows = []
     for name in rungs:
         m = measured[name]
         paper_ms, paper_note = PAPER_MS[name]
         row = {"rung": name, **{k: round(v, 2) if isinstance(v, float) else v for k, v in m.items()}}
+        row["gmacs"] = round(m["gmacs"], 4)
         row["speedup_vs_rcnn"] = round(base / m["ms_per_image"], 2) if base else None
+        # the arithmetic ratio: how much faster the rung would be if both ran at the same multiply-adds
+        # per second (network + head; selective search is not counted)
+        row["macs_ratio_vs_rcnn"] = round(base_macs / m["gmacs"], 2) if base_macs else None
+        row["network_gmacs_per_s"] = round(m["gmacs"] / (m["network_ms"] + m["post_ms"]) * 1000, 1)
         row["course_ms"] = COURSE_MS.get(name)
         row["course_speedup"] = round(COURSE_MS["rcnn"] / COURSE_MS[name], 1) if name in COURSE_MS else None
         row["paper_ms"] = round(paper_ms, 1)
@@ -379,6 +405,7 @@ def main(argv=None) -> dict:
         print(
             f"{name:12s} {m['ms_per_image']:10.0f} ms/image (proposals {m['proposal_ms']:7.0f}, network "
             f"{m['network_ms']:9.0f}, post {m['post_ms']:6.0f}; {m['proposals']:.0f} boxes) {speed}"
+            f"  {m['gmacs']:9.1f} GMAC, {row['network_gmacs_per_s']:6.1f} GMAC/s"
         )
     payload = {
         "benchmark": "ladder_paper",

@@ -168,6 +168,14 @@ def test_count_macs_by_hand_and_through_a_nested_backbone():
         count_macs(registry.get("backbone", "resnet18")())  # (None, None, 3): sizes unknown
 
 
+def test_count_macs_of_a_head_on_a_variable_number_of_rows():
+    rois = keras.Input((None, 12))  # a RoI head: Dense on (B, rows, features)
+    model = keras.Model(rois, keras.layers.Dense(3)(keras.layers.Dense(7)(rois)))
+    assert count_macs(model, unknown_rows=300) == 300 * (12 * 7 + 7 * 3)
+    with pytest.raises(ModelError, match="unknown_rows"):
+        count_macs(model)
+
+
 def test_zoo_table_has_every_backbone_at_paper_size():
     rows = {row["name"]: row for row in zoo_table()}
     assert set(rows) == set(registry.names("backbone"))

@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -103,7 +105,44 @@ def test_paper_ladder_times_every_rung_on_a_photo(tmp_path):
         assert row["speedup_vs_rcnn"] > 0 and row["paper_ms"] > 0
     assert rows["rcnn"]["speedup_vs_rcnn"] == 1.0 and rows["faster_rcnn"]["course_speedup"] == 250.0
     assert rows["yolo"]["proposal_ms"] == 0 and rows["faster_rcnn"]["proposal_ms"] == 0
+    assert rows["rcnn"]["macs_ratio_vs_rcnn"] == 1.0
+    for row in rows.values():  # R-CNN's multiply-adds grow with its proposals: the most of any rung
+        assert 0 < row["gmacs"] <= rows["rcnn"]["gmacs"] or row["rung"] == "ssd300"
+        assert row["macs_ratio_vs_rcnn"] == pytest.approx(rows["rcnn"]["gmacs"] / row["gmacs"], rel=0.01)
     assert json.loads(out.read_text())["provenance"]["machine"]["cores"] >= 1
+
+
+def _vgg16_conv_macs(side: int) -> int:
+    """VGG-16's 13 3x3 convolutions (to block5_conv3) on a side x side image, by hand."""
+    blocks = [(3, 64, 2), (64, 128, 2), (128, 256, 3), (256, 512, 3), (512, 512, 3)]
+    total = 0
+    for b, (c_in, c_out, n) in enumerate(blocks):
+        pixels = (side // 2**b) ** 2
+        total += pixels * 9 * (c_in * c_out + (n - 1) * c_out * c_out)
+    return total
+
+
+def test_paper_ladder_counts_the_multiply_adds_the_papers_count():
+    """R-CNN's network per warp is VGG-16's convolutions (its features are the pooled conv5, 512-d):
+    with fc6 / fc7 / fc8 added it is torchvision's 15.47 GFLOPs (multiply-adds) for vgg16;
+    Faster R-CNN at 800 px by hand: conv5, the RPN's 3x3 conv and 1x1 heads over 50 x 50, and
+    fc6 / fc7 / the class and box layers on 300 RoIs."""
+    import ladder_paper
+
+    from cnn_apps.backbones.flops import count_macs
+
+    s = ladder_paper.settings(tiny=False)
+    detector = ladder_paper.region_rung("rcnn", s)
+    per_warp = count_macs(detector._feature_model)
+    assert per_warp == _vgg16_conv_macs(224)
+    fc = 512 * 7 * 7 * 4096 + 4096 * 4096 + 4096 * 1000
+    assert (per_warp + fc) / 1e9 == pytest.approx(15.47, abs=0.01)  # torchvision's vgg16
+    _, network = ladder_paper.keras_rung("faster_rcnn", s)
+    grid, rois, k = 800 // 16, s["rpn_post_nms"], ladder_paper.NUM_CLASSES + 1
+    rpn = grid * grid * 512 * (9 * 512 + 9 + 9 * 4)  # 3x3 conv, then objectness and deltas per anchor
+    head = rois * (512 * 7 * 7 * 4096 + 4096 * 4096 + 4096 * (k + 4 * ladder_paper.NUM_CLASSES))
+    by_hand = _vgg16_conv_macs(800) + rpn + head
+    assert count_macs(network, unknown_rows=rois) == pytest.approx(by_hand, rel=0.001)
 
 
 def test_batch_norm_benchmark_times_keras_against_the_fused_kernel(tmp_path):

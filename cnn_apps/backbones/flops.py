@@ -33,8 +33,9 @@ def _spatial(shape, layer) -> int:
     return math.prod(dims)
 
 
-def layer_macs(layer) -> int:
-    """Multiply-adds of one call of a (non-nested) layer on one image."""
+def layer_macs(layer, unknown_rows: int | None = None) -> int:
+    """Multiply-adds of one call of a (non-nested) layer on one image; ``unknown_rows`` stands
+    for a Dense input's unknown leading dims (the RoIs of a two-stage detector's head)."""
     if isinstance(layer, keras.layers.SeparableConv2D):
         c_in = layer.input.shape[-1]
         kh, kw = layer.kernel_size
@@ -52,21 +53,30 @@ def layer_macs(layer) -> int:
         return _spatial(layer.output.shape, layer) * layer.filters * kh * kw * c_in // layer.groups
     if isinstance(layer, keras.layers.Dense):
         shape = layer.input.shape
-        leading = math.prod(shape[1:-1]) if len(shape) > 2 else 1
-        return leading * shape[-1] * layer.units
+        dims = shape[1:-1]
+        if any(d is None for d in dims):
+            if unknown_rows is None:
+                raise ModelError(
+                    f"count_macs: Dense layer '{layer.name}' has an unknown row count {tuple(shape)}; "
+                    "pass unknown_rows (e.g. the RoIs per image)"
+                )
+            dims = [unknown_rows if d is None else d for d in dims]
+        return math.prod(dims) * shape[-1] * layer.units
     return 0
 
 
-def count_macs(model) -> int:
+def count_macs(model, unknown_rows: int | None = None) -> int:
     """Multiply-adds of one forward pass of ``model`` on one image (B = 1).
 
-    Recurses into nested models (a classifier's backbone). The model needs known
-    spatial sizes: build it with a fixed ``input_shape``.
+    Recurses into nested models (a classifier's backbone, a detector's RoI head). The model
+    needs known spatial sizes: build it with a fixed ``input_shape``. A Dense layer applied to
+    a variable number of rows (a RoI head on ``(None, 4)`` boxes) counts ``unknown_rows`` of
+    them; without it such a layer raises.
     """
     total = 0
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            total += count_macs(layer)
+            total += count_macs(layer, unknown_rows)
         else:
-            total += layer_macs(layer)
+            total += layer_macs(layer, unknown_rows)
     return int(total)
