@@ -15,9 +15,12 @@ ways on the same CPU, alternating calls:
 
 The shapes and their counts are read from the ``resnet50_v1_5`` backbone that ``cpu.py``
 compares with torchvision's (224 px). Ratios are ``keras / other`` in time (> 1: the other is
-faster). Writes ``benchmarks/results/pointwise_conv.json``.
+faster). Then the whole network: that ResNet-50's bfloat16 training step with our layer and with
+Keras' convolution in its place, steps alternating (``--network-steps``). Writes
+``benchmarks/results/pointwise_conv.json``.
 
-    python benchmarks/pointwise_conv.py [--batch 8] [--steps 20] [--shapes N] [--out PATH]
+    python benchmarks/pointwise_conv.py [--batch 8] [--steps 20] [--shapes N] [--network-steps 6]
+        [--out PATH]
 """
 
 from __future__ import annotations
@@ -55,11 +58,65 @@ def resnet50_pointwise_shapes() -> list[tuple[int, int, int, int]]:
     return [(*shape, n) for shape, n in sorted(counts.items(), key=lambda kv: (-kv[0][0], kv[0][1:]))]
 
 
+def resnet50_steps(batch: int, steps: int) -> dict:
+    """The whole network: resnet50_v1_5's bfloat16 training step (SGD, as ``cpu.py``) with its 1x1
+    kernel gradients as matrix products (``cnn_apps``) and with every MatmulGradConv2D told to
+    run Keras' convolution (``keras``), built alike, steps alternating; medians in ms."""
+    import keras
+    import numpy as np
+
+    import cnn_apps.backbones  # noqa: F401
+    from cnn_apps import registry
+    from cnn_apps.backbones.pointwise_conv import MatmulGradConv2D
+
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((batch, 224, 224, 3)).astype(np.float32)
+    labels = rng.integers(0, 1000, batch)
+    step = {}
+    for side in ("keras", "cnn_apps"):
+        keras.utils.set_random_seed(0)
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        try:
+            model = registry.get("backbone", "resnet50_v1_5")(
+                input_shape=(224, 224, 3), include_top=True, num_classes=1000, classifier_activation=None
+            )
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        if side == "keras":
+            for layer in model.layers:
+                if isinstance(layer, MatmulGradConv2D):
+                    layer._matmul_grad = lambda inputs, kernel: False  # Keras' convolution_op
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            jit_compile=False,
+        )
+        step[side] = lambda model=model: model.train_on_batch(images, labels)
+    for fn in step.values():  # warm-up (tracing)
+        fn()
+        fn()
+    times = {side: [] for side in step}
+    for _ in range(steps):
+        for side, fn in step.items():
+            start = time.perf_counter()
+            fn()
+            times[side].append(1000 * (time.perf_counter() - start))
+    ms = {side: round(statistics.median(v), 1) for side, v in times.items()}
+    out = {"model": "resnet50_v1_5", "batch": batch, "steps": steps}
+    out |= {f"{side}_step_ms": v for side, v in ms.items()}
+    out["keras_over_cnn_apps"] = round(ms["keras"] / ms["cnn_apps"], 3)
+    print(f"resnet50_v1_5 bf16 training step: keras {ms['keras']} ms, cnn_apps {ms['cnn_apps']} ms")
+    return out
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20, help="timed calls per side and shape")
     parser.add_argument("--shapes", type=int, default=None, help="the first N shapes (tests)")
+    parser.add_argument(
+        "--network-steps", type=int, default=6, help="timed ResNet-50 training steps per side (0: none)"
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
@@ -146,6 +203,7 @@ def main(argv=None) -> dict:
         for side in ("keras", "cnn_apps", "torch")
         if all(f"{side}_ms" in r for r in rows)
     }
+    network = resnet50_steps(args.batch, args.network_steps) if args.network_steps else None
     payload = {
         "benchmark": "pointwise_conv",
         "precision": "bfloat16",
@@ -153,6 +211,7 @@ def main(argv=None) -> dict:
         "steps": args.steps,
         "rows": rows,
         "totals": totals,
+        "network": network,
     }
     for key, value in totals.items():
         print(f"{key}: {value} ms")

@@ -171,13 +171,17 @@ def test_pointwise_conv_benchmark_times_resnet50s_1x1_convolutions(tmp_path):
     # resnet50_v1_5: 16 bottlenecks with two 1x1 stride-1 convolutions each + conv2's projection
     assert sum(count for *_, count in shapes) == 33 and shapes[0] == (56, 64, 64, 1)
     out = tmp_path / "pointwise_conv.json"
-    result = pointwise_conv.main(["--shapes", "1", "--steps", "2", "--batch", "2", "--out", str(out)])
+    result = pointwise_conv.main(
+        ["--shapes", "1", "--steps", "2", "--batch", "2", "--network-steps", "1", "--out", str(out)]
+    )
     (row,) = result["rows"]
     assert (row["height"], row["channels"], row["filters"], row["count_in_resnet50"]) == (56, 64, 64, 1)
     assert row["cnn_apps_matmul_grad"]  # our layer timed its matmul gradient, not Keras' convolution
     ratio = row["keras_over_cnn_apps"]
     assert abs(ratio - row["keras_ms"] / row["cnn_apps_ms"]) < 0.01 + 0.01 * ratio
     assert result["totals"]["cnn_apps_ms_per_resnet50_step"] == round(row["cnn_apps_ms"], 1)
+    net = result["network"]
+    assert net["keras_step_ms"] > 0 and net["cnn_apps_step_ms"] > 0 and net["steps"] == 1
     assert json.loads(out.read_text())["provenance"]["machine"]["cores"] >= 1
 
 
