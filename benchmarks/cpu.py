@@ -10,8 +10,12 @@ side runs at its best documented CPU settings:
 
 * ours: TensorFlow with oneDNN (its default), Keras' compiled ``predict_on_batch`` /
   ``train_on_batch`` (what ``predict`` and ``fit`` run; detectors with their decoding and NMS),
-  ``jit_compile`` off (XLA was slower on this CPU in every case measured), and the
-  ``mixed_bfloat16`` policy for ``--precision bfloat16``, which oneDNN runs on AVX512-BF16/AMX;
+  ``jit_compile`` off (XLA was slower on this CPU in every case measured), the
+  ``mixed_bfloat16`` policy for ``--precision bfloat16``, which oneDNN runs on AVX512-BF16/AMX,
+  and inference on a copy with batch norm folded into the convolutions
+  (``cnn_apps.backbones.fold_batch_norm``: TensorFlow's optimizer folds it itself in float32 but
+  not in bfloat16) for the classifiers; the detectors run as they are, since the folded copy is
+  a plain functional model without their decoding (each row records which);
 * torchvision: ``weights=None``, ``torch.set_num_threads(cores)``, channels-last memory for the
   classifiers, ``eval()`` under ``torch.inference_mode()`` for inference, SGD with momentum 0.9
   for a training step, ``torch.autocast("cpu", bfloat16)`` for ``--precision bfloat16``.
@@ -76,13 +80,22 @@ def ours_steps(name: str, spec, size: int, images, targets, tiny: bool, precisio
         jit_compile=False,
     )
 
+    # inference on a copy with batch norm folded into the convolutions: TensorFlow's optimizer
+    # folds it itself in float32, not in bfloat16 (cnn_apps/backbones/fold_batch_norm.py)
+    from cnn_apps.backbones.fold_batch_norm import fold_batch_norm
+
+    # (classifiers only: the copy is a plain functional model, without a detector's decoding)
+    folded = spec.task == "classification"
+    inference_model = fold_batch_norm(model) if folded else model
+
     def infer():
-        return model.predict_on_batch(images)
+        return inference_model.predict_on_batch(images)
 
     def train():
         return model.train_on_batch(images, targets)
 
-    return infer, train, {"name": model.name, "params": int(model.count_params())}
+    info = {"name": model.name, "params": int(model.count_params()), "inference_batch_norm_folded": folded}
+    return infer, train, info
 
 
 def peer_steps(torch, torchvision, name: str, spec, size: int, images, targets, tiny: bool, precision: str):

@@ -58,7 +58,7 @@ def resnet50_pointwise_shapes() -> list[tuple[int, int, int, int]]:
     return [(*shape, n) for shape, n in sorted(counts.items(), key=lambda kv: (-kv[0][0], kv[0][1:]))]
 
 
-def resnet50_steps(batch: int, steps: int) -> dict:
+def resnet50_steps(batch: int, steps: int, size: int = 224) -> dict:
     """The whole network: resnet50_v1_5's bfloat16 training step (SGD, as ``cpu.py``) with its 1x1
     kernel gradients as matrix products (``cnn_apps``) and with every MatmulGradConv2D told to
     run Keras' convolution (``keras``), built alike, steps alternating; medians in ms."""
@@ -70,7 +70,7 @@ def resnet50_steps(batch: int, steps: int) -> dict:
     from cnn_apps.backbones.pointwise_conv import MatmulGradConv2D
 
     rng = np.random.default_rng(0)
-    images = rng.standard_normal((batch, 224, 224, 3)).astype(np.float32)
+    images = rng.standard_normal((batch, size, size, 3)).astype(np.float32)
     labels = rng.integers(0, 1000, batch)
     step = {}
     for side in ("keras", "cnn_apps"):
@@ -78,7 +78,7 @@ def resnet50_steps(batch: int, steps: int) -> dict:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
         try:
             model = registry.get("backbone", "resnet50_v1_5")(
-                input_shape=(224, 224, 3), include_top=True, num_classes=1000, classifier_activation=None
+                input_shape=(size, size, 3), include_top=True, num_classes=1000, classifier_activation=None
             )
         finally:
             keras.mixed_precision.set_global_policy("float32")
@@ -102,7 +102,7 @@ def resnet50_steps(batch: int, steps: int) -> dict:
             fn()
             times[side].append(1000 * (time.perf_counter() - start))
     ms = {side: round(statistics.median(v), 1) for side, v in times.items()}
-    out = {"model": "resnet50_v1_5", "batch": batch, "steps": steps}
+    out = {"model": "resnet50_v1_5", "image_size": size, "batch": batch, "steps": steps}
     out |= {f"{side}_step_ms": v for side, v in ms.items()}
     out["keras_over_cnn_apps"] = round(ms["keras"] / ms["cnn_apps"], 3)
     print(f"resnet50_v1_5 bf16 training step: keras {ms['keras']} ms, cnn_apps {ms['cnn_apps']} ms")

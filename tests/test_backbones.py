@@ -519,3 +519,25 @@ def test_pointwise_subsample_equals_the_strided_convolution():
         ref.set_weights(conv.get_weights())
         np.testing.assert_allclose(ours(x), ref(x), atol=1e-6)
     assert pointwise_subsample(inputs, 3, 2, "q")[1] == 2  # other kernels pass through
+
+
+def test_a_model_saved_with_keras_own_layers_loads_into_ours(tmp_path, monkeypatch):
+    """Models saved before the backbones used FusedBatchNormalization and MatmulGradConv2D
+    (Keras' BatchNormalization and Conv2D in their place) load, weights and all: the .keras
+    format files weights by class name, which ours keep."""
+    from cnn_apps.backbones import resnet_mini
+    from cnn_apps.backbones.batch_norm import FusedBatchNormalization
+    from cnn_apps.backbones.pointwise_conv import MatmulGradConv2D
+
+    with monkeypatch.context() as patch:  # the backbone as it was built before
+        patch.setattr(resnet_mini, "FusedBatchNormalization", keras.layers.BatchNormalization)
+        patch.setattr(resnet_mini, "MatmulGradConv2D", keras.layers.Conv2D)
+        old = ImageClassifier(3, (32, 32, 3), backbone="resnet_mini")
+    assert not any(isinstance(layer, MatmulGradConv2D) for layer in old.backbone.layers)
+    old.set_weights([np.random.default_rng(i).normal(size=w.shape) for i, w in enumerate(old.get_weights())])
+    old.save(tmp_path / "old.keras")
+    loaded = keras.models.load_model(tmp_path / "old.keras")
+    kinds = {type(layer) for layer in loaded.backbone.layers}
+    assert {FusedBatchNormalization, MatmulGradConv2D} <= kinds
+    for a, b in zip(loaded.get_weights(), old.get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -74,3 +74,9 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
                 is_training=False,
             )
         return tf.cast(outputs, self.compute_dtype)
+
+
+# Keras' .keras format files each layer's weights under its class name ("batch_normalization_3"),
+# not its registered name: our layer keeps Keras' name, so models saved with either class load
+# into the other (a model saved before the backbones used this layer among them)
+FusedBatchNormalization.__name__ = keras.layers.BatchNormalization.__name__

@@ -65,3 +65,9 @@ class MatmulGradConv2D(keras.layers.Conv2D):
         if not self._matmul_grad(inputs, kernel):
             return super().convolution_op(inputs, kernel)
         return _pointwise_conv_with_matmul_kernel_grad(inputs, kernel)
+
+
+# Keras' .keras format files each layer's weights under its class name ("conv2d_3"), not its
+# registered name: our layer keeps Keras' name, so models saved with either class load into the
+# other (every model saved before the ResNets used this layer among them)
+MatmulGradConv2D.__name__ = keras.layers.Conv2D.__name__
