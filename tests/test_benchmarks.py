@@ -123,6 +123,18 @@ def test_pointwise_conv_benchmark_times_the_whole_network_both_ways():
     assert net["keras_over_cnn_apps"] == pytest.approx(keras_ms / ours_ms, abs=0.01)
 
 
+def test_fold_batch_norm_benchmark_times_both_and_checks_they_agree(tmp_path):
+    import fold_batch_norm
+
+    out = tmp_path / "fold_batch_norm.json"
+    args = ["--size", "32", "--batch", "2", "--steps", "1", "--precision", "float32", "--out", str(out)]
+    (row,) = fold_batch_norm.main(args)["rows"]
+    assert row["batch_norms_folded"] == 53  # every batch norm of ResNet-50 follows a convolution
+    assert row["max_logit_difference"] < 1e-4 * max(row["max_logit"], 1.0)
+    assert row["unfolded_over_folded"] == pytest.approx(row["unfolded_ms"] / row["folded_ms"], abs=0.01)
+    assert json.loads(out.read_text())["provenance"]["machine"]["cores"] >= 1
+
+
 def _vgg16_conv_macs(side: int) -> int:
     """VGG-16's 13 3x3 convolutions (to block5_conv3) on a side x side image, by hand."""
     blocks = [(3, 64, 2), (64, 128, 2), (128, 256, 3), (256, 512, 3), (512, 512, 3)]
