@@ -37,8 +37,10 @@ from tables_speed import (
     data_pipeline,
     demo_time,
     detector_speed,
+    fold_batch_norm,
     ladder_paper,
     ladder_timing,
+    pointwise_conv,
 )
 from tables_studies import (
     depth_study,
@@ -74,6 +76,8 @@ TABLES = {
     "cpu_peers": cpu_peers,
     "ladder_paper": ladder_paper,
     "batch_norm": batch_norm,
+    "pointwise_conv": pointwise_conv,
+    "fold_batch_norm": fold_batch_norm,
     "transfer_split": transfer_split,
     "transfer_layer_curve": transfer_layer_curve,
     "regularization_study": regularization_study,

@@ -157,6 +157,9 @@ def ladder_paper() -> str:
                 f"{row['post_ms']:,.0f}",
                 f"{row['proposals']:,.0f}" if row["proposals"] else "-",
                 f"**{row['speedup_vs_rcnn']:.1f}x**",
+                f"{row['gmacs']:,.0f}",
+                f"{row['macs_ratio_vs_rcnn']:.1f}x",
+                f"{row['network_gmacs_per_s']:,.0f}",
                 f"{course:g}x" if course else "",
                 f"{row['paper_ms']:,.0f} ms"
                 + (f", {row['paper_speedup_vs_rcnn']:.0f}x" if row["rung"] in K40_RUNGS else ""),
@@ -173,14 +176,72 @@ def ladder_paper() -> str:
         f"{len(r['photos'])} photos ({', '.join(r['photos'])}), {r['rounds']} timed pass(es) after a "
         f"warm-up, medians; {r['precision']}; up to {s['max_proposals']:,} selective-search proposals "
         f"(fast mode); R-CNN's network timed on {r['rcnn_warps_timed']} warps per photo and scaled to "
-        "its proposals. Paper column: each paper's own GPU figure (R-CNN to Faster R-CNN on a K40, "
+        "its proposals. GMAC: multiply-adds of the networks and the SVM / box heads (not selective "
+        "search); arithmetic vs R-CNN: the speed-up at equal GMAC/s; GMAC/s: over network and "
+        "post-processing time. Paper column: each paper's own GPU figure (R-CNN to Faster R-CNN on a K40, "
         f"so their speed-ups compare; YOLO and SSD on a Titan X). Goals on this CPU: {goals}."
     )
     header = (
         "rung | ms per image: | proposals: | network: | post-processing: | boxes: | vs R-CNN: "
-        "| course: | paper (GPU):"
+        "| GMAC per image: | arithmetic vs R-CNN: | GMAC/s: | course: | paper (GPU):"
     )
     return markdown(header, rows, [r], note=note)
+
+
+def pointwise_conv() -> str:
+    """``benchmarks/pointwise_conv.py``: a bfloat16 training step of ResNet-50's 1x1 convolutions."""
+    r = load("pointwise_conv")
+    sides = [s for s in ("keras", "cnn_apps", "torch") if all(f"{s}_ms" in row for row in r["rows"])]
+    rows = [
+        [
+            f"{row['height']} x {row['height']}",
+            f"{row['channels']} -> {row['filters']}",
+            row["count_in_resnet50"],
+            *(f"{row[f'{s}_ms']:.2f}" for s in sides),
+            *(f"{row[f'keras_over_{s}']:.1f}x" for s in sides if s != "keras"),
+        ]
+        for row in r["rows"]
+    ]
+    totals = r["totals"]
+    note = (
+        f"Summed over ResNet-50's {sum(row['count_in_resnet50'] for row in r['rows'])} such convolutions "
+        f"(the count column), one {r['precision']} training step at batch {r['batch']}: "
+        + ", ".join(f"{s} {totals[f'{s}_ms_per_resnet50_step']:,.0f} ms" for s in sides)
+        + "."
+    )
+    net = r.get("network")
+    if net:
+        note += (
+            f" The whole {net['model']} training step ({net['image_size']} px, batch {net['batch']}, "
+            f"medians of {net['steps']} alternating steps): Keras' convolution "
+            f"{net['keras_step_ms']:,.0f} ms, ours {net['cnn_apps_step_ms']:,.0f} ms "
+            f"({net['keras_over_cnn_apps']:.2f}x)."
+        )
+    header = "activation | channels | in ResNet-50: | " + " | ".join(f"{s} ms:" for s in sides)
+    header += "".join(f" | keras / {s}:" for s in sides if s != "keras")
+    return markdown(header, rows, [r], note=note)
+
+
+def fold_batch_norm() -> str:
+    """``benchmarks/fold_batch_norm.py``: ResNet-50 inference with batch norm as it is and folded."""
+    r = load("fold_batch_norm")
+    rows = [
+        [
+            row["precision"],
+            f"{row['image_size']} px, {row['batch']}",
+            row["batch_norms_folded"],
+            f"{row['unfolded_ms']:,.1f}",
+            f"{row['folded_ms']:,.1f}",
+            f"**{row['unfolded_over_folded']:.2f}x**",
+            f"{row['max_logit_difference']:.2g} of {row['max_logit']:.3g}",
+        ]
+        for row in r["rows"]
+    ]
+    header = (
+        "precision | input, batch | batch norms folded: | unfolded ms: | folded ms: | speed-up: "
+        "| largest logit difference:"
+    )
+    return markdown(header, rows, [r], note=f"Medians of {r['steps']} alternating `predict_on_batch` calls.")
 
 
 def demo_time() -> str:
