@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 os.environ["KERAS_BACKEND"] = "tensorflow"
@@ -44,15 +42,6 @@ SHAPES = ((112, 112, 64, 1), (56, 56, 64, 6), (56, 56, 256, 4), (28, 28, 128, 8)
           (14, 14, 256, 12), (14, 14, 1024, 7), (7, 7, 512, 6), (7, 7, 2048, 4))  # fmt: skip
 
 
-def _median_ms(fn, steps: int) -> list[float]:
-    out = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        out.append(1000 * (time.perf_counter() - start))
-    return out
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=8)
@@ -62,10 +51,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
-    try:  # before TensorFlow (cpu.py: Triton in PyPI's CUDA torch crashes when loaded after it)
-        import torch
-    except ImportError:
-        torch = None
+    from alternate import alternating_medians, torch_first
+
+    torch = torch_first()  # before TensorFlow
     import keras
     import numpy as np
     import tensorflow as tf
@@ -73,8 +61,6 @@ def main(argv=None) -> dict:
 
     from cnn_apps.backbones.batch_norm import FusedBatchNormalization
 
-    if torch is not None:
-        torch.set_num_threads(os.cpu_count())
     precisions = ["float32", "bfloat16"] if args.precision == "both" else [args.precision]
     rows = []
     for precision in precisions:
@@ -128,14 +114,7 @@ def main(argv=None) -> dict:
                     y.float().sum().backward()
 
                 sides["torch"] = torch_step
-            for fn in sides.values():  # warm-up (tracing)
-                fn()
-                fn()
-            times = {name: [] for name in sides}
-            for _ in range(args.steps):  # alternating
-                for name, fn in sides.items():
-                    times[name] += _median_ms(fn, 1)
-            ms = {name: statistics.median(v) for name, v in times.items()}
+            ms = alternating_medians(sides, args.steps)
             row = {"shape": [h, w, c], "count_in_resnet50": count, "precision": precision}
             graph = steps["cnn_apps"].get_concrete_function().graph
             row["cnn_apps_fused"] = any(op.type == "FusedBatchNormV3" for op in graph.get_operations())

@@ -16,10 +16,9 @@ is faster). Writes ``benchmarks/results/fold_batch_norm.json``.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 os.environ["KERAS_BACKEND"] = "tensorflow"
@@ -40,6 +39,7 @@ def main(argv=None) -> dict:
 
     import keras
     import numpy as np
+    from alternate import alternating_medians
     from provenance import write_result
 
     import cnn_apps.backbones  # noqa: F401  (registers the backbones)
@@ -69,17 +69,10 @@ def main(argv=None) -> dict:
                 layer.moving_mean.assign(rng.normal(0.0, 0.1, c))
                 layer.moving_variance.assign(rng.uniform(0.5, 1.5, c))
         folded = fold_batch_norm(model)
-        sides = {"unfolded": model.predict_on_batch, "folded": folded.predict_on_batch}
-        outputs = {name: np.asarray(fn(images), np.float32) for name, fn in sides.items()}  # warm-up
-        for fn in sides.values():
-            fn(images)
-        times = {name: [] for name in sides}
-        for _ in range(args.steps):
-            for name, fn in sides.items():
-                start = time.perf_counter()
-                fn(images)
-                times[name].append(1000 * (time.perf_counter() - start))
-        ms = {name: statistics.median(v) for name, v in times.items()}
+        predict = {"unfolded": model.predict_on_batch, "folded": folded.predict_on_batch}
+        outputs = {name: np.asarray(fn(images), np.float32) for name, fn in predict.items()}
+        sides = {name: functools.partial(fn, images) for name, fn in predict.items()}
+        ms = alternating_medians(sides, args.steps, warmup=1)
         scale = float(np.abs(outputs["unfolded"]).max())
         row = {
             "model": "resnet50_v1_5",

@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 os.environ["KERAS_BACKEND"] = "tensorflow"
@@ -92,16 +90,9 @@ def resnet50_steps(batch: int, steps: int, size: int = 224) -> dict:
             jit_compile=False,
         )
         step[side] = lambda model=model: model.train_on_batch(images, labels)
-    for fn in step.values():  # warm-up (tracing)
-        fn()
-        fn()
-    times = {side: [] for side in step}
-    for _ in range(steps):
-        for side, fn in step.items():
-            start = time.perf_counter()
-            fn()
-            times[side].append(1000 * (time.perf_counter() - start))
-    ms = {side: round(statistics.median(v), 1) for side, v in times.items()}
+    from alternate import alternating_medians
+
+    ms = {side: round(v, 1) for side, v in alternating_medians(step, steps).items()}
     out = {"model": "resnet50_v1_5", "image_size": size, "batch": batch, "steps": steps}
     out |= {f"{side}_step_ms": v for side, v in ms.items()}
     out["keras_over_cnn_apps"] = round(ms["keras"] / ms["cnn_apps"], 3)
@@ -120,10 +111,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
-    try:  # before TensorFlow (cpu.py: Triton in PyPI's CUDA torch crashes when loaded after it)
-        import torch
-    except ImportError:
-        torch = None
+    from alternate import alternating_medians, torch_first
+
+    torch = torch_first()  # before TensorFlow
     import keras
     import numpy as np
     import tensorflow as tf
@@ -131,8 +121,6 @@ def main(argv=None) -> dict:
 
     from cnn_apps.backbones.pointwise_conv import MatmulGradConv2D
 
-    if torch is not None:
-        torch.set_num_threads(os.cpu_count())
     shapes = resnet50_pointwise_shapes()[: args.shapes]
     rows = []
     for h, channels, filters, count in shapes:
@@ -175,16 +163,7 @@ def main(argv=None) -> dict:
                 y.float().sum().backward()
 
             sides["torch"] = torch_step
-        for fn in sides.values():  # warm-up (tracing)
-            fn()
-            fn()
-        times = {name: [] for name in sides}
-        for _ in range(args.steps):  # alternating
-            for name, fn in sides.items():
-                start = time.perf_counter()
-                fn()
-                times[name].append(1000 * (time.perf_counter() - start))
-        ms = {name: statistics.median(v) for name, v in times.items()}
+        ms = alternating_medians(sides, args.steps)
         graph = steps["cnn_apps"].get_concrete_function().graph
         types = {op.type for op in graph.get_operations()}
         for function in graph._functions.values():  # the custom gradient is a function of the graph

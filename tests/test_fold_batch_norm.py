@@ -4,6 +4,9 @@ batch norm ops; nested models, the saved format, and the original left as it was
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -147,20 +150,11 @@ def test_a_detector_network_folds_to_the_same_outputs():
     """Faster R-CNN on a narrow ResNet-50 C4 map: its batch norms fold and the network's outputs
     (RPN, RoI pooling and the box head on the folded map) stay the same. The copy is a plain
     functional model: the detector's own predict_step (decoding, NMS) does not come with it."""
-    from cnn_apps.detection.faster_rcnn import FasterRCNN
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import peer_models  # the narrow Faster R-CNN that cpu.py --tiny builds
 
     keras.utils.set_random_seed(0)
-    detector = FasterRCNN(
-        3,
-        image_size=64,
-        backbone="resnet50",
-        backbone_args={"width": 0.125},
-        feature_level="C4",
-        rpn_filters=16,
-        rpn_pre_nms_top_k=64,
-        rpn_post_nms_top_k=32,
-        head_units=(32, 32),
-    )
+    detector, _ = peer_models.build_ours("faster_rcnn", peer_models.SPECS["faster_rcnn"], 64, tiny=True)
     _randomize_statistics(detector)
     folded = fold_batch_norm(detector)
     assert _batch_norms(detector) and not _batch_norms(folded)
