@@ -6,7 +6,7 @@ folds into that convolution's kernel (``kernel * s`` per output channel) and bia
 (``(bias - mean) * s + beta``), the same function with one layer fewer. TensorFlow's graph
 optimizer does this itself for float32 models on a CPU, but not under ``mixed_bfloat16``, where
 ResNet-50's separate batch norms (and the ReLUs it then cannot fuse into the convolutions) made
-inference about 2.5x slower than the same network without them (``benchmarks/cpu.py``).
+inference about 2x slower than folded (``benchmarks/fold_batch_norm.py``).
 
 :func:`fold_batch_norm` returns a copy of a functional model (nested models included, so an
 ``ImageClassifier`` with its backbone) in which every foldable batch norm is a pass-through
