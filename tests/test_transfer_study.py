@@ -45,19 +45,25 @@ def _table(parent_id, name):
 
 
 def test_mode_training_overrides_one_modes_training_and_names_bad_keys():
-    """study.mode_training gives the scratch children their own budget; the other modes keep the
-    training section, the seed stays the child's, and an unknown key is a ConfigError listing
-    the valid ones."""
+    """study.mode_training gives the scratch and fine_tune children their own budgets; the other
+    modes keep the training section, the seed stays the child's, and an unknown key is a
+    ConfigError listing the valid ones."""
     from cnn_apps.config import load_config
     from cnn_apps.stages.transfer_study import _check, child_config
 
     config = load_config("pipelines/configs/transfer_fashion_split.yaml")
-    assert config.study.mode_training == {"scratch": {"epochs": 140, "early_stopping_patience": 20}}
+    assert config.study.mode_training == {
+        "scratch": {"epochs": 140, "early_stopping_patience": 20},
+        "fine_tune": {"early_stopping_patience": 20},
+    }
     scratch = child_config(config, 5, 5, 2, "scratch")
     tuned = child_config(config, 5, 5, 2, "fine_tune")
+    frozen = child_config(config, 5, 5, 2, "feature_extraction")
     assert (scratch.training.epochs, scratch.training.early_stopping_patience) == (140, 20)
-    assert (tuned.training.epochs, tuned.training.early_stopping_patience) == (40, 5)
-    assert scratch.training.seed == tuned.training.seed == 2 and scratch.training.learning_rate == 0.001
+    assert (tuned.training.epochs, tuned.training.early_stopping_patience) == (40, 20)
+    assert (frozen.training.epochs, frozen.training.early_stopping_patience) == (40, 5)
+    assert scratch.training.seed == tuned.training.seed == frozen.training.seed == 2
+    assert scratch.training.learning_rate == 0.001
     assert config.training.epochs == 40  # the study's own config is untouched
     bad = load_config(
         "pipelines/configs/transfer_fashion_split.yaml", ["study.mode_training={scratch: {epoch: 9}}"]
