@@ -232,6 +232,10 @@ class FinetuneConfig:
     unfreeze_blocks: int = 2  # fine_tune phase 2: the backbone's top N blocks train (BN stays frozen)
     fine_tune_epochs: int = 10  # fine_tune phase 2: epochs with the top unfreeze_blocks blocks training
     fine_tune_learning_rate: float = 1e-4  # phase 2's rate: small, so as not to wreck the copied features
+    # fine_tune: the backbone's top N blocks start from random weights instead of the source's and
+    # train with the head in phase 1, the blocks below frozen (the top blocks are the most specific to
+    # the source's classes: Yosinski et al. 2014); 0 copies every block
+    reinit_blocks: int = 0
     shallow_model: str = _choice("logistic", ("logistic", "linear_svm"))
     shallow_c: float = 1.0  # inverse regularization strength of the shallow model
     # copy_blocks: the source's first N backbone blocks, frozen; the rest starts from random weights

@@ -153,6 +153,59 @@ def test_a_backbone_weights_file_is_a_source(cli):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
+def test_fine_tune_with_the_top_blocks_reinitialized(cli):
+    """finetune.reinit_blocks=1: the backbone's blocks below the top one are the source's, frozen
+    (with no block unfrozen in phase 2 they end equal to it by value); the top block starts from
+    random weights and trains with the head in phase 1 (its parameters count as trainable)."""
+    import mlflow
+
+    from cnn_apps import tracking
+
+    model = ImageClassifier(4, (32, 32, 3))
+    path = cli.tmp / "backbone.weights.h5"
+    model.backbone.save_weights(path)
+    run_id = cli(
+        "finetune",
+        sets=[
+            "finetune.source=weights",
+            f"finetune.weights={path}",
+            "finetune.mode=fine_tune",
+            "finetune.reinit_blocks=1",
+            "finetune.unfreeze_blocks=0",
+            "finetune.epochs=1",
+            "finetune.fine_tune_epochs=1",
+        ],
+    )
+    mlflow.set_tracking_uri(cli.uri)
+    tuned = tracking.load_keras_model(run_id)
+    source_blocks, tuned_blocks = backbone_blocks(model.backbone), backbone_blocks(tuned.backbone)
+    top = list(tuned_blocks)[-1]
+    for name, layers in tuned_blocks.items():
+        same = all(
+            np.array_equal(a, b)
+            for s, t in zip(source_blocks[name], layers)
+            for a, b in zip(s.get_weights(), t.get_weights())
+        )
+        assert same == (name != top), name
+    run = mlflow.MlflowClient(cli.uri).get_run(run_id).data
+    assert run.params["reinit_block_names"] == top
+    head = tuned.count_params() - tuned.backbone.count_params()
+    top_trainable = sum(int(np.prod(w.shape)) for t in source_blocks[top] for w in t.trainable_weights)
+    assert run.metrics["head_params_trainable"] == head + top_trainable
+
+
+def test_reinit_blocks_must_leave_a_block_from_the_source():
+    from cnn_apps.errors import ConfigError
+    from cnn_apps.stages.finetune import _copied_below
+
+    model = ImageClassifier(3, (32, 32, 3), backbone_args=SMALL)
+    assert _copied_below(model, 1) == len(backbone_blocks(model.backbone)) - 1
+    for bad in (-1, len(backbone_blocks(model.backbone))):
+        with pytest.raises(ConfigError, match=r"finetune.reinit_blocks: give 0\.\.3 .*stem"):
+            _copied_below(model, bad)
+
+
 def test_imagenet_weights_offline_fail_fast_and_say_how_to_pass_a_file(
     tmp_path, capsys, monkeypatch, offline
 ):

@@ -19,7 +19,9 @@ Modes (``finetune.mode``):
   run's model (so evaluate and export take it like any other);
 * ``fine_tune``: head warm-up with the base frozen, then the top
   ``finetune.unfreeze_blocks`` blocks train at ``finetune.fine_tune_learning_rate``,
-  batch norm kept in inference mode, with early stopping;
+  batch norm kept in inference mode, with early stopping. With ``finetune.reinit_blocks`` = N,
+  the backbone's top N blocks start from random weights and train with the head in phase 1
+  (batch norm in training mode there), the copied blocks below frozen;
 * ``scratch``: the same architecture from random weights (the baseline);
 * ``copy_blocks``: the source's first ``finetune.copied_blocks`` backbone blocks, frozen, under
   the rest of the architecture from random weights (Yosinski et al. 2014's AnB networks, or BnB
@@ -55,6 +57,7 @@ def finetune(
     import mlflow
 
     from cnn_apps.classification.transfer import (
+        backbone_blocks,
         copy_first_blocks,
         freeze_batch_norm,
         parameter_counts,
@@ -76,8 +79,14 @@ def finetune(
         )
 
     keras.utils.set_random_seed(config.training.seed)
-    model = _target_model(base, spec, fresh=ft.mode in ("scratch", "copy_blocks"))
-    copied = copy_first_blocks(base, model, ft.copied_blocks) if ft.mode == "copy_blocks" else []
+    reinit = ft.mode == "fine_tune" and ft.reinit_blocks != 0
+    model = _target_model(base, spec, fresh=reinit or ft.mode in ("scratch", "copy_blocks"))
+    if ft.mode == "copy_blocks":
+        copied = copy_first_blocks(base, model, ft.copied_blocks)
+    elif reinit:
+        copied = copy_first_blocks(base, model, _copied_below(model, ft.reinit_blocks))
+    else:
+        copied = []
     train_ds = split_dataset(spec, config, "train", training=True)
     train_eval_ds = split_dataset(spec, config, "train", training=False)
     val_ds = split_dataset(spec, config, "validation", training=False)
@@ -142,8 +151,12 @@ def finetune(
             mlflow.log_params({"copied_blocks": len(copied), "copied_block_names": ",".join(copied)})
             summary = phase("copy_blocks", "", config.training.epochs, config.training.learning_rate)
         else:
-            model.backbone.trainable = False
-            freeze_batch_norm(model)
+            if reinit:  # copy_first_blocks froze the copied blocks; the top ones train with the head
+                fresh = [name for name in backbone_blocks(model.backbone) if name not in copied]
+                mlflow.log_params({"reinit_blocks": len(fresh), "reinit_block_names": ",".join(fresh)})
+            else:
+                model.backbone.trainable = False
+                freeze_batch_norm(model)
             if ft.mode == "feature_extraction":
                 summary = phase("head", "", ft.epochs, ft.learning_rate)
             else:
@@ -171,6 +184,19 @@ def finetune(
 
 
 # ---------------------------------------------------------------------- sources
+def _copied_below(model, reinit_blocks: int) -> int:
+    """How many blocks fine_tune copies when the top ``reinit_blocks`` start from random weights."""
+    from cnn_apps.classification.transfer import backbone_blocks
+
+    names = list(backbone_blocks(model.backbone))
+    if not 1 <= reinit_blocks < len(names):
+        raise ConfigError(
+            f"finetune.reinit_blocks: give 0..{len(names) - 1} (at least one of the backbone's blocks "
+            f"must come from the source: {', '.join(names)}), got {reinit_blocks}"
+        )
+    return len(names) - reinit_blocks
+
+
 def _load_source(config: Config, from_run: str | None):
     """(base classifier, lineage reference, the source run's DatasetSpec or None)."""
     ft = config.finetune
