@@ -41,8 +41,11 @@ photo on a CPU). Calls alternate between the rungs photo by photo after one unti
 rung's figure is the median. Ratios are against R-CNN's ms per image, next to the course's
 1x / 25x / 250x and each paper's own test-time figure on its GPU.
 
-Writes ``benchmarks/results/ladder_paper.json``. TensorFlow (R-CNN and SPP-net score with the
-library's TF NMS); ``--precision bfloat16`` runs the networks under Keras' ``mixed_bfloat16``.
+Writes ``benchmarks/results/ladder_paper.json``. It runs under TensorFlow (the default) or under
+``KERAS_BACKEND=jax`` without TensorFlow, as on a GPU machine (R-CNN's and SPP-net's NMS then run
+in NumPy); ``benchmarks/device_session.sh`` runs it there with every network on the GPU and
+selective search on that machine's CPU cores. ``--precision bfloat16`` runs the networks under
+Keras' ``mixed_bfloat16``.
 
     python benchmarks/ladder_paper.py [--photos a.jpg,b.jpg] [--rcnn-warps 64] [--rounds 1]
         [--rungs rcnn,sppnet,fast_rcnn,faster_rcnn,yolo,ssd300] [--precision float32|bfloat16]
@@ -353,6 +356,19 @@ def rotate(calls: dict, images, rounds: int) -> dict:
     return out
 
 
+def accelerator() -> str:
+    """Where the networks ran: the JAX device's kind under JAX (``cpu`` or a GPU's name), else
+    ``cpu`` (TensorFlow here runs on the CPU)."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        return "cpu" if device.platform == "cpu" else str(device.device_kind)
+    return "cpu"
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -409,6 +425,8 @@ def main(argv=None) -> dict:
         )
     payload = {
         "benchmark": "ladder_paper",
+        "backend": keras.backend.backend(),
+        "accelerator": accelerator(),
         "tiny": args.tiny,
         "precision": args.precision,
         "photos": [p.strip() for p in args.photos.split(",") if p.strip()],

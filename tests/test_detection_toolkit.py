@@ -99,7 +99,7 @@ def _brute_force_nms(boxes, scores, iou_thr, score_thr, max_det):
     return out[:max_det]
 
 
-@pytest.mark.parametrize("implementation", ["tf", "portable"])
+@pytest.mark.parametrize("implementation", ["tf", "portable", "numpy"])
 def test_nms_matches_brute_force(implementation):
     rng = np.random.default_rng(1)
     xy = rng.uniform(0, 80, (2, 60, 2))
@@ -128,10 +128,26 @@ def test_nms_matches_brute_force(implementation):
         assert (out["labels"][b, n:] == -1).all() and (out["scores"][b, n:] == 0).all()
 
 
+def test_numpy_nms_caps_each_class_as_tensorflow_does():
+    """Many overlapping candidates per class and a small per-class cap: the NumPy NMS (used by
+    R-CNN's head where TensorFlow is absent) keeps what TF's combined NMS keeps."""
+    rng = np.random.default_rng(4)
+    xy = rng.uniform(0, 200, (1, 300, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(10, 80, (1, 300, 2))], -1).astype(np.float32)
+    scores = rng.uniform(0, 1, (1, 300, 4)).astype(np.float32)
+    kw = dict(max_detections=15, iou_threshold=0.5, score_threshold=0.2, pre_nms_top_k=6)
+    ours = batched_nms(boxes, scores, implementation="numpy", **kw)
+    theirs = {k: np_(v) for k, v in batched_nms(boxes, scores, implementation="tf", **kw).items()}
+    assert int(ours["num_detections"][0]) == int(theirs["num_detections"][0]) == 15
+    assert np.bincount(ours["labels"][0], minlength=4).max() <= 6
+    for key in ("boxes", "scores", "labels"):
+        np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-6)
+
+
 def test_nms_with_nothing_above_threshold():
     boxes = np.zeros((1, 5, 4), np.float32)
     scores = np.full((1, 5, 2), 0.01, np.float32)
-    for impl in ("tf", "portable"):
+    for impl in ("tf", "portable", "numpy"):
         out = batched_nms(boxes, scores, max_detections=10, score_threshold=0.05, implementation=impl)
         assert int(np_(out["num_detections"])[0]) == 0 and (np_(out["labels"]) == -1).all()
 

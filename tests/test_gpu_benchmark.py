@@ -1,7 +1,8 @@
-"""benchmarks/gpu.py runs where the GPU sessions run it: Keras on JAX, no TensorFlow, cv2 or
-MLflow. Here on the CPU with ``--tiny`` (narrow models, few steps), in a subprocess whose
-imports of those packages fail, as on the device machine; torch is blocked too, so the
-torchvision peers are skipped and the JSON must say why."""
+"""benchmarks/gpu.py and benchmarks/ladder_paper.py run where the GPU sessions run them
+(benchmarks/device_session.sh): Keras on JAX, no TensorFlow or MLflow (and for gpu.py no cv2).
+Here on the CPU with ``--tiny`` (narrow models, few steps), in a subprocess whose imports of
+those packages fail, as on the device machine; torch is blocked too, so the torchvision peers
+are skipped and the JSON must say why."""
 
 import json
 import os
@@ -50,10 +51,10 @@ RUNNER = textwrap.dedent("""
 """)
 
 
-def run_benchmark(tmp_path, *args, backend="jax"):
+def run_benchmark(tmp_path, *args, backend="jax", script="gpu.py", blocked=BLOCKED):
     env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu"}
     return subprocess.run(
-        [sys.executable, "-c", RUNNER, ",".join(BLOCKED), str(ROOT / "benchmarks/gpu.py"), *args],
+        [sys.executable, "-c", RUNNER, ",".join(blocked), str(ROOT / "benchmarks" / script), *args],
         env=env,
         capture_output=True,
         text=True,
@@ -95,3 +96,33 @@ def test_refuses_another_backend_and_unknown_models(tmp_path):
     assert done.returncode == 2 and "KERAS_BACKEND=jax" in done.stderr
     done = run_benchmark(tmp_path, "--tiny", "--models", "alexnet")
     assert done.returncode == 2 and "unknown models" in done.stderr
+
+
+def test_tiny_paper_ladder_on_jax_without_tensorflow(tmp_path):
+    """The whole ladder on JAX: R-CNN's and SPP-net's NumPy-side heads take the NumPy NMS, the
+    two-stage networks (RoI pooling, the RPN's proposals) run in keras.ops; selective search
+    needs cv2 with the contrib modules (carried to the GPU machine as a wheel)."""
+    pytest.importorskip("cv2.ximgproc", reason="opencv-contrib gives selective search")
+    out = tmp_path / "ladder_paper_gpu.json"
+    blocked = ("tensorflow", "tf_keras", "mlflow", "torch", "torchvision")
+    done = run_benchmark(
+        tmp_path,
+        "--tiny",
+        "--photos",
+        "messi5.jpg,fruits.jpg",
+        "--rcnn-warps",
+        "0",
+        "--out",
+        str(out),
+        script="ladder_paper.py",
+        blocked=blocked,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "no blocked import" in done.stdout
+    result = json.loads(out.read_text())
+    assert (result["backend"], result["accelerator"], result["tiny"]) == ("jax", "cpu", True)
+    rows = {row["rung"]: row for row in result["rows"]}
+    assert list(rows) == ["rcnn", "sppnet", "fast_rcnn", "faster_rcnn", "yolo", "ssd300"]
+    for name in ("rcnn", "sppnet", "fast_rcnn"):
+        assert rows[name]["proposals"] > 0 and rows[name]["proposal_ms"] > 0, rows[name]
+    assert rows["rcnn"]["speedup_vs_rcnn"] == 1.0 and rows["faster_rcnn"]["speedup_vs_rcnn"] > 1.0

@@ -8,6 +8,8 @@ Two implementations with the same contract:
   happens here and nowhere else.
 * :func:`portable_nms` is written with ``keras.ops`` (greedy NMS over the top-k
   candidates of each class, a fixed number of steps), so detectors also run under JAX.
+* :func:`numpy_nms` is the same greedy NMS in NumPy, outside any graph: for the heads that
+  post-process in NumPy (R-CNN's and SPP-net's SVMs) where TensorFlow is not installed.
 
 Both return a dict: ``boxes`` (B, K, 4) xyxy pixels, ``scores`` (B, K), ``labels`` (B, K)
 int32, ``num_detections`` (B,) int32, sorted by score, padded with boxes 0, scores 0 and
@@ -33,7 +35,9 @@ def batched_nms(
     implementation: str = "auto",
 ):
     """boxes (B, A, 4) xyxy pixels (shared by all classes), scores (B, A, C) per-class
-    scores (no background column) -> padded detections (see the module docstring)."""
+    scores (no background column) -> padded detections (see the module docstring).
+    ``implementation``: ``auto`` (``tf`` under the TensorFlow backend, else ``portable``),
+    ``tf``, ``portable`` or ``numpy``."""
     if implementation == "auto":
         implementation = "tf" if keras.backend.backend() == "tensorflow" else "portable"
     if implementation == "tf":
@@ -54,7 +58,16 @@ def batched_nms(
             score_threshold=score_threshold,
             pre_nms_top_k=pre_nms_top_k,
         )
-    raise ValueError(f"unknown NMS implementation {implementation!r} (auto, tf, portable)")
+    if implementation == "numpy":
+        return numpy_nms(
+            boxes,
+            scores,
+            max_detections=max_detections,
+            iou_threshold=iou_threshold,
+            score_threshold=score_threshold,
+            pre_nms_top_k=pre_nms_top_k,
+        )
+    raise ValueError(f"unknown NMS implementation {implementation!r} (auto, tf, portable, numpy)")
 
 
 def tf_combined_nms(boxes, scores, *, max_detections, iou_threshold, score_threshold, pre_nms_top_k):
@@ -138,3 +151,54 @@ def portable_nms(boxes, scores, *, max_detections, iou_threshold, score_threshol
         }
     out["num_detections"] = ops.sum(ops.cast(out["labels"] >= 0, "int32"), axis=-1)
     return out
+
+
+def numpy_nms(boxes, scores, *, max_detections, iou_threshold, score_threshold, pre_nms_top_k):
+    """Greedy per-class NMS in NumPy with TensorFlow's combined-NMS contract: per class the
+    candidates above ``score_threshold`` in score order, each suppressed by an earlier kept one
+    of IoU above ``iou_threshold``, at most ``min(pre_nms_top_k, max_detections)`` kept per
+    class, then the best ``max_detections`` over all classes."""
+    import numpy as np
+
+    boxes, scores = np.asarray(boxes, np.float32), np.asarray(scores, np.float32)
+    batch, _, num_classes = scores.shape
+    per_class = min(pre_nms_top_k, max_detections)
+    out = {
+        "boxes": np.zeros((batch, max_detections, 4), np.float32),
+        "scores": np.zeros((batch, max_detections), np.float32),
+        "labels": np.full((batch, max_detections), -1, np.int32),
+        "num_detections": np.zeros(batch, np.int32),
+    }
+    for b in range(batch):
+        kept_scores, kept_labels, kept_idx = [], [], []
+        for c in range(num_classes):
+            s = scores[b, :, c]
+            order = np.flatnonzero(s > score_threshold)
+            order = order[np.argsort(-s[order], kind="stable")]
+            keep = _greedy(boxes[b], order, iou_threshold, per_class)
+            kept_scores.append(s[keep])
+            kept_labels.append(np.full(len(keep), c, np.int32))
+            kept_idx.append(keep)
+        all_scores = np.concatenate(kept_scores)
+        best = np.argsort(-all_scores, kind="stable")[:max_detections]
+        n = len(best)
+        out["scores"][b, :n] = all_scores[best]
+        out["labels"][b, :n] = np.concatenate(kept_labels)[best]
+        out["boxes"][b, :n] = boxes[b, np.concatenate(kept_idx)[best]]
+        out["num_detections"][b] = n
+    return out
+
+
+def _greedy(boxes, order, iou_threshold: float, limit: int):
+    """Indices from ``order`` (score order) that no earlier kept box overlaps above the threshold."""
+    import numpy as np
+
+    from cnn_apps.detection.proposals import box_iou
+
+    keep = []
+    remaining = order
+    while len(remaining) and len(keep) < limit:
+        i, rest = remaining[0], remaining[1:]
+        keep.append(i)
+        remaining = rest[box_iou(boxes[i], boxes[rest])[0] <= iou_threshold]
+    return np.asarray(keep, np.int64)

@@ -149,6 +149,8 @@ class RegionHead:
         """Score, regress, clip to the image, per-class NMS (``nms_iou``) with
         :func:`~cnn_apps.detection.nms.batched_nms`: the class-specific boxes are laid out
         as P * K candidates whose score is kept only in their own class column."""
+        import keras
+
         from cnn_apps.detection.nms import batched_nms
 
         k_all = self.num_classes
@@ -169,7 +171,9 @@ class RegionHead:
             iou_threshold=self.nms_iou,
             score_threshold=self.score_threshold,
             pre_nms_top_k=len(proposals),
-            implementation="tf",
+            # TF's op under the TF backend; NumPy elsewhere (JAX on a GPU machine without TF): the
+            # graph version would build a (K, P, P) IoU tensor for this NumPy-side head
+            implementation="tf" if keras.backend.backend() == "tensorflow" else "numpy",
         )
         n = int(np.asarray(out["num_detections"])[0])
         return {
