@@ -129,20 +129,19 @@ def test_the_four_modes_from_a_pretext_source(cli):
     assert cli("export", "--from-run", modes["fine_tune"])
 
 
-@pytest.mark.slow
-def test_a_backbone_weights_file_is_a_source(cli):
+def _from_weights_file(cli, *sets):
+    """(source classifier, finetune run id): a backbone weights file as the source."""
     model = ImageClassifier(4, (32, 32, 3))
     path = cli.tmp / "backbone.weights.h5"
     model.backbone.save_weights(path)
-    run_id = cli(
-        "finetune",
-        sets=[
-            "finetune.source=weights",
-            f"finetune.weights={path}",
-            "finetune.mode=feature_extraction",
-            "finetune.epochs=1",
-        ],
+    return model, cli(
+        "finetune", sets=["finetune.source=weights", f"finetune.weights={path}", "finetune.epochs=1", *sets]
     )
+
+
+@pytest.mark.slow
+def test_a_backbone_weights_file_is_a_source(cli):
+    model, run_id = _from_weights_file(cli, "finetune.mode=feature_extraction")
     import mlflow
 
     from cnn_apps import tracking
@@ -162,20 +161,12 @@ def test_fine_tune_with_the_top_blocks_reinitialized(cli):
 
     from cnn_apps import tracking
 
-    model = ImageClassifier(4, (32, 32, 3))
-    path = cli.tmp / "backbone.weights.h5"
-    model.backbone.save_weights(path)
-    run_id = cli(
-        "finetune",
-        sets=[
-            "finetune.source=weights",
-            f"finetune.weights={path}",
-            "finetune.mode=fine_tune",
-            "finetune.reinit_blocks=1",
-            "finetune.unfreeze_blocks=0",
-            "finetune.epochs=1",
-            "finetune.fine_tune_epochs=1",
-        ],
+    model, run_id = _from_weights_file(
+        cli,
+        "finetune.mode=fine_tune",
+        "finetune.reinit_blocks=1",
+        "finetune.unfreeze_blocks=0",
+        "finetune.fine_tune_epochs=1",
     )
     mlflow.set_tracking_uri(cli.uri)
     tuned = tracking.load_keras_model(run_id)

@@ -40,26 +40,9 @@ def batched_nms(
     ``tf``, ``portable`` or ``numpy``."""
     if implementation == "auto":
         implementation = "tf" if keras.backend.backend() == "tensorflow" else "portable"
-    if implementation == "tf":
-        return tf_combined_nms(
-            boxes,
-            scores,
-            max_detections=max_detections,
-            iou_threshold=iou_threshold,
-            score_threshold=score_threshold,
-            pre_nms_top_k=pre_nms_top_k,
-        )
-    if implementation == "portable":
-        return portable_nms(
-            boxes,
-            scores,
-            max_detections=max_detections,
-            iou_threshold=iou_threshold,
-            score_threshold=score_threshold,
-            pre_nms_top_k=pre_nms_top_k,
-        )
-    if implementation == "numpy":
-        return numpy_nms(
+    impl = {"tf": tf_combined_nms, "portable": portable_nms, "numpy": numpy_nms}.get(implementation)
+    if impl is not None:
+        return impl(
             boxes,
             scores,
             max_detections=max_detections,
