@@ -179,6 +179,9 @@ class StudyConfig:
     source_data: dict = field(default_factory=dict)  # data-section overrides for the source dataset
     source_task: str = _choice("classification", ("classification", "pretext"))
     source_epochs: int = 10  # at most; the source's early stopping (training section) ends it sooner
+    # a finished train run (its id, in the same tracking store) as the source instead of training
+    # one: rerun or extend a study on the same source; its data and model must be the study's
+    source_run: str | None = None
     # each (mode, examples per class) child runs once per seed (training.seed and the target
     # subset's data.subset_seed); the summary gives the mean and spread over them
     seeds: list[int] = field(default_factory=lambda: [0])

@@ -374,7 +374,7 @@ def stage_run(
         )
     try:
         if not resume_run:  # params are write-once; a resumed run has them
-            mlflow.log_params({k: _param(v) for k, v in mask_secrets(config.flat()).items()})
+            mlflow.log_params({k: param_text(v) for k, v in mask_secrets(config.flat()).items()})
             mlflow.log_text(config.to_yaml(masked=True), "config.yaml")
         yield run
     except BaseException as exc:  # never leave a run RUNNING: say how it ended and why
@@ -413,7 +413,8 @@ def _end_run(run, status: str, reason: str | None = None) -> None:
         )
 
 
-def _param(value) -> str:
+def param_text(value) -> str:
+    """A config value as MLflow keeps it in a run's params (lists and mappings as JSON)."""
     return json.dumps(value) if isinstance(value, (list, dict, tuple)) else str(value)
 
 

@@ -5,6 +5,7 @@ first k blocks of the source / of the network trained on the target, and train t
 
 import csv
 import io
+import re
 
 import keras
 import numpy as np
@@ -154,3 +155,20 @@ def test_split_class_study_with_seeds_and_the_layer_curve(tmp_path, capsys, monk
             assert same == (i < k), (r["network"], k, name)  # copied frozen below k, trained above
     artifacts = {a.path for a in client.list_artifacts(parent_id)}
     assert {"transfer.png", "layer_curve.png", "results.md"} <= artifacts
+
+    # study.source_run: a second study transfers from the first one's source without training one
+    again = [*sets, f"study.source_run={source_run}", "study.seeds=[0]", "study.layer_curve_blocks=[]"]
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    trained = len(client.search_runs(experiments, "tags.stage = 'train'"))
+    assert trained >= 1  # the first study's source
+    assert main(["study", "transfer", *set_args(again)]) == 0
+    second = client.get_run(capsys.readouterr().out.strip().splitlines()[-1].split()[1])
+    assert second.data.tags["source_model_run"] == source_run
+    assert second.data.metrics["source_test_accuracy"] == parent.data.metrics["source_test_accuracy"]
+    assert len(client.search_runs(experiments, "tags.stage = 'train'")) == trained
+    for change, message in (
+        ("model.width=2", r"has another model: model.width=1.0 \(the study's: 2.0\)"),
+        ("study.source_data={classes: [0,1,2]}", "was trained on other data"),
+    ):
+        assert main(["study", "transfer", *set_args([*again, change])]) == 2
+        assert re.search(message, capsys.readouterr().err), change

@@ -114,6 +114,28 @@ def source_config(config: Config) -> Config:
     return out
 
 
+def check_source_run(source: Config, run_id: str) -> None:
+    """``study.source_run`` must be a train run on the source's data (same fingerprint) with the
+    study's model section: else the study would compare other networks than its config says."""
+    from cnn_apps.config import flatten
+
+    run = tracking.get_run(run_id, expect_stage=("train",))
+    trained_on = tracking.load_dataset_spec(run_id).fingerprint
+    if trained_on != source.data_fingerprint():
+        raise ConfigError(
+            f"study.source_run {run_id} was trained on other data (fingerprint {trained_on}) than the "
+            f"study's source data ({source.data_fingerprint()}: data with study.source_data over it)"
+        )
+    params = run.data.params
+    differ = [
+        f"{key}={params[key]} (the study's: {tracking.param_text(value)})"
+        for key, value in flatten({"model": dataclasses.asdict(source.model)}).items()
+        if key in params and params[key] != tracking.param_text(value)
+    ]
+    if differ:
+        raise ConfigError(f"study.source_run {run_id} has another model: {', '.join(differ)}")
+
+
 def child_config(config: Config, num_classes: int, n: int | None, seed: int, mode: str, copied: int = 0):
     """One child's config: ``n`` target examples per class (None: all) drawn with ``seed``, which
     also seeds training."""
@@ -165,6 +187,8 @@ def transfer_study(config: Config) -> StageResult:
     _check(config)
     s = config.study
     source = source_config(config)
+    if s.source_run:
+        check_source_run(source, s.source_run)
     target = prepare(config)
     spec = tracking.load_dataset_spec(target.run_id)
     sizes = s.examples_per_class or [None]
@@ -177,23 +201,28 @@ def transfer_study(config: Config) -> StageResult:
         fingerprint=spec.fingerprint,
         tags={"study": "transfer", "source_task": s.source_task},
     ) as parent:
-        log.info("study transfer: training the source model (%s on %s)", s.source_task, source.data.source)
-        src = train(
-            source,
-            None,
-            nested=True,
-            tags={"study": "transfer", "setting": "source", "study_run": parent.info.run_id},
-            run_name=f"train:{config.model.backbone}:{source.data.source}:source-{s.source_task}",
-        )
-        src_test = evaluate(source, src.run_id, nested=True)
-        src_summary = src.extra["summary"]
-        mlflow.set_tag("source_model_run", src.run_id)
+        if s.source_run:
+            log.info("study transfer: the source is run %s (study.source_run)", s.source_run)
+            src_run = s.source_run
+            src_summary = tracking.get_run(src_run).data.metrics
+        else:
+            log.info("study transfer: training the source (%s on %s)", s.source_task, source.data.source)
+            src = train(
+                source,
+                None,
+                nested=True,
+                tags={"study": "transfer", "setting": "source", "study_run": parent.info.run_id},
+                run_name=f"train:{config.model.backbone}:{source.data.source}:source-{s.source_task}",
+            )
+            src_run, src_summary = src.run_id, src.extra["summary"]
+        src_test = evaluate(source, src_run, nested=True)
+        mlflow.set_tag("source_model_run", src_run)
         mlflow.log_metrics(
             {
                 "source_test_accuracy": src_test.outputs["test_accuracy"],
                 "source_val_accuracy": src_summary["best_val_accuracy"],
                 "source_epochs": src_summary["epochs_trained"],
-                "source_classes": len(tracking.load_dataset_spec(src.run_id).class_names),
+                "source_classes": len(tracking.load_dataset_spec(src_run).class_names),
             }
         )
 
@@ -224,12 +253,12 @@ def transfer_study(config: Config) -> StageResult:
                 for mode in s.modes:
                     label = f"{mode}" + ("" if n is None else f"@{n}") + f"/seed{seed}"
                     cfg = child_config(config, spec.num_classes, n, seed, mode)
-                    row = child(cfg, label, src.run_id)
+                    row = child(cfg, label, src_run)
                     rows.append({"mode": mode, "examples_per_class": n or "all", "seed": seed, **row})
                     if mode == "scratch":
                         scratch[(n, seed)] = row["run_id"]
         summary_rows = summarize(rows, ("mode", "examples_per_class"))
-        curve = _layer_curve(config, spec, src.run_id, scratch, child) if s.layer_curve_blocks else []
+        curve = _layer_curve(config, spec, src_run, scratch, child) if s.layer_curve_blocks else []
         curve_summary = summarize(curve, ("network", "copied_blocks")) if curve else []
 
         mlflow.log_metrics(
@@ -261,7 +290,7 @@ def transfer_study(config: Config) -> StageResult:
             "study",
             {
                 "study": "transfer",
-                "source_run": src.run_id,
+                "source_run": src_run,
                 "source_test_accuracy": src_test.outputs["test_accuracy"],
                 "children": len(rows) + len(curve),
                 "best": f"{best['mode']}@{best['examples_per_class']}",
