@@ -11,11 +11,16 @@ tables are generated from those files (``benchmarks/tables.py``).
 
     python benchmarks/study.py regularization --config pipelines/configs/fashion_mnist_regularization.yaml
     python benchmarks/study.py detectors --config pipelines/configs/shapes_detector_ladder.yaml
+
+``--store DIR`` runs in (and keeps) that MLflow store instead of a temporary one, so that a transfer
+study can reuse a source trained there by an earlier call (``--set study.source_run=RUN_ID``); the
+result is the study that this call started.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import os
@@ -59,10 +64,13 @@ def _tables(client, run_id: str) -> tuple[str, list[dict], dict[str, list[dict]]
 
 def measure(kind: str, config: str, overrides: list[str], store: Path) -> dict:
     """Run the study; its parent's table and each child run's metrics, keyed by run id."""
+    import time
+
     import mlflow
 
     from cnn_apps.cli import main as cli
 
+    started_ms = int(time.time() * 1000)
     uri = f"sqlite:///{store / 'mlflow.db'}"
     sets = [*overrides, f"tracking.uri={uri}", f"export.dir={store / 'exports'}"]
     args = ["study", kind, "--config", config, *[a for s in sets for a in ("--set", s)]]
@@ -70,12 +78,16 @@ def measure(kind: str, config: str, overrides: list[str], store: Path) -> dict:
         raise SystemExit(f"cnn-apps {' '.join(args)} failed")
     client = mlflow.MlflowClient(uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiments, max_results=1000)
+    runs = client.search_runs(experiments, max_results=5000)
     parents = [
-        r for r in runs if r.data.tags.get("stage") == "study" and "mlflow.parentRunId" not in r.data.tags
+        r
+        for r in runs
+        if r.data.tags.get("stage") == "study"
+        and "mlflow.parentRunId" not in r.data.tags
+        and r.info.start_time >= started_ms
     ]
     if len(parents) != 1:
-        raise SystemExit(f"expected one study run in the private store, found {len(parents)}")
+        raise SystemExit(f"expected one study run started by this call in {store}, found {len(parents)}")
     parent = parents[0]
     artifact, rows, extra = _tables(client, parent.info.run_id)
     children = {}
@@ -110,13 +122,21 @@ def main(argv=None) -> dict:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value override")
     parser.add_argument("--out", default=None, help="JSON path (default results/study_<kind>_<stem>.json)")
     parser.add_argument("--no-ladder-timing", action="store_true", help="detectors: no benchmarks/ladder.py")
+    parser.add_argument(
+        "--store",
+        default=None,
+        help="an MLflow store folder to run in and keep (default: a temporary one); a transfer study "
+        "can then reuse a source trained there (--set study.source_run=RUN_ID)",
+    )
     args = parser.parse_args(argv)
 
     from provenance import write_result
 
     config = Path(args.config)
     shown = config.resolve().relative_to(ROOT) if config.resolve().is_relative_to(ROOT) else config
-    with tempfile.TemporaryDirectory(prefix="study-") as tmp:
+    kept = contextlib.nullcontext(args.store) if args.store else None
+    with kept or tempfile.TemporaryDirectory(prefix="study-") as tmp:
+        Path(tmp).mkdir(parents=True, exist_ok=True)
         result = measure(args.kind, str(config), args.overrides, Path(tmp))
         uri = result.pop("uri")
         payload = {"config": str(shown), "overrides": args.overrides, **result}

@@ -193,6 +193,9 @@ class StudyConfig:
     # early_stopping_patience: 20}}: at 5 examples per class an epoch is one optimizer step, so
     # patience counted in epochs can stop a network trained from scratch before it learns
     mode_training: dict = field(default_factory=dict)
+    # finetune-section overrides for one mode's children, e.g. {fine_tune: {learning_rate: 0.001}}:
+    # fine_tune's head phase shares finetune.epochs / learning_rate with feature_extraction's head
+    mode_finetune: dict = field(default_factory=dict)
     # detectors (the speed ladder): detector config files trained and timed on the same images
     detectors: list[str] = field(default_factory=list)
     # segmenters: segmenter config files trained and evaluated on the same images

@@ -34,19 +34,27 @@ def test_study_benchmark_keeps_the_table_and_child_runs(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "study.json"
-    study.main(
-        [
-            "depth",
-            *("--config", str(ROOT / "pipelines/configs/shapes_classification.yaml")),
-            *("--set", "data.train_size=48", "--set", "data.val_size=16", "--set", "data.test_size=16"),
-            *("--set", f"data.data_dir={tmp_path / 'data'}", "--set", "training.epochs=1"),
-            *("--set", "study.depth_models=[plain18,resnet18]", "--set", "model.width=0.25"),
-            *("--out", str(out)),
-        ]
-    )
-    result = json.loads(out.read_text())
+
+    def run(*models, store=()):
+        study.main(
+            [
+                "depth",
+                *("--config", str(ROOT / "pipelines/configs/shapes_classification.yaml")),
+                *("--set", "data.train_size=48", "--set", "data.val_size=16", "--set", "data.test_size=16"),
+                *("--set", f"data.data_dir={tmp_path / 'data'}", "--set", "training.epochs=1"),
+                *("--set", f"study.depth_models=[{','.join(models)}]", "--set", "model.width=0.25"),
+                *("--out", str(out), *store),
+            ]
+        )
+        return json.loads(out.read_text())
+
+    result = run("plain18", "resnet18", store=("--store", str(tmp_path / "store")))
     assert result["study"] == "depth" and result["table_artifact"] == "results.csv"
     assert [r["setting"] for r in result["rows"]] == ["plain18", "resnet18"]
+    # a second call in the same kept store reports its own study, not the first one
+    second = run("resnet18", store=("--store", str(tmp_path / "store")))
+    assert [r["setting"] for r in second["rows"]] == ["resnet18"]
+    assert second["parent_run"] != result["parent_run"] and (tmp_path / "store" / "mlflow.db").is_file()
     # each table row is one child run, whose own metrics agree with the row
     for row in result["rows"]:
         child = result["children"][row["run_id"]]

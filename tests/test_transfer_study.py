@@ -74,6 +74,28 @@ def test_mode_training_overrides_one_modes_training_and_names_bad_keys():
     with pytest.raises(ConfigError, match="unknown mode 'finetune'"):
         _check(load_config(None, ["study.mode_training={finetune: {epochs: 1}}"]))
 
+    # study.mode_finetune does the same for the finetune section: fine_tune's head phase gets its
+    # own rate while feature_extraction's head keeps the section's
+    recipe = "study.mode_finetune={fine_tune: {learning_rate: 0.001, reinit_blocks: 1}}"
+    config = load_config("pipelines/configs/transfer_fashion_split.yaml", [recipe])
+    _check(config)
+    tuned = child_config(config, 5, 20, 1, "fine_tune")
+    frozen = child_config(config, 5, 20, 1, "feature_extraction")
+    assert (tuned.finetune.mode, tuned.finetune.learning_rate, tuned.finetune.reinit_blocks) == (
+        "fine_tune",
+        0.001,
+        1,
+    )
+    assert (frozen.finetune.mode, frozen.finetune.learning_rate, frozen.finetune.reinit_blocks) == (
+        "feature_extraction",
+        0.01,
+        0,
+    )
+    assert tuned.training.early_stopping_patience == 20  # mode_training still applies
+    bad = load_config(None, ["study.mode_finetune={fine_tune: {learning_rat: 0.1}}"])
+    with pytest.raises(ConfigError, match=r"study.mode_finetune.fine_tune: .*learning_rat.*learning_rate"):
+        _check(bad)
+
 
 @pytest.mark.slow
 def test_split_class_study_with_seeds_and_the_layer_curve(tmp_path, capsys, monkeypatch):

@@ -80,22 +80,28 @@ def _check(config: Config) -> None:
     if any(k < 1 for k in s.layer_curve_blocks):
         raise ConfigError(f"study.layer_curve_blocks: block counts are >= 1, got {s.layer_curve_blocks}")
     modes = (*STUDY_TRANSFER_MODES, "copy_blocks")
-    for mode, overrides in s.mode_training.items():
-        if mode not in modes:
-            raise ConfigError(f"study.mode_training: unknown mode {mode!r}; use {', '.join(modes)}")
-        if not isinstance(overrides, dict):
-            raise ConfigError(f"study.mode_training.{mode}: give training-section keys, e.g. {{epochs: 100}}")
-        _mode_training(config.training, mode, overrides)  # an unknown key fails here, listing the valid ones
+    for section in ("training", "finetune"):
+        for mode, overrides in getattr(s, f"mode_{section}").items():
+            if mode not in modes:
+                raise ConfigError(f"study.mode_{section}: unknown mode {mode!r}; use {', '.join(modes)}")
+            if not isinstance(overrides, dict):
+                raise ConfigError(
+                    f"study.mode_{section}.{mode}: give {section}-section keys, e.g. {{epochs: 100}}"
+                )
+            _mode_section(
+                config, section, mode, overrides
+            )  # an unknown key fails here, listing the valid ones
 
 
-def _mode_training(training, mode: str, overrides: dict):
-    """The training section with ``study.mode_training[mode]`` over it."""
+def _mode_section(config: Config, section: str, mode: str, overrides: dict):
+    """The config's ``section`` (training or finetune) with ``study.mode_<section>[mode]`` over it."""
     from cnn_apps.config import from_dict
 
     try:
-        return from_dict({"training": {**dataclasses.asdict(training), **overrides}}).training
+        values = {**dataclasses.asdict(getattr(config, section)), **overrides}
+        return getattr(from_dict({section: values}), section)
     except ConfigError as exc:
-        raise ConfigError(f"study.mode_training.{mode}: {exc}") from None
+        raise ConfigError(f"study.mode_{section}.{mode}: {exc}") from None
 
 
 def source_config(config: Config) -> Config:
@@ -144,11 +150,13 @@ def child_config(config: Config, num_classes: int, n: int | None, seed: int, mod
         out.data.max_train_examples = n * num_classes
     out.data.subset_seed = seed
     out.training.seed = seed
+    if mode in config.study.mode_finetune:
+        out.finetune = _mode_section(out, "finetune", mode, config.study.mode_finetune[mode])
     out.finetune.mode = mode
     if copied:
         out.finetune.copied_blocks = copied
     if mode in config.study.mode_training:
-        out.training = _mode_training(out.training, mode, config.study.mode_training[mode])
+        out.training = _mode_section(out, "training", mode, config.study.mode_training[mode])
         out.training.seed = seed
     return out
 
